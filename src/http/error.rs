@@ -1,0 +1,84 @@
+//! The one place errors become HTTP responses. Handlers return [`ApiError`]; the outer
+//! middleware calls [`render`] to produce `{ "error", "message", "request_id" }`. A 500 logs its
+//! detail under the request id and returns only the id.
+//!
+//! Must not: put secrets, tokens or internal error detail in a response body.
+
+use super::RequestId;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Every error a route can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    NotReady(String),
+    /// Detail is logged, never returned.
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// Carried from `into_response` to [`render`], which adds the request id.
+#[derive(Clone, Debug)]
+struct ErrorBody {
+    code: &'static str,
+    message: String,
+    log_detail: Option<String>,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let log_detail = match &self {
+            ApiError::Internal(d) => Some(d.clone()),
+            _ => None,
+        };
+        let mut resp = status.into_response();
+        resp.extensions_mut().insert(ErrorBody {
+            code,
+            message: self.to_string(),
+            log_detail,
+        });
+        resp
+    }
+}
+
+/// Fill in the JSON body of an error response (and log 5xx under the request id).
+pub(super) fn render(resp: Response, id: &RequestId) -> Response {
+    let Some(body) = resp.extensions().get::<ErrorBody>().cloned() else {
+        return resp;
+    };
+    let status = resp.status();
+    let message = if let Some(detail) = &body.log_detail {
+        tracing::error!(request_id = %id.0, %detail, "internal error");
+        format!("internal error; see the broker log for request id {}", id.0)
+    } else {
+        if status.is_server_error() {
+            tracing::warn!(request_id = %id.0, message = %body.message, "request failed");
+        }
+        body.message
+    };
+    let json = serde_json::json!({ "error": body.code, "message": message, "request_id": id.0 });
+    let (mut parts, _) = resp.into_parts();
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(json.to_string()))
+}

@@ -1,0 +1,114 @@
+//! The HTTP layer: axum routes, request ids, per-route metrics, and (in [`error`]) the single
+//! mapping from errors to HTTP status codes and JSON bodies. The only module that imports axum.
+//!
+//! Must not: contain domain logic — handlers translate HTTP to calls on `keys`, `health`, ...
+//! and back.
+
+pub mod error;
+
+use crate::health::Readiness;
+use crate::keys::Keys;
+use crate::metrics::Metrics;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use error::ApiError;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything handlers need, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub keys: Arc<Keys>,
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A per-request id, in request extensions and the `x-request-id` response header.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// The route template that served a response (for metrics labels).
+#[derive(Clone, Debug)]
+struct RouteTag(String);
+
+/// The broker's router (no socket: tests call it directly with `tower::ServiceExt::oneshot`).
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route_layer(middleware::from_fn(tag_route))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), outer))
+        .with_state(state)
+}
+
+async fn tag_route(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let mut resp = next.run(req).await;
+    if let Some(r) = route {
+        resp.extensions_mut().insert(RouteTag(r));
+    }
+    resp
+}
+
+/// Outermost middleware: request id, error body rendering, metrics.
+async fn outer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = RequestId(crate::fsutil::hex(&crate::random_bytes::<8>()));
+    let method = req.method().as_str().to_string();
+    req.extensions_mut().insert(id.clone());
+    let resp = next.run(req).await;
+    let mut resp = error::render(resp, &id);
+    if let Ok(v) = HeaderValue::from_str(&id.0) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let route = resp
+        .extensions()
+        .get::<RouteTag>()
+        .map(|t| t.0.as_str())
+        .unwrap_or("unmatched");
+    state
+        .metrics
+        .observe_request(route, &method, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    state.readiness.check().map_err(ApiError::NotReady)?;
+    Ok(axum::Json(serde_json::json!({ "status": "ready" })))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+    let snap = state.keys.snapshot();
+    (
+        [
+            (header::CONTENT_TYPE, "application/jwk-set+json"),
+            (header::CACHE_CONTROL, "public, max-age=60"),
+        ],
+        snap.jwks.clone(),
+    )
+}

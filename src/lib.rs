@@ -1,0 +1,49 @@
+//! gocred — a credential broker for private Go modules.
+//!
+//! Callers prove who they are, get a short-lived token bound to a key they hold, and the broker
+//! keeps the real upstream credentials in Vault/OpenBao (or an encrypted local file).
+//!
+//! # Module map (data flows one way, top to bottom)
+//!
+//! | module      | owns                                                                 | must not                              |
+//! |-------------|----------------------------------------------------------------------|---------------------------------------|
+//! | [`http`]    | axum routes, request ids, metrics middleware, error → status mapping | hold business logic                   |
+//! | [`server`]  | `run(listener, config, shutdown)`: wires state, background tasks, TLS | parse config or print to the terminal |
+//! | [`keys`]    | Ed25519 signing key set, rotation, JWKS                              | talk HTTP                             |
+//! | [`health`]  | readiness: probing the secrets backend, grace period                 | decide HTTP status codes              |
+//! | [`secrets`] | one interface over the `file` (AES-256-GCM) and `vault` backends     | log or format secret values           |
+//! | [`config`]  | TOML + `GOCRED_...` env → validated, immutable [`config::Config`]    | do I/O beyond reading the config file |
+//! | [`tls`]     | rustls server config, the `--dev` self-signed CA                     | choose what to serve                  |
+//! | [`metrics`] | Prometheus counters/histograms and their text rendering              | know about axum                       |
+//! | [`fsutil`]  | atomic 0600 file writes                                              |                                       |
+//! | [`cli`]     | the `gocred` command line (the only place, with `main.rs`, using anyhow) |                                   |
+//!
+//! Only [`http`] imports axum. Domain modules return their own `thiserror` enums; the single
+//! mapping from errors to HTTP status codes lives in [`http::error`].
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod fsutil;
+pub mod health;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod secrets;
+pub mod server;
+pub mod tls;
+
+/// Seconds since the Unix epoch (the clock every expiry in gocred is measured with).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `n` random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).expect("operating system random number generator failed");
+    b
+}

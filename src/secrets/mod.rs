@@ -1,0 +1,190 @@
+//! Secrets backends behind one interface: the embedded AES-256-GCM [`file`] store and
+//! Vault/OpenBao KV v2 ([`vault`]). Records are small maps of string → secret string, versioned
+//! so writers can use check-and-set (first writer wins, losers re-read).
+//!
+//! Must not: log, format or return secret values anywhere but to the caller that asked; every
+//! value is a [`secrecy::SecretString`] with a redacted `Debug`.
+
+pub mod file;
+pub mod vault;
+
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+
+/// A failed secrets-backend operation. Messages never contain secret values.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("secrets file {path}: cannot read: {source}")]
+    ReadFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secrets file {path}: cannot write: {source}")]
+    WriteFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secrets file {path}: not a gocred secrets file ({reason})")]
+    CorruptFile { path: String, reason: String },
+    #[error(
+        "secrets file {path}: wrong key (GOCRED_FILE_KEY or the key file does not match the key this file was written with)"
+    )]
+    WrongKey { path: String },
+    #[error(
+        "secrets file {path}: record `{record}` failed authentication: the file was modified or corrupted"
+    )]
+    Tampered { path: String, record: String },
+    #[error("secrets file key: {reason}")]
+    Key { reason: String },
+    #[error("check-and-set conflict at `{path}`: another writer changed it first")]
+    CasConflict { path: String },
+    #[error("vault {address}: cannot {op} `{path}`: {reason}")]
+    Vault {
+        address: String,
+        op: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("vault {address}: login ({method}) failed: {reason}")]
+    VaultLogin {
+        address: String,
+        method: &'static str,
+        reason: String,
+    },
+    #[error("vault {address}: unreachable or unhealthy: {reason}")]
+    VaultHealth { address: String, reason: String },
+    #[error("record `{path}` holds malformed data: {reason}")]
+    Malformed { path: String, reason: String },
+}
+
+/// The contents of one record: field name → secret value.
+#[derive(Clone, Default)]
+pub struct SecretData(pub BTreeMap<String, SecretString>);
+
+impl std::fmt::Debug for SecretData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "[REDACTED]")))
+            .finish()
+    }
+}
+
+impl SecretData {
+    pub fn single(field: &str, value: SecretString) -> Self {
+        let mut m = BTreeMap::new();
+        m.insert(field.to_string(), value);
+        SecretData(m)
+    }
+    pub fn get(&self, field: &str) -> Option<&SecretString> {
+        self.0.get(field)
+    }
+    /// Plain JSON object for the wire/disk. Callers must not log it.
+    pub(crate) fn expose_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        use secrecy::ExposeSecret;
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    serde_json::Value::String(v.expose_secret().to_string()),
+                )
+            })
+            .collect()
+    }
+    pub(crate) fn from_json(v: serde_json::Map<String, serde_json::Value>) -> Self {
+        let mut m = BTreeMap::new();
+        for (k, v) in v {
+            match v {
+                serde_json::Value::String(s) => {
+                    m.insert(k, SecretString::from(s));
+                }
+                other => {
+                    // Non-string values (numbers, bools) are kept as their JSON text.
+                    m.insert(k, SecretString::from(other.to_string()));
+                }
+            }
+        }
+        SecretData(m)
+    }
+}
+
+/// A record and the version it was read at (for check-and-set).
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub data: SecretData,
+    pub version: u64,
+}
+
+/// Write precondition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cas {
+    /// Write whatever is there.
+    Any,
+    /// Only if the record does not exist yet.
+    Create,
+    /// Only if the record is still at this version.
+    Version(u64),
+}
+
+/// The secrets backend in use. An enum, not a trait object: there are exactly two backends and
+/// async fns stay simple.
+pub enum SecretStore {
+    File(file::FileStore),
+    Vault(vault::VaultStore),
+}
+
+impl SecretStore {
+    /// Open the backend named by `config` (logging in to Vault if needed).
+    pub async fn open(config: &crate::config::SecretsConfig) -> Result<Self, SecretsError> {
+        match &config.backend {
+            crate::config::BackendConfig::File(f) => {
+                Ok(SecretStore::File(file::FileStore::open(f).await?))
+            }
+            crate::config::BackendConfig::Vault(v) => {
+                Ok(SecretStore::Vault(vault::VaultStore::open(v).await?))
+            }
+        }
+    }
+
+    /// Read a record; `None` when it does not exist.
+    pub async fn get(&self, path: &str) -> Result<Option<Versioned>, SecretsError> {
+        match self {
+            SecretStore::File(s) => s.get(path).await,
+            SecretStore::Vault(s) => s.get(path).await,
+        }
+    }
+
+    /// Write a record under a check-and-set precondition; returns the new version.
+    pub async fn put(&self, path: &str, data: &SecretData, cas: Cas) -> Result<u64, SecretsError> {
+        match self {
+            SecretStore::File(s) => s.put(path, data, cas).await,
+            SecretStore::Vault(s) => s.put(path, data, cas).await,
+        }
+    }
+
+    /// Is the backend reachable and usable right now?
+    pub async fn probe(&self) -> Result<(), SecretsError> {
+        match self {
+            SecretStore::File(s) => s.probe().await,
+            SecretStore::Vault(s) => s.probe().await,
+        }
+    }
+
+    /// Human name for messages: `file /path` or `vault http://...`.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretStore::File(s) => format!("file {}", s.path().display()),
+            SecretStore::Vault(s) => format!("vault {}", s.address()),
+        }
+    }
+
+    /// Background maintenance (Vault token renewal). Runs until the process ends.
+    pub async fn maintain(&self, metrics: &crate::metrics::Metrics) {
+        match self {
+            SecretStore::File(_) => std::future::pending::<()>().await,
+            SecretStore::Vault(s) => s.maintain(metrics).await,
+        }
+    }
+}
