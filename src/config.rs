@@ -436,10 +436,10 @@ fn key_and_message(e: &serde_path_to_error::Error<toml::de::Error>) -> (String, 
     let inner = e.inner().to_string();
     let mut inner = inner.trim().to_string();
     // toml appends " in `path`"; the key is named separately.
-    if let Some(i) = inner.rfind(" in `") {
-        if inner.ends_with('`') {
-            inner.truncate(i);
-        }
+    if let Some(i) = inner.rfind(" in `")
+        && inner.ends_with('`')
+    {
+        inner.truncate(i);
     }
     let join = |field: &str| {
         if path == "." || path.is_empty() {
@@ -453,26 +453,26 @@ fn key_and_message(e: &serde_path_to_error::Error<toml::de::Error>) -> (String, 
         ("missing field `", "required key is missing"),
         ("unknown field `", ""),
     ] {
-        if let Some(rest) = inner.strip_prefix(prefix) {
-            if let Some(end) = rest.find('`') {
-                let field = &rest[..end];
-                let key = if path.ends_with(field) {
-                    path.clone()
+        if let Some(rest) = inner.strip_prefix(prefix)
+            && let Some(end) = rest.find('`')
+        {
+            let field = &rest[..end];
+            let key = if path.ends_with(field) {
+                path.clone()
+            } else {
+                join(field)
+            };
+            let message = if what.is_empty() {
+                let expected = rest[end + 1..].trim_start_matches(',').trim();
+                if expected.is_empty() {
+                    "unknown key".to_string()
                 } else {
-                    join(field)
-                };
-                let message = if what.is_empty() {
-                    let expected = rest[end + 1..].trim_start_matches(',').trim();
-                    if expected.is_empty() {
-                        "unknown key".to_string()
-                    } else {
-                        format!("unknown key ({expected})")
-                    }
-                } else {
-                    what.to_string()
-                };
-                return (key, message);
-            }
+                    format!("unknown key ({expected})")
+                }
+            } else {
+                what.to_string()
+            };
+            return (key, message);
         }
     }
     (if path == "." { String::new() } else { path }, inner)

@@ -37,11 +37,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `GOCRED_LOG` sets the filter (default `info`), `GOCRED_LOG_FORMAT=json`
-/// switches to JSON lines.
+/// Logs go to stderr; `GOCRED_LOG` sets the filter (default `info`; vaultrs/rustify's own
+/// error logs are off because gocred reports those failures itself, with context),
+/// `GOCRED_LOG_FORMAT=json` switches to JSON lines.
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("GOCRED_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("GOCRED_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,vaultrs=off,rustify=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

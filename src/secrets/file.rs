@@ -275,15 +275,13 @@ impl FileStore {
     }
 
     fn init_or_verify(&self) -> Result<(), SecretsError> {
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                crate::fsutil::ensure_private_dir(dir).map_err(|source| {
-                    SecretsError::WriteFile {
-                        path: self.p(),
-                        source,
-                    }
-                })?;
-            }
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            crate::fsutil::ensure_private_dir(dir).map_err(|source| SecretsError::WriteFile {
+                path: self.p(),
+                source,
+            })?;
         }
         if self.read_verified()?.is_some() {
             return Ok(());

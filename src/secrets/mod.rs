@@ -131,8 +131,8 @@ pub enum Cas {
 /// The secrets backend in use. An enum, not a trait object: there are exactly two backends and
 /// async fns stay simple.
 pub enum SecretStore {
-    File(file::FileStore),
-    Vault(vault::VaultStore),
+    File(Box<file::FileStore>),
+    Vault(Box<vault::VaultStore>),
 }
 
 impl SecretStore {
@@ -140,11 +140,11 @@ impl SecretStore {
     pub async fn open(config: &crate::config::SecretsConfig) -> Result<Self, SecretsError> {
         match &config.backend {
             crate::config::BackendConfig::File(f) => {
-                Ok(SecretStore::File(file::FileStore::open(f).await?))
+                Ok(SecretStore::File(Box::new(file::FileStore::open(f).await?)))
             }
-            crate::config::BackendConfig::Vault(v) => {
-                Ok(SecretStore::Vault(vault::VaultStore::open(v).await?))
-            }
+            crate::config::BackendConfig::Vault(v) => Ok(SecretStore::Vault(Box::new(
+                vault::VaultStore::open(v).await?,
+            ))),
         }
     }
 

@@ -1,1 +1,8 @@
+//! gocred's end-to-end tests: one test binary, real peers (OpenBao, ...) started on free loopback
+//! ports by [`harness`], the real `gocred` binary spawned as a process.
+//!
+//! Peers are installed by `tests/peers/install.sh` (the README's test command runs it). A test
+//! whose peer is missing fails with a message saying how to install it.
 
+mod foundation;
+mod harness;
