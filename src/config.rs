@@ -27,11 +27,7 @@ pub enum ConfigError {
     #[error("{origin}: invalid TOML: {message}")]
     ParseToml { origin: String, message: String },
     #[error("{origin}: key `{key}`: {message}")]
-    Key {
-        origin: String,
-        key: String,
-        message: String,
-    },
+    Key { origin: String, key: String, message: String },
 }
 
 /// Where the configuration came from, for error messages.
@@ -54,6 +50,32 @@ struct RawConfig {
     tokens: RawTokens,
     secrets: RawSecrets,
     vault: Option<RawVault>,
+    ssh: Option<RawSsh>,
+    policy: Option<RawPolicy>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    authorized_keys: Option<String>,
+    #[serde(default)]
+    trusted_user_ca_keys: Vec<String>,
+    #[serde(default)]
+    groups: std::collections::BTreeMap<String, Vec<String>>,
+    challenge_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,8 +162,50 @@ pub struct Config {
     pub server: ServerConfig,
     pub tokens: TokensConfig,
     pub secrets: SecretsConfig,
+    pub ssh: SshConfig,
+    pub policy: PolicyConfig,
+    pub audit: AuditConfig,
     /// Set by `serve --dev`: loopback only, embedded defaults.
     pub dev: bool,
+}
+
+/// Where SSH public keys for login come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizedKeys {
+    /// No plain-key login (certificates only, if CAs are configured).
+    None,
+    /// A directory with one OpenSSH `authorized_keys`-format file per user, named after the user.
+    Dir(PathBuf),
+    /// A secrets-backend path: the record `<path>/<user>` holds field `keys` (authorized_keys text).
+    Secrets(String),
+    /// Fixed keys per user (`--dev`: the local user's `~/.ssh/*.pub`).
+    Inline(std::collections::BTreeMap<String, Vec<String>>),
+}
+
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    pub authorized_keys: AuthorizedKeys,
+    /// OpenSSH public keys (text) of CAs whose user certificates are trusted for login.
+    pub trusted_user_ca_keys: Vec<String>,
+    /// Extra groups per user name (merged into the token's `groups`).
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// How long a login challenge may be answered (default 60s).
+    pub challenge_ttl: Duration,
+}
+
+/// Where the Cedar policies come from.
+#[derive(Debug, Clone)]
+pub enum PolicyConfig {
+    /// `dir/gocred.cedarschema` + `dir/*.cedar`, reloaded on SIGHUP.
+    Dir(PathBuf),
+    /// `--dev`: the embedded policy letting `user` download everything.
+    Dev { user: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditConfig {
+    Stdout,
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -208,22 +272,14 @@ pub struct VaultConfig {
 #[derive(Clone)]
 pub enum VaultAuth {
     Token(SecretSource),
-    AppRole {
-        mount: String,
-        role_id: String,
-        secret_id: SecretSource,
-    },
+    AppRole { mount: String, role_id: String, secret_id: SecretSource },
 }
 
 impl std::fmt::Debug for VaultAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             VaultAuth::Token(s) => f.debug_tuple("Token").field(s).finish(),
-            VaultAuth::AppRole {
-                mount,
-                role_id,
-                secret_id,
-            } => f
+            VaultAuth::AppRole { mount, role_id, secret_id } => f
                 .debug_struct("AppRole")
                 .field("mount", mount)
                 .field("role_id", role_id)
@@ -262,6 +318,41 @@ impl SecretSource {
     }
 }
 
+/// The local user `--dev` authorizes: their name and `~/.ssh/*.pub` keys.
+#[derive(Debug, Clone, Default)]
+pub struct DevIdentity {
+    pub user: String,
+    pub keys: Vec<String>,
+}
+
+impl DevIdentity {
+    /// `$USER` (or `LOGNAME`) and the public keys in `$HOME/.ssh/*.pub` (certificates included).
+    pub fn from_env() -> DevIdentity {
+        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "dev".into());
+        let mut keys = Vec::new();
+        if let Some(home) = std::env::var_os("HOME") {
+            if let Ok(rd) = std::fs::read_dir(PathBuf::from(home).join(".ssh")) {
+                let mut files: Vec<PathBuf> = rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "pub"))
+                    .collect();
+                files.sort();
+                for f in files {
+                    if let Ok(text) = std::fs::read_to_string(&f) {
+                        keys.extend(
+                            text.lines()
+                                .map(str::trim)
+                                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                                .map(String::from),
+                        );
+                    }
+                }
+            }
+        }
+        DevIdentity { user, keys }
+    }
+}
+
 /// Command-line overrides (the highest precedence).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -275,10 +366,8 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         flags: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::ReadFile { path: path.to_path_buf(), source })?;
         Self::from_toml(&text, Some(path), env, flags)
     }
 
@@ -290,60 +379,42 @@ impl Config {
         flags: &Overrides,
     ) -> Result<Config, ConfigError> {
         let origin = origin_of(file);
-        let mut table: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| ConfigError::ParseToml {
-                    origin: origin.clone(),
-                    message: e.to_string().lines().next().unwrap_or("").to_string()
-                        + &e.span()
-                            .map(|s| format!(" (at line {})", line_of(text, s.start)))
-                            .unwrap_or_default(),
-                })?;
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::ParseToml {
+            origin: origin.clone(),
+            message: e.to_string().lines().next().unwrap_or("").to_string()
+                + &e.span().map(|s| format!(" (at line {})", line_of(text, s.start))).unwrap_or_default(),
+        })?;
         let mut from_env = Vec::new();
         for (name, value) in env {
             if let Some(key) = env_key(&name) {
-                set_path(&mut table, &key, env_value(&value)).map_err(|message| {
-                    ConfigError::Key {
-                        origin: format!("env {name}"),
-                        key: key.join("."),
-                        message,
-                    }
+                set_path(&mut table, &key, env_value(&value)).map_err(|message| ConfigError::Key {
+                    origin: format!("env {name}"),
+                    key: key.join("."),
+                    message,
                 })?;
                 from_env.push((key.join("."), name));
             }
         }
         if let Some(listen) = &flags.listen {
-            set_path(
-                &mut table,
-                &["server".into(), "listen".into()],
-                toml::Value::String(listen.clone()),
-            )
-            .map_err(|message| ConfigError::Key {
-                origin: "flag --listen".into(),
-                key: "server.listen".into(),
-                message,
-            })?;
+            set_path(&mut table, &["server".into(), "listen".into()], toml::Value::String(listen.clone())).map_err(
+                |message| ConfigError::Key { origin: "flag --listen".into(), key: "server.listen".into(), message },
+            )?;
         }
-        let raw: RawConfig =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let (key, message) = key_and_message(&e);
-                let origin = from_env
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, n)| format!("env {n}"))
-                    .unwrap_or_else(|| origin.clone());
-                ConfigError::Key {
-                    origin,
-                    key,
-                    message,
-                }
-            })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let (key, message) = key_and_message(&e);
+            let origin = from_env
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, n)| format!("env {n}"))
+                .unwrap_or_else(|| origin.clone());
+            ConfigError::Key { origin, key, message }
+        })?;
         validate(raw, file, &origin)
     }
 
     /// The embedded `--dev` configuration: loopback HTTPS on 127.0.0.1:8443, the `file` backend
     /// in `data_dir`, a key file created on first start.
-    pub fn dev(data_dir: &Path, flags: &Overrides) -> Result<Config, ConfigError> {
+    pub fn dev(data_dir: &Path, dev: &DevIdentity, flags: &Overrides) -> Result<Config, ConfigError> {
         let listen = flags.listen.as_deref().unwrap_or("127.0.0.1:8443");
         let listen: SocketAddr = listen.parse().map_err(|_| ConfigError::Key {
             origin: "flag --listen".into(),
@@ -362,10 +433,7 @@ impl Config {
             server: ServerConfig {
                 listen,
                 public_url: None,
-                tls: Some(TlsFiles {
-                    cert: data_dir.join("tls/server.pem"),
-                    key: data_dir.join("tls/server.key"),
-                }),
+                tls: Some(TlsFiles { cert: data_dir.join("tls/server.pem"), key: data_dir.join("tls/server.key") }),
                 shutdown_grace: Duration::from_secs(10),
             },
             tokens: TokensConfig {
@@ -384,6 +452,17 @@ impl Config {
                 grace: Duration::from_secs(30),
                 probe_every: Duration::from_secs(5),
             },
+            ssh: SshConfig {
+                authorized_keys: AuthorizedKeys::Inline(std::collections::BTreeMap::from([(
+                    dev.user.clone(),
+                    dev.keys.clone(),
+                )])),
+                trusted_user_ca_keys: Vec::new(),
+                groups: std::collections::BTreeMap::new(),
+                challenge_ttl: Duration::from_secs(60),
+            },
+            policy: PolicyConfig::Dev { user: dev.user.clone() },
+            audit: AuditConfig::File(data_dir.join("audit.log")),
             dev: true,
         })
     }
@@ -419,12 +498,8 @@ fn set_path(table: &mut toml::Table, key: &[String], value: toml::Value) -> Resu
     let (last, parents) = key.split_last().ok_or("empty key")?;
     let mut cur = table;
     for (i, part) in parents.iter().enumerate() {
-        let entry = cur
-            .entry(part.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("`{}` is not a table", key[..=i].join(".")))?;
+        let entry = cur.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| format!("`{}` is not a table", key[..=i].join(".")))?;
     }
     cur.insert(last.clone(), value);
     Ok(())
@@ -442,33 +517,18 @@ fn key_and_message(e: &serde_path_to_error::Error<toml::de::Error>) -> (String, 
         inner.truncate(i);
     }
     let join = |field: &str| {
-        if path == "." || path.is_empty() {
-            field.to_string()
-        } else {
-            format!("{path}.{field}")
-        }
+        if path == "." || path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
     };
     // serde: "missing field `x`" / "unknown field `x`, expected ..." are reported at the parent.
-    for (prefix, what) in [
-        ("missing field `", "required key is missing"),
-        ("unknown field `", ""),
-    ] {
+    for (prefix, what) in [("missing field `", "required key is missing"), ("unknown field `", "")] {
         if let Some(rest) = inner.strip_prefix(prefix)
             && let Some(end) = rest.find('`')
         {
             let field = &rest[..end];
-            let key = if path.ends_with(field) {
-                path.clone()
-            } else {
-                join(field)
-            };
+            let key = if path.ends_with(field) { path.clone() } else { join(field) };
             let message = if what.is_empty() {
                 let expected = rest[end + 1..].trim_start_matches(',').trim();
-                if expected.is_empty() {
-                    "unknown key".to_string()
-                } else {
-                    format!("unknown key ({expected})")
-                }
+                if expected.is_empty() { "unknown key".to_string() } else { format!("unknown key ({expected})") }
             } else {
                 what.to_string()
             };
@@ -478,12 +538,7 @@ fn key_and_message(e: &serde_path_to_error::Error<toml::de::Error>) -> (String, 
     (if path == "." { String::new() } else { path }, inner)
 }
 
-fn duration(
-    origin: &str,
-    key: &str,
-    v: Option<&str>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
+fn duration(origin: &str, key: &str, v: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(default),
         Some(s) => humantime::parse_duration(s).map_err(|e| ConfigError::Key {
@@ -495,24 +550,17 @@ fn duration(
 }
 
 fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config, ConfigError> {
-    let err = |key: &str, message: String| ConfigError::Key {
-        origin: origin.to_string(),
-        key: key.to_string(),
-        message,
-    };
+    let err =
+        |key: &str, message: String| ConfigError::Key { origin: origin.to_string(), key: key.to_string(), message };
     // Relative paths in the file are relative to the file's directory.
-    let base = file
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let base = file.and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
     let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
-    let listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
-        err(
-            "server.listen",
-            format!("`{}` is not an IP:port address", raw.server.listen),
-        )
-    })?;
+    let listen: SocketAddr = raw
+        .server
+        .listen
+        .parse()
+        .map_err(|_| err("server.listen", format!("`{}` is not an IP:port address", raw.server.listen)))?;
     let public_url = match raw.server.public_url {
         None => None,
         Some(u) => {
@@ -520,12 +568,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
             let rest = trimmed
                 .strip_prefix("https://")
                 .or_else(|| trimmed.strip_prefix("http://"))
-                .ok_or_else(|| {
-                    err(
-                        "server.public_url",
-                        format!("`{u}` must start with https:// or http://"),
-                    )
-                })?;
+                .ok_or_else(|| err("server.public_url", format!("`{u}` must start with https:// or http://")))?;
             if rest.is_empty() || rest.contains('/') {
                 return Err(err(
                     "server.public_url",
@@ -538,10 +581,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
     let server = ServerConfig {
         listen,
         public_url,
-        tls: raw.server.tls.map(|t| TlsFiles {
-            cert: rel(t.cert),
-            key: rel(t.key),
-        }),
+        tls: raw.server.tls.map(|t| TlsFiles { cert: rel(t.cert), key: rel(t.key) }),
         shutdown_grace: duration(
             origin,
             "server.shutdown_grace",
@@ -552,18 +592,8 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
 
     let t = raw.tokens;
     let tokens = TokensConfig {
-        ttl: duration(
-            origin,
-            "tokens.ttl",
-            t.ttl.as_deref(),
-            Duration::from_secs(15 * 60),
-        )?,
-        max_session: duration(
-            origin,
-            "tokens.max_session",
-            t.max_session.as_deref(),
-            Duration::from_secs(12 * 3600),
-        )?,
+        ttl: duration(origin, "tokens.ttl", t.ttl.as_deref(), Duration::from_secs(15 * 60))?,
+        max_session: duration(origin, "tokens.max_session", t.max_session.as_deref(), Duration::from_secs(12 * 3600))?,
         require_proof: t.require_proof.unwrap_or(true),
         rotate_every: duration(
             origin,
@@ -576,10 +606,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
         return Err(err("tokens.ttl", "must be greater than zero".into()));
     }
     if tokens.max_session < tokens.ttl {
-        return Err(err(
-            "tokens.max_session",
-            "must be at least tokens.ttl".into(),
-        ));
+        return Err(err("tokens.max_session", "must be at least tokens.ttl".into()));
     }
     if tokens.rotate_every < Duration::from_secs(1) {
         return Err(err("tokens.rotate_every", "must be at least 1s".into()));
@@ -587,85 +614,43 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
 
     let s = raw.secrets;
     let prefix = s.prefix.unwrap_or_else(|| "gocred".into());
-    if prefix.is_empty()
-        || prefix.starts_with('/')
-        || prefix.ends_with('/')
-        || prefix.contains("..")
-    {
-        return Err(err(
-            "secrets.prefix",
-            format!("`{prefix}` must be a relative path like \"gocred\""),
-        ));
+    if prefix.is_empty() || prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains("..") {
+        return Err(err("secrets.prefix", format!("`{prefix}` must be a relative path like \"gocred\"")));
     }
     let backend = match s.backend {
         RawBackend::File => {
             if raw.vault.is_some() {
-                return Err(err(
-                    "vault",
-                    "a [vault] section needs secrets.backend = \"vault\"".into(),
-                ));
+                return Err(err("vault", "a [vault] section needs secrets.backend = \"vault\"".into()));
             }
-            let path = s.file.ok_or_else(|| {
-                err(
-                    "secrets.file",
-                    "required key is missing (backend = \"file\")".into(),
-                )
-            })?;
-            BackendConfig::File(FileBackendConfig {
-                path: rel(path),
-                key_file: s.key_file.map(rel),
-                create_key: false,
-            })
+            let path =
+                s.file.ok_or_else(|| err("secrets.file", "required key is missing (backend = \"file\")".into()))?;
+            BackendConfig::File(FileBackendConfig { path: rel(path), key_file: s.key_file.map(rel), create_key: false })
         }
         RawBackend::Vault => {
-            if let Some(f) = s
-                .file
-                .as_ref()
-                .map(|_| "secrets.file")
-                .or(s.key_file.as_ref().map(|_| "secrets.key_file"))
+            if let Some(f) = s.file.as_ref().map(|_| "secrets.file").or(s.key_file.as_ref().map(|_| "secrets.key_file"))
             {
                 return Err(err(f, "only used with secrets.backend = \"file\"".into()));
             }
-            let v = raw.vault.ok_or_else(|| {
-                err(
-                    "vault",
-                    "required section is missing (backend = \"vault\")".into(),
-                )
-            })?;
+            let v =
+                raw.vault.ok_or_else(|| err("vault", "required section is missing (backend = \"vault\")".into()))?;
             let addr = v.address.trim_end_matches('/').to_string();
             let hostpart = addr
                 .strip_prefix("https://")
                 .or_else(|| addr.strip_prefix("http://"))
-                .ok_or_else(|| {
-                    err(
-                        "vault.address",
-                        format!("`{}` must start with https:// or http://", v.address),
-                    )
-                })?;
+                .ok_or_else(|| err("vault.address", format!("`{}` must start with https:// or http://", v.address)))?;
             if hostpart.is_empty() || hostpart.contains(char::is_whitespace) {
-                return Err(err(
-                    "vault.address",
-                    format!("`{}` is not a URL", v.address),
-                ));
+                return Err(err("vault.address", format!("`{}` is not a URL", v.address)));
             }
             let a = v.auth;
-            let secret = |inline: Option<String>,
-                          file: Option<PathBuf>,
-                          key: &str|
-             -> Result<SecretSource, ConfigError> {
-                match (inline, file) {
-                    (Some(s), None) => Ok(SecretSource::Inline(secrecy::SecretString::from(s))),
-                    (None, Some(f)) => Ok(SecretSource::File(rel(f))),
-                    (Some(_), Some(_)) => Err(err(
-                        key,
-                        format!("set either {key} or {key}_file, not both"),
-                    )),
-                    (None, None) => Err(err(
-                        key,
-                        format!("required key is missing (set {key} or {key}_file)"),
-                    )),
-                }
-            };
+            let secret =
+                |inline: Option<String>, file: Option<PathBuf>, key: &str| -> Result<SecretSource, ConfigError> {
+                    match (inline, file) {
+                        (Some(s), None) => Ok(SecretSource::Inline(secrecy::SecretString::from(s))),
+                        (None, Some(f)) => Ok(SecretSource::File(rel(f))),
+                        (Some(_), Some(_)) => Err(err(key, format!("set either {key} or {key}_file, not both"))),
+                        (None, None) => Err(err(key, format!("required key is missing (set {key} or {key}_file)"))),
+                    }
+                };
             let auth = match a.method {
                 RawAuthMethod::Token => {
                     for (k, set) in [
@@ -675,28 +660,19 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
                         ("mount", a.mount.is_some()),
                     ] {
                         if set {
-                            return Err(err(
-                                &format!("vault.auth.{k}"),
-                                "only used with method = \"approle\"".into(),
-                            ));
+                            return Err(err(&format!("vault.auth.{k}"), "only used with method = \"approle\"".into()));
                         }
                     }
                     VaultAuth::Token(secret(a.token, a.token_file, "vault.auth.token")?)
                 }
                 RawAuthMethod::Approle => {
                     if a.token.is_some() || a.token_file.is_some() {
-                        return Err(err(
-                            "vault.auth.token",
-                            "only used with method = \"token\"".into(),
-                        ));
+                        return Err(err("vault.auth.token", "only used with method = \"token\"".into()));
                     }
                     VaultAuth::AppRole {
                         mount: a.mount.unwrap_or_else(|| "approle".into()),
                         role_id: a.role_id.ok_or_else(|| {
-                            err(
-                                "vault.auth.role_id",
-                                "required key is missing (method = \"approle\")".into(),
-                            )
+                            err("vault.auth.role_id", "required key is missing (method = \"approle\")".into())
                         })?,
                         secret_id: secret(a.secret_id, a.secret_id_file, "vault.auth.secret_id")?,
                     }
@@ -706,12 +682,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
                 address: addr,
                 kv_mount: v.kv_mount.unwrap_or_else(|| "secret".into()),
                 ca_cert: v.ca_cert.map(rel),
-                timeout: duration(
-                    origin,
-                    "vault.timeout",
-                    v.timeout.as_deref(),
-                    Duration::from_secs(5),
-                )?,
+                timeout: duration(origin, "vault.timeout", v.timeout.as_deref(), Duration::from_secs(5))?,
                 auth,
             })
         }
@@ -719,37 +690,75 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
     let secrets = SecretsConfig {
         backend,
         prefix,
-        grace: duration(
-            origin,
-            "secrets.grace",
-            s.grace.as_deref(),
-            Duration::from_secs(30),
-        )?,
-        probe_every: duration(
-            origin,
-            "secrets.probe_every",
-            s.probe_every.as_deref(),
-            Duration::from_secs(5),
-        )?,
+        grace: duration(origin, "secrets.grace", s.grace.as_deref(), Duration::from_secs(30))?,
+        probe_every: duration(origin, "secrets.probe_every", s.probe_every.as_deref(), Duration::from_secs(5))?,
     };
     if secrets.probe_every < Duration::from_millis(100) {
         return Err(err("secrets.probe_every", "must be at least 100ms".into()));
     }
-    Ok(Config {
-        source: file.map(Path::to_path_buf),
-        server,
-        tokens,
-        secrets,
-        dev: false,
-    })
+    let ssh = match raw.ssh {
+        None => SshConfig {
+            authorized_keys: AuthorizedKeys::None,
+            trusted_user_ca_keys: Vec::new(),
+            groups: Default::default(),
+            challenge_ttl: Duration::from_secs(60),
+        },
+        Some(r) => {
+            let authorized_keys = match r.authorized_keys {
+                None => AuthorizedKeys::None,
+                Some(v) => match v.strip_prefix("vault:") {
+                    Some(p) if !p.trim_matches('/').is_empty() => {
+                        AuthorizedKeys::Secrets(p.trim_matches('/').to_string())
+                    }
+                    Some(_) => {
+                        return Err(err(
+                            "ssh.authorized_keys",
+                            "`vault:` needs a path, e.g. \"vault:gocred/ssh-keys\"".into(),
+                        ));
+                    }
+                    None => AuthorizedKeys::Dir(rel(PathBuf::from(v))),
+                },
+            };
+            let mut cas = Vec::new();
+            for (i, entry) in r.trusted_user_ca_keys.iter().enumerate() {
+                let text = if entry.starts_with("ssh-") || entry.starts_with("ecdsa-") {
+                    entry.clone()
+                } else {
+                    let p = rel(PathBuf::from(entry));
+                    std::fs::read_to_string(&p).map_err(|e| {
+                        err(&format!("ssh.trusted_user_ca_keys[{i}]"), format!("cannot read {}: {e}", p.display()))
+                    })?
+                };
+                for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                    cas.push(line.to_string());
+                }
+            }
+            let challenge_ttl =
+                duration(origin, "ssh.challenge_ttl", r.challenge_ttl.as_deref(), Duration::from_secs(60))?;
+            if challenge_ttl.is_zero() || challenge_ttl > Duration::from_secs(600) {
+                return Err(err("ssh.challenge_ttl", "must be between 1s and 10m".into()));
+            }
+            SshConfig { authorized_keys, trusted_user_ca_keys: cas, groups: r.groups, challenge_ttl }
+        }
+    };
+    let policy = match raw.policy {
+        Some(p) => PolicyConfig::Dir(rel(p.dir)),
+        None => PolicyConfig::Dir(rel(PathBuf::from("policies"))),
+    };
+    let audit = match raw.audit.map(|a| a.path) {
+        None => AuditConfig::Stdout,
+        Some(p) if p == "-" => AuditConfig::Stdout,
+        Some(p) if p.is_empty() => return Err(err("audit.path", "must be \"-\" or a file path".into())),
+        Some(p) => AuditConfig::File(rel(PathBuf::from(p))),
+    };
+    Ok(Config { source: file.map(Path::to_path_buf), server, tokens, secrets, ssh, policy, audit, dev: false })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MIN: &str =
-        "[server]\nlisten = \"127.0.0.1:0\"\n[secrets]\nbackend = \"file\"\nfile = \"s.enc\"\n";
+    const MIN: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[secrets]\nbackend = \"file\"\nfile = \"s.enc\"\n";
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_toml(
@@ -773,47 +782,27 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = parse(
-            &format!("{MIN}[tokens]\nttl = \"5m\"\nlifetime = \"1h\"\n"),
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
+        let e = parse(&format!("{MIN}[tokens]\nttl = \"5m\"\nlifetime = \"1h\"\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("tokens.lifetime"), "{e}");
         assert!(e.contains("/etc/gocred/broker.toml"), "{e}");
-        let e = parse(&format!("{MIN}[bogus]\nx = 1\n"), &[])
-            .unwrap_err()
-            .to_string();
+        let e = parse(&format!("{MIN}[bogus]\nx = 1\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("`bogus`"), "{e}");
     }
 
     #[test]
     fn wrong_type_is_named() {
-        let e = parse(&format!("{MIN}[tokens]\nrequire_proof = \"yes\"\n"), &[])
-            .unwrap_err()
-            .to_string();
+        let e = parse(&format!("{MIN}[tokens]\nrequire_proof = \"yes\"\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("tokens.require_proof"), "{e}");
-        let e = parse(&MIN.replace("\"127.0.0.1:0\"", "8443"), &[])
-            .unwrap_err()
-            .to_string();
+        let e = parse(&MIN.replace("\"127.0.0.1:0\"", "8443"), &[]).unwrap_err().to_string();
         assert!(e.contains("server.listen"), "{e}");
     }
 
     #[test]
     fn missing_required_key_is_named() {
-        let e = parse(
-            "[server]\n[secrets]\nbackend = \"file\"\nfile = \"x\"\n",
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
+        let e = parse("[server]\n[secrets]\nbackend = \"file\"\nfile = \"x\"\n", &[]).unwrap_err().to_string();
         assert!(e.contains("server.listen") && e.contains("missing"), "{e}");
-        let e = parse(
-            "[server]\nlisten = \"127.0.0.1:1\"\n[secrets]\nbackend = \"vault\"\n",
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
+        let e =
+            parse("[server]\nlisten = \"127.0.0.1:1\"\n[secrets]\nbackend = \"vault\"\n", &[]).unwrap_err().to_string();
         assert!(e.contains("`vault`"), "{e}");
         let v = "[server]\nlisten = \"127.0.0.1:1\"\n[secrets]\nbackend = \"vault\"\n[vault]\naddress = \"http://127.0.0.1:8200\"\n[vault.auth]\nmethod = \"approle\"\nsecret_id = \"s\"\n";
         let e = parse(v, &[]).unwrap_err().to_string();
@@ -833,16 +822,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.listen.port(), 9999);
         assert!(!c.tokens.require_proof);
-        let e = parse(MIN, &[("GOCRED_TOKENS__LIFETIME", "1h")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("env GOCRED_TOKENS__LIFETIME") && e.contains("tokens.lifetime"),
-            "{e}"
-        );
-        let e = parse(MIN, &[("GOCRED_TOKENS__TTL", "soon")])
-            .unwrap_err()
-            .to_string();
+        let e = parse(MIN, &[("GOCRED_TOKENS__LIFETIME", "1h")]).unwrap_err().to_string();
+        assert!(e.contains("env GOCRED_TOKENS__LIFETIME") && e.contains("tokens.lifetime"), "{e}");
+        let e = parse(MIN, &[("GOCRED_TOKENS__TTL", "soon")]).unwrap_err().to_string();
         assert!(e.contains("tokens.ttl"), "{e}");
     }
 
@@ -851,13 +833,8 @@ mod tests {
         let c = Config::from_toml(
             MIN,
             None,
-            [(
-                "GOCRED_SERVER__LISTEN".to_string(),
-                "127.0.0.1:1".to_string(),
-            )],
-            &Overrides {
-                listen: Some("127.0.0.1:2".into()),
-            },
+            [("GOCRED_SERVER__LISTEN".to_string(), "127.0.0.1:1".to_string())],
+            &Overrides { listen: Some("127.0.0.1:2".into()) },
         )
         .unwrap();
         assert_eq!(c.server.listen.port(), 2);
@@ -874,9 +851,8 @@ mod tests {
     fn dev_refuses_non_loopback() {
         let e = Config::dev(
             Path::new("/tmp/x"),
-            &Overrides {
-                listen: Some("0.0.0.0:8443".into()),
-            },
+            &DevIdentity::default(),
+            &Overrides { listen: Some("0.0.0.0:8443".into()) },
         )
         .unwrap_err();
         assert!(e.to_string().contains("loopback"));

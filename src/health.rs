@@ -26,14 +26,7 @@ pub struct Readiness {
 impl Readiness {
     /// Ready now (the backend was just opened successfully).
     pub fn new(backend: String, grace: Duration) -> Self {
-        Readiness {
-            backend,
-            grace,
-            state: Mutex::new(State {
-                last_ok: Instant::now(),
-                failing: None,
-            }),
-        }
+        Readiness { backend, grace, state: Mutex::new(State { last_ok: Instant::now(), failing: None }) }
     }
 
     pub fn record_ok(&self) {
@@ -68,12 +61,7 @@ impl Readiness {
 }
 
 /// Probe the backend every `every`, forever.
-pub async fn probe_loop(
-    store: &SecretStore,
-    readiness: &Readiness,
-    metrics: &Metrics,
-    every: Duration,
-) {
+pub async fn probe_loop(store: &SecretStore, readiness: &Readiness, metrics: &Metrics, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -83,14 +71,9 @@ pub async fn probe_loop(
         match tokio::time::timeout(limit, store.probe()).await {
             Ok(Ok(())) => readiness.record_ok(),
             Ok(Err(e)) => readiness.record_err(e.to_string()),
-            Err(_) => {
-                readiness.record_err(format!("probe timed out after {}ms", limit.as_millis()))
-            }
+            Err(_) => readiness.record_err(format!("probe timed out after {}ms", limit.as_millis())),
         }
-        metrics.set_gauge(
-            "gocred_ready",
-            if readiness.check().is_ok() { 1.0 } else { 0.0 },
-        );
+        metrics.set_gauge("gocred_ready", if readiness.check().is_ok() { 1.0 } else { 0.0 });
     }
 }
 
@@ -105,10 +88,7 @@ mod tests {
         assert!(r.check().is_ok(), "within grace");
         std::thread::sleep(Duration::from_millis(80));
         let e = r.check().unwrap_err();
-        assert!(
-            e.contains("vault http://x") && e.contains("connection refused"),
-            "{e}"
-        );
+        assert!(e.contains("vault http://x") && e.contains("connection refused"), "{e}");
         r.record_ok();
         assert!(r.check().is_ok());
     }

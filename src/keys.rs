@@ -54,12 +54,7 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     fn from_seed(seed: &[u8; 32], created: u64, retired: Option<u64>) -> Self {
         let key = ed25519_dalek::SigningKey::from_bytes(seed);
-        SigningKey {
-            kid: thumbprint(&key.verifying_key()),
-            created,
-            retired,
-            key,
-        }
+        SigningKey { kid: thumbprint(&key.verifying_key()), created, retired, key }
     }
 
     fn generate(now: u64) -> Self {
@@ -79,10 +74,7 @@ impl SigningKey {
 
 /// RFC 7638 JWK thumbprint of an Ed25519 public key (base64url SHA-256 of the canonical JWK).
 pub fn thumbprint(vk: &ed25519_dalek::VerifyingKey) -> String {
-    let canonical = format!(
-        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-        B64URL.encode(vk.as_bytes())
-    );
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, B64URL.encode(vk.as_bytes()));
     B64URL.encode(sha2::Sha256::digest(canonical.as_bytes()))
 }
 
@@ -121,10 +113,7 @@ pub struct KeySet {
 
 impl KeySet {
     fn generate(now: u64) -> Self {
-        KeySet {
-            keys: vec![Arc::new(SigningKey::generate(now))],
-            version: 0,
-        }
+        KeySet { keys: vec![Arc::new(SigningKey::generate(now))], version: 0 }
     }
 
     /// The key new tokens are signed with.
@@ -142,34 +131,21 @@ impl KeySet {
     }
 
     fn parse(path: &str, data: &SecretData, version: u64) -> Result<Self, KeysError> {
-        let bad = |reason: String| KeysError::Malformed {
-            path: path.into(),
-            reason,
-        };
-        let json = data
-            .get("keyset")
-            .ok_or_else(|| bad("no `keyset` field".into()))?;
-        let set: StoredSet =
-            serde_json::from_str(json.expose_secret()).map_err(|e| bad(format!("JSON: {e}")))?;
+        let bad = |reason: String| KeysError::Malformed { path: path.into(), reason };
+        let json = data.get("keyset").ok_or_else(|| bad("no `keyset` field".into()))?;
+        let set: StoredSet = serde_json::from_str(json.expose_secret()).map_err(|e| bad(format!("JSON: {e}")))?;
         if set.keys.is_empty() {
             return Err(bad("no keys".into()));
         }
         let mut keys = Vec::new();
         for k in set.keys {
-            let seed = Zeroizing::new(
-                B64.decode(&k.seed)
-                    .map_err(|_| bad(format!("key {}: seed is not base64", k.kid)))?,
-            );
-            let seed: &[u8; 32] = seed
-                .as_slice()
-                .try_into()
-                .map_err(|_| bad(format!("key {}: seed is not 32 bytes", k.kid)))?;
+            let seed =
+                Zeroizing::new(B64.decode(&k.seed).map_err(|_| bad(format!("key {}: seed is not base64", k.kid)))?);
+            let seed: &[u8; 32] =
+                seed.as_slice().try_into().map_err(|_| bad(format!("key {}: seed is not 32 bytes", k.kid)))?;
             let key = SigningKey::from_seed(seed, k.created, k.retired);
             if key.kid != k.kid {
-                return Err(bad(format!(
-                    "key {}: kid does not match its public key",
-                    k.kid
-                )));
+                return Err(bad(format!("key {}: kid does not match its public key", k.kid)));
             }
             keys.push(Arc::new(key));
         }
@@ -189,8 +165,7 @@ impl KeySet {
                 })
                 .collect(),
         };
-        let json =
-            Zeroizing::new(serde_json::to_string(&set).expect("serialising keys cannot fail"));
+        let json = Zeroizing::new(serde_json::to_string(&set).expect("serialising keys cannot fail"));
         SecretData::single("keyset", SecretString::from(json.to_string()))
     }
 
@@ -206,15 +181,9 @@ impl KeySet {
             changed = true;
         }
         let before = keys.len();
-        keys.retain(|k| {
-            k.retired
-                .is_none_or(|r| now < r.saturating_add(retain.as_secs()))
-        });
+        keys.retain(|k| k.retired.is_none_or(|r| now < r.saturating_add(retain.as_secs())));
         changed |= keys.len() != before;
-        changed.then_some(KeySet {
-            keys,
-            version: self.version,
-        })
+        changed.then_some(KeySet { keys, version: self.version })
     }
 
     /// RFC 7517 JWKS document (deterministic bytes for a given key set).
@@ -287,10 +256,7 @@ impl Keys {
             path,
             rotate_every,
             retain: token_ttl + RETAIN_LEEWAY,
-            snapshot: RwLock::new(Arc::new(Snapshot {
-                jwks: String::new(),
-                set: set.clone(),
-            })),
+            snapshot: RwLock::new(Arc::new(Snapshot { jwks: String::new(), set: set.clone() })),
         };
         keys.adopt(set);
         Ok(keys)
@@ -319,11 +285,7 @@ impl Keys {
             None => {
                 // The backend lost the record (e.g. a restarted dev Vault): restore ours.
                 let mut ours = self.snapshot().set.clone();
-                match self
-                    .store
-                    .put(&self.path, &ours.to_record(), Cas::Create)
-                    .await
-                {
+                match self.store.put(&self.path, &ours.to_record(), Cas::Create).await {
                     Ok(v) => ours.version = v,
                     Err(SecretsError::CasConflict { .. }) => return Ok(false),
                     Err(e) => return Err(KeysError::Store(e)),
@@ -333,11 +295,7 @@ impl Keys {
         };
         let mut wrote = false;
         if let Some(mut next) = set.rotated(now, self.rotate_every, self.retain) {
-            match self
-                .store
-                .put(&self.path, &next.to_record(), Cas::Version(set.version))
-                .await
-            {
+            match self.store.put(&self.path, &next.to_record(), Cas::Version(set.version)).await {
                 Ok(v) => {
                     next.version = v;
                     tracing::info!(kid = %next.current().kid, published = next.keys.len(), "rotated signing keys");
@@ -396,13 +354,8 @@ mod tests {
     #[test]
     fn kid_is_rfc7638_thumbprint() {
         // RFC 8037 appendix A.3 test vector.
-        let x = B64URL
-            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
-            .unwrap();
+        let x = B64URL.decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo").unwrap();
         let vk = ed25519_dalek::VerifyingKey::from_bytes(x.as_slice().try_into().unwrap()).unwrap();
-        assert_eq!(
-            thumbprint(&vk),
-            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
-        );
+        assert_eq!(thumbprint(&vk), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
     }
 }

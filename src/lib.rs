@@ -22,23 +22,26 @@
 //! mapping from errors to HTTP status codes lives in [`http::error`].
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod fsutil;
 pub mod health;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod policy;
+pub mod revocation;
 pub mod secrets;
 pub mod server;
 pub mod tls;
+pub mod token;
 
 /// Seconds since the Unix epoch (the clock every expiry in gocred is measured with).
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// `n` random bytes from the operating system.

@@ -10,18 +10,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gocred: cannot start the async runtime: {e}");
@@ -42,11 +35,9 @@ fn main() -> ExitCode {
 /// `GOCRED_LOG_FORMAT=json` switches to JSON lines.
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("GOCRED_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,vaultrs=off,rustify=off"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("GOCRED_LOG").unwrap_or_else(|_| EnvFilter::new("info,vaultrs=off,rustify=off"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("GOCRED_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().init();
     } else {

@@ -10,9 +10,7 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-const BUCKETS: [f64; 13] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 #[derive(Default)]
 struct Histogram {
@@ -35,9 +33,7 @@ pub struct Metrics {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -49,10 +45,7 @@ impl Metrics {
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         let mut g = self.inner.lock().expect("metrics lock poisoned");
-        let h = g
-            .requests
-            .entry((route.to_string(), method.to_string(), status))
-            .or_default();
+        let h = g.requests.entry((route.to_string(), method.to_string(), status)).or_default();
         h.count += 1;
         h.sum += secs;
         for (i, le) in BUCKETS.iter().enumerate() {
@@ -64,33 +57,17 @@ impl Metrics {
 
     /// Add one to a named counter (name must end in `_total`).
     pub fn inc(&self, name: &'static str) {
-        *self
-            .inner
-            .lock()
-            .expect("metrics lock poisoned")
-            .counters
-            .entry(name)
-            .or_default() += 1;
+        *self.inner.lock().expect("metrics lock poisoned").counters.entry(name).or_default() += 1;
     }
 
     /// Set a named gauge.
     pub fn set_gauge(&self, name: &'static str, v: f64) {
-        self.inner
-            .lock()
-            .expect("metrics lock poisoned")
-            .gauges
-            .insert(name, v);
+        self.inner.lock().expect("metrics lock poisoned").gauges.insert(name, v);
     }
 
     /// Current value of a counter (tests, diagnostics).
     pub fn counter(&self, name: &str) -> u64 {
-        self.inner
-            .lock()
-            .expect("metrics lock poisoned")
-            .counters
-            .get(name)
-            .copied()
-            .unwrap_or(0)
+        self.inner.lock().expect("metrics lock poisoned").counters.get(name).copied().unwrap_or(0)
     }
 
     /// The Prometheus text exposition (version 0.0.4).
@@ -111,11 +88,7 @@ impl Metrics {
         out.push_str("# HELP gocred_http_request_duration_seconds HTTP request latency.\n");
         out.push_str("# TYPE gocred_http_request_duration_seconds histogram\n");
         for ((route, method, status), h) in &g.requests {
-            let labels = format!(
-                "route=\"{}\",method=\"{}\",status=\"{status}\"",
-                escape(route),
-                escape(method)
-            );
+            let labels = format!("route=\"{}\",method=\"{}\",status=\"{status}\"", escape(route), escape(method));
             for (i, le) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(
                     out,
@@ -123,21 +96,9 @@ impl Metrics {
                     h.buckets[i]
                 );
             }
-            let _ = writeln!(
-                out,
-                "gocred_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "gocred_http_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "gocred_http_request_duration_seconds_count{{{labels}}} {}",
-                h.count
-            );
+            let _ = writeln!(out, "gocred_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "gocred_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
+            let _ = writeln!(out, "gocred_http_request_duration_seconds_count{{{labels}}} {}", h.count);
         }
         for (name, v) in &g.counters {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {v}");
@@ -161,12 +122,7 @@ mod tests {
         m.inc("gocred_vault_token_renewals_total");
         m.set_gauge("gocred_ready", 1.0);
         let t = m.render();
-        assert!(
-            t.contains(
-                "gocred_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 2"
-            ),
-            "{t}"
-        );
+        assert!(t.contains("gocred_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 2"), "{t}");
         assert!(t.contains("le=\"0.0025\"} 1"), "{t}");
         assert!(t.contains("le=\"0.025\"} 2"), "{t}");
         assert!(t.contains("gocred_vault_token_renewals_total 1"));

@@ -5,18 +5,30 @@
 //!
 //! Must not: parse command lines, print to the terminal, or read the environment.
 
-use crate::config::Config;
+use crate::audit::Audit;
+use crate::auth::proof::ProofVerifier;
+use crate::auth::ssh::SshLogin;
+use crate::config::{Config, PolicyConfig};
 use crate::health::{self, Readiness};
 use crate::http::{self, AppState};
 use crate::keys::{Keys, KeysError};
 use crate::metrics::Metrics;
+use crate::policy::{Policies, PolicyEngine, PolicyError};
+use crate::revocation::Revocations;
 use crate::secrets::{SecretStore, SecretsError};
 use crate::tls::TlsError;
+use crate::token::TokenService;
 use std::future::Future;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error(transparent)]
+    LoadPolicies(crate::policy::PolicyError),
+    #[error(transparent)]
+    OpenAudit(crate::audit::AuditError),
+    #[error("ssh login setup: {0}")]
+    SetupLogin(crate::auth::AuthError),
     #[error(transparent)]
     OpenSecrets(SecretsError),
     #[error(transparent)]
@@ -30,38 +42,63 @@ pub enum ServerError {
 /// A started broker: backend open, keys loaded, not yet serving.
 pub struct Broker {
     pub config: Config,
+    /// The public origin tokens are issued for and proofs are scoped to.
+    pub origin: String,
     pub store: Arc<SecretStore>,
     pub keys: Arc<Keys>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    pub tokens: Arc<TokenService>,
+    pub login: Arc<SshLogin>,
+    pub proofs: Arc<ProofVerifier>,
+    pub policy: Arc<PolicyEngine>,
+    pub audit: Arc<Audit>,
+}
+
+/// Load the configured policy set.
+pub fn load_policies(cfg: &PolicyConfig) -> Result<(Policies, Option<std::path::PathBuf>), PolicyError> {
+    match cfg {
+        PolicyConfig::Dir(d) => Ok((Policies::load_dir(d)?, Some(d.clone()))),
+        PolicyConfig::Dev { user } => Ok((crate::policy::dev_policies(user)?, None)),
+    }
 }
 
 impl Broker {
-    pub async fn start(config: Config) -> Result<Broker, ServerError> {
+    /// Open the backend, load keys and policies. `origin`: `server.public_url`, or what the
+    /// caller derived from the bound address.
+    pub async fn start(config: Config, origin: String) -> Result<Broker, ServerError> {
         crate::tls::install_crypto_provider();
-        let store = Arc::new(
-            SecretStore::open(&config.secrets)
+        let (policies, policy_dir) = load_policies(&config.policy).map_err(ServerError::LoadPolicies)?;
+        let audit = Arc::new(Audit::open(&config.audit).map_err(ServerError::OpenAudit)?);
+        let store = Arc::new(SecretStore::open(&config.secrets).await.map_err(ServerError::OpenSecrets)?);
+        let keys =
+            Keys::load_or_create(store.clone(), &config.secrets.prefix, config.tokens.rotate_every, config.tokens.ttl)
                 .await
-                .map_err(ServerError::OpenSecrets)?,
-        );
-        let keys = Keys::load_or_create(
-            store.clone(),
-            &config.secrets.prefix,
-            config.tokens.rotate_every,
-            config.tokens.ttl,
-        )
-        .await
-        .map_err(ServerError::LoadKeys)?;
+                .map_err(ServerError::LoadKeys)?;
         let readiness = Arc::new(Readiness::new(store.describe(), config.secrets.grace));
         let metrics = Arc::new(Metrics::new());
         metrics.set_gauge("gocred_ready", 1.0);
-        Ok(Broker {
-            config,
-            store,
-            keys: Arc::new(keys),
-            readiness,
-            metrics,
-        })
+        let keys = Arc::new(keys);
+        let prefix = &config.secrets.prefix;
+        let revocations = Arc::new(Revocations::new(store.clone(), prefix));
+        revocations.sync(crate::unix_now()).await.map_err(ServerError::OpenSecrets)?;
+        let tokens = Arc::new(TokenService::new(
+            keys.clone(),
+            origin.clone(),
+            config.tokens.ttl,
+            config.tokens.max_session,
+            revocations,
+        ));
+        let challenge_key = crate::secrets::shared_key(&store, &format!("{prefix}/challenge-key"))
+            .await
+            .map_err(ServerError::OpenSecrets)?;
+        let login = Arc::new(
+            SshLogin::new(&challenge_key, origin.clone(), config.ssh.clone(), store.clone())
+                .map_err(ServerError::SetupLogin)?,
+        );
+        let proofs = Arc::new(ProofVerifier::new(origin.clone()));
+        let policy = Arc::new(PolicyEngine::new(policies, policy_dir));
+        Ok(Broker { config, origin, store, keys, readiness, metrics, tokens, login, proofs, policy, audit })
     }
 
     /// The router state for this broker.
@@ -70,6 +107,14 @@ impl Broker {
             keys: self.keys.clone(),
             readiness: self.readiness.clone(),
             metrics: self.metrics.clone(),
+            tokens: self.tokens.clone(),
+            login: self.login.clone(),
+            proofs: self.proofs.clone(),
+            policy: self.policy.clone(),
+            audit: self.audit.clone(),
+            origin: self.origin.clone(),
+            require_proof: self.config.tokens.require_proof,
+            max_session_secs: self.config.tokens.max_session.as_secs(),
         }
     }
 
@@ -82,15 +127,9 @@ impl Broker {
     ) -> Result<(), ServerError> {
         let mut tasks = tokio::task::JoinSet::new();
         {
-            let (store, readiness, metrics, every) = (
-                self.store.clone(),
-                self.readiness.clone(),
-                self.metrics.clone(),
-                self.config.secrets.probe_every,
-            );
-            tasks.spawn(
-                async move { health::probe_loop(&store, &readiness, &metrics, every).await },
-            );
+            let (store, readiness, metrics, every) =
+                (self.store.clone(), self.readiness.clone(), self.metrics.clone(), self.config.secrets.probe_every);
+            tasks.spawn(async move { health::probe_loop(&store, &readiness, &metrics, every).await });
         }
         {
             let (keys, metrics) = (self.keys.clone(), self.metrics.clone());
@@ -109,6 +148,32 @@ impl Broker {
             let (store, metrics) = (self.store.clone(), self.metrics.clone());
             tasks.spawn(async move { store.maintain(&metrics).await });
         }
+        {
+            let tokens = self.tokens.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::time::sleep(crate::revocation::SYNC_EVERY).await;
+                    if let Err(e) = tokens.revocations().sync(crate::unix_now()).await {
+                        tracing::warn!(error = %e, "revocation list refresh failed; keeping the last one");
+                    }
+                }
+            });
+        }
+        {
+            let policy = self.policy.clone();
+            tasks.spawn(async move {
+                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                    tracing::error!("cannot install SIGHUP handler: policy reload disabled");
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    match policy.reload() {
+                        Ok(n) => tracing::info!(policies = n, "policies reloaded"),
+                        Err(e) => tracing::error!(error = %e, "policy reload failed; keeping the previous policies"),
+                    }
+                }
+            });
+        }
 
         let router = http::app(self.app_state());
         let handle = axum_server::Handle::new();
@@ -117,10 +182,7 @@ impl Broker {
             let handle = handle.clone();
             tokio::spawn(async move {
                 shutdown.await;
-                tracing::info!(
-                    grace_s = grace.as_secs(),
-                    "shutting down: finishing in-flight requests"
-                );
+                tracing::info!(grace_s = grace.as_secs(), "shutting down: finishing in-flight requests");
                 handle.graceful_shutdown(Some(grace));
             });
         }
@@ -128,22 +190,13 @@ impl Broker {
         let result = match &self.config.server.tls {
             Some(t) => {
                 let cfg = crate::tls::server_config(&t.cert, &t.key).map_err(ServerError::Tls)?;
-                axum_server::from_tcp_rustls(
-                    listener,
-                    axum_server::tls_rustls::RustlsConfig::from_config(cfg),
-                )
-                .map_err(ServerError::Serve)?
-                .handle(handle)
-                .serve(service)
-                .await
-            }
-            None => {
-                axum_server::from_tcp(listener)
+                axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(cfg))
                     .map_err(ServerError::Serve)?
                     .handle(handle)
                     .serve(service)
                     .await
             }
+            None => axum_server::from_tcp(listener).map_err(ServerError::Serve)?.handle(handle).serve(service).await,
         };
         tasks.abort_all();
         result.map_err(ServerError::Serve)
@@ -156,5 +209,15 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    Broker::start(config).await?.serve(listener, shutdown).await
+    let origin = origin_for(&config, &listener).map_err(ServerError::Serve)?;
+    Broker::start(config, origin).await?.serve(listener, shutdown).await
+}
+
+/// `server.public_url`, or `scheme://<bound address>`.
+pub fn origin_for(config: &Config, listener: &std::net::TcpListener) -> std::io::Result<String> {
+    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+    Ok(match &config.server.public_url {
+        Some(u) => u.clone(),
+        None => format!("{scheme}://{}", listener.local_addr()?),
+    })
 }

@@ -31,33 +31,20 @@ pub fn install_crypto_provider() {
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     install_crypto_provider();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| TlsError::ReadCert {
-            path: cert.into(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| TlsError::ReadCert { path: cert.into(), reason: e.to_string() })?
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::ReadCert {
-            path: cert.into(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| TlsError::ReadCert { path: cert.into(), reason: e.to_string() })?;
     if certs.is_empty() {
-        return Err(TlsError::ReadCert {
-            path: cert.into(),
-            reason: "no certificate in file".into(),
-        });
+        return Err(TlsError::ReadCert { path: cert.into(), reason: "no certificate in file".into() });
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::ReadKey {
-        path: key.into(),
-        reason: e.to_string(),
-    })?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(TlsError::Config)?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(TlsError::Config)?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::ReadKey { path: key.into(), reason: e.to_string() })?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(TlsError::Config)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -78,12 +65,8 @@ const LEAF_RENEW_AFTER: std::time::Duration = std::time::Duration::from_secs(300
 fn dev_ca_params() -> Result<rcgen::CertificateParams, rcgen::Error> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "gocred dev CA");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "gocred --dev");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "gocred dev CA");
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, "gocred --dev");
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
@@ -94,10 +77,7 @@ fn dev_ca_params() -> Result<rcgen::CertificateParams, rcgen::Error> {
 
 /// Create (once) the dev CA in `dir` and a server certificate for 127.0.0.1, ::1 and localhost.
 pub fn ensure_dev_ca(dir: &Path) -> Result<DevTls, TlsError> {
-    let fail = |reason: String| TlsError::DevCa {
-        dir: dir.into(),
-        reason,
-    };
+    let fail = |reason: String| TlsError::DevCa { dir: dir.into(), reason };
     crate::fsutil::ensure_private_dir(dir).map_err(|e| fail(e.to_string()))?;
     let out = DevTls {
         ca_cert: dir.join("ca.pem"),
@@ -115,20 +95,15 @@ pub fn ensure_dev_ca(dir: &Path) -> Result<DevTls, TlsError> {
         return Ok(out);
     }
     let write = |p: &Path, data: &str, mode: u32| -> Result<(), TlsError> {
-        crate::fsutil::write_private_atomic(p, data.as_bytes())
-            .map_err(|e| fail(format!("{}: {e}", p.display())))?;
+        crate::fsutil::write_private_atomic(p, data.as_bytes()).map_err(|e| fail(format!("{}: {e}", p.display())))?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| fail(e.to_string()))
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| fail(e.to_string()))
     };
     let (issuer, created_ca) = if out.ca_cert.exists() && ca_key_path.exists() {
         let ca_key = std::fs::read_to_string(&ca_key_path).map_err(|e| fail(e.to_string()))?;
         let kp = rcgen::KeyPair::from_pem(&ca_key).map_err(|e| fail(e.to_string()))?;
         // The issuer is identified by its subject name and key, both unchanged since creation.
-        (
-            rcgen::Issuer::new(dev_ca_params().map_err(|e| fail(e.to_string()))?, kp),
-            false,
-        )
+        (rcgen::Issuer::new(dev_ca_params().map_err(|e| fail(e.to_string()))?, kp), false)
     } else {
         let mut params = dev_ca_params().map_err(|e| fail(e.to_string()))?;
         let now = time::OffsetDateTime::now_utc();
@@ -140,24 +115,16 @@ pub fn ensure_dev_ca(dir: &Path) -> Result<DevTls, TlsError> {
         write(&out.ca_cert, &ca.pem(), 0o644)?;
         (rcgen::Issuer::new(params, kp), true)
     };
-    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .map_err(|e| fail(e.to_string()))?;
-    leaf.subject_alt_names.push(rcgen::SanType::IpAddress(
-        std::net::Ipv4Addr::LOCALHOST.into(),
-    ));
-    leaf.subject_alt_names.push(rcgen::SanType::IpAddress(
-        std::net::Ipv6Addr::LOCALHOST.into(),
-    ));
-    leaf.distinguished_name
-        .push(rcgen::DnType::CommonName, "gocred dev server");
+    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()]).map_err(|e| fail(e.to_string()))?;
+    leaf.subject_alt_names.push(rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    leaf.subject_alt_names.push(rcgen::SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, "gocred dev server");
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let now = time::OffsetDateTime::now_utc();
     leaf.not_before = now - time::Duration::days(1);
     leaf.not_after = now + time::Duration::days(397);
     let kp = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
-    let cert = leaf
-        .signed_by(&kp, &issuer)
-        .map_err(|e| fail(e.to_string()))?;
+    let cert = leaf.signed_by(&kp, &issuer).map_err(|e| fail(e.to_string()))?;
     write(&out.key, &kp.serialize_pem(), 0o600)?;
     write(&out.cert, &cert.pem(), 0o644)?;
     Ok(DevTls { created_ca, ..out })
@@ -179,13 +146,6 @@ mod tests {
         assert_eq!(std::fs::read(&b.ca_cert).unwrap(), ca1);
         server_config(&b.cert, &b.key).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(d.path().join("ca.key"))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(d.path().join("ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

@@ -4,6 +4,7 @@
 //! Must not: implement broker logic — it calls into the library.
 
 mod serve;
+mod session;
 
 use clap::{Parser, Subcommand};
 
@@ -19,11 +20,23 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker (HTTPS API, JWKS, health, metrics).
     Serve(serve::ServeArgs),
+    /// Log in to a broker and keep the session in ~/.cache/gocred.
+    Login(session::LoginArgs),
+    /// Show who you are logged in as, with which key, until when.
+    Status,
+    /// Print a valid access token (refreshing it with your key when needed).
+    Token,
+    /// Revoke the token at the broker and remove the local session.
+    Logout,
 }
 
 /// Run the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Login(args) => session::login(args).await,
+        Command::Status => session::status().await,
+        Command::Token => session::token().await,
+        Command::Logout => session::logout().await,
     }
 }

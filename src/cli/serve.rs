@@ -49,37 +49,29 @@ fn describe_backend(c: &Config) -> String {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let flags = Overrides {
-        listen: args.listen.clone(),
-    };
+    let flags = Overrides { listen: args.listen.clone() };
     let mut dev_ca = None;
     let config = if args.dev {
         let dir = match args.data_dir.clone() {
             Some(d) => d,
             None => default_dev_dir().context("cannot find a data dir: set --data-dir or HOME")?,
         };
-        let config = Config::dev(&dir, &flags)?;
+        let config = Config::dev(&dir, &crate::config::DevIdentity::from_env(), &flags)?;
         if !args.check {
-            crate::fsutil::ensure_private_dir(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            crate::fsutil::ensure_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             dev_ca = Some(crate::tls::ensure_dev_ca(&dir.join("tls"))?);
         }
         config
     } else {
-        let path = args
-            .config
-            .clone()
-            .expect("clap requires --config or --dev");
+        let path = args.config.clone().expect("clap requires --config or --dev");
         Config::load(&path, std::env::vars(), &flags)?
     };
     if args.check {
+        let (policies, _) = crate::server::load_policies(&config.policy)?;
+        println!("gocred: {} policies valid", policies.len());
         println!(
             "gocred: config OK ({}; secrets: {}; listen {})",
-            config
-                .source
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "--dev".into()),
+            config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "--dev".into()),
             describe_backend(&config),
             config.server.listen
         );
@@ -89,18 +81,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(config.server.listen)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    let scheme = if config.server.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let url = config
-        .server
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("{scheme}://{addr}"));
+    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+    let url = crate::server::origin_for(&config, &listener)?;
     let backend = describe_backend(&config);
-    let broker = Broker::start(config).await?;
+    let broker = Broker::start(config, url.clone()).await?;
     let kid = broker.keys.snapshot().set.current().kid.clone();
 
     println!("gocred: listening on {scheme}://{addr} (public URL {url})");
@@ -111,14 +95,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ca.ca_cert.display(),
             if ca.created_ca { "created" } else { "reused" }
         );
-        println!(
-            "gocred: next: curl --cacert {} {url}/healthz",
-            ca.ca_cert.display()
-        );
-        println!(
-            "gocred:       curl --cacert {} {url}/.well-known/jwks.json",
-            ca.ca_cert.display()
-        );
+        println!("gocred: next: curl --cacert {} {url}/healthz", ca.ca_cert.display());
+        println!("gocred:       curl --cacert {} {url}/.well-known/jwks.json", ca.ca_cert.display());
     }
     broker.serve(listener, shutdown_signal()).await?;
     println!("gocred: stopped");

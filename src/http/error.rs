@@ -17,6 +17,14 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     NotReady(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Unavailable(String),
     /// Detail is logged, never returned.
     #[error("internal error")]
     Internal(String),
@@ -36,6 +44,10 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -49,11 +61,19 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut resp = status.into_response();
-        resp.extensions_mut().insert(ErrorBody {
-            code,
-            message: self.to_string(),
-            log_detail,
-        });
+        if status == StatusCode::UNAUTHORIZED {
+            // Bearer for GOAUTH/CLI clients, Basic so git and curl consult their credential helpers.
+            let h = resp.headers_mut();
+            h.append(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"gocred\""),
+            );
+            h.append(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"gocred\""),
+            );
+        }
+        resp.extensions_mut().insert(ErrorBody { code, message: self.to_string(), log_detail });
         resp
     }
 }
@@ -75,10 +95,7 @@ pub(super) fn render(resp: Response, id: &RequestId) -> Response {
     };
     let json = serde_json::json!({ "error": body.code, "message": message, "request_id": id.0 });
     let (mut parts, _) = resp.into_parts();
-    parts.headers.insert(
-        axum::http::header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/json"),
-    );
+    parts.headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(json.to_string()))
 }

@@ -4,6 +4,7 @@
 //! Must not: contain domain logic — handlers translate HTTP to calls on `keys`, `health`, ...
 //! and back.
 
+pub mod auth;
 pub mod error;
 
 use crate::health::Readiness;
@@ -14,7 +15,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use error::ApiError;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,6 +26,15 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    pub tokens: Arc<crate::token::TokenService>,
+    pub login: Arc<crate::auth::ssh::SshLogin>,
+    pub proofs: Arc<crate::auth::proof::ProofVerifier>,
+    pub policy: Arc<crate::policy::PolicyEngine>,
+    pub audit: Arc<crate::audit::Audit>,
+    /// The broker's public origin (`https://host:port`).
+    pub origin: String,
+    pub require_proof: bool,
+    pub max_session_secs: u64,
 }
 
 /// A per-request id, in request extensions and the `x-request-id` response header.
@@ -42,6 +52,11 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/v1/login/ssh/challenge", post(auth::ssh_challenge))
+        .route("/v1/login/ssh", post(auth::ssh_login))
+        .route("/v1/whoami", get(auth::whoami))
+        .route("/v1/token", post(auth::token))
+        .route("/v1/revoke", post(auth::revoke))
         .route_layer(middleware::from_fn(tag_route))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -50,10 +65,7 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn tag_route(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
     let mut resp = next.run(req).await;
     if let Some(r) = route {
         resp.extensions_mut().insert(RouteTag(r));
@@ -72,14 +84,8 @@ async fn outer(State(state): State<AppState>, mut req: Request, next: Next) -> R
     if let Ok(v) = HeaderValue::from_str(&id.0) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    let route = resp
-        .extensions()
-        .get::<RouteTag>()
-        .map(|t| t.0.as_str())
-        .unwrap_or("unmatched");
-    state
-        .metrics
-        .observe_request(route, &method, resp.status().as_u16(), started.elapsed());
+    let route = resp.extensions().get::<RouteTag>().map(|t| t.0.as_str()).unwrap_or("unmatched");
+    state.metrics.observe_request(route, &method, resp.status().as_u16(), started.elapsed());
     resp
 }
 
@@ -93,22 +99,14 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
+    state.metrics.set_gauge("gocred_ready", if state.readiness.check().is_ok() { 1.0 } else { 0.0 });
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
 
 async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     let snap = state.keys.snapshot();
     (
-        [
-            (header::CONTENT_TYPE, "application/jwk-set+json"),
-            (header::CACHE_CONTROL, "public, max-age=60"),
-        ],
+        [(header::CONTENT_TYPE, "application/jwk-set+json"), (header::CACHE_CONTROL, "public, max-age=60")],
         snap.jwks.clone(),
     )
 }

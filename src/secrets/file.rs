@@ -68,31 +68,22 @@ fn decode_key(raw: &[u8], from: &str) -> Result<Zeroizing<[u8; 32]>, SecretsErro
         return Ok(out);
     }
     let text = std::str::from_utf8(raw)
-        .map_err(|_| SecretsError::Key {
-            reason: format!("{from} is neither base64 nor 32 raw bytes"),
-        })?
+        .map_err(|_| SecretsError::Key { reason: format!("{from} is neither base64 nor 32 raw bytes") })?
         .trim();
     let bytes = Zeroizing::new(
         B64.decode(text)
             .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
-            .map_err(|_| SecretsError::Key {
-                reason: format!("{from} is not valid base64"),
-            })?,
+            .map_err(|_| SecretsError::Key { reason: format!("{from} is not valid base64") })?,
     );
     if bytes.len() != 32 {
-        return Err(SecretsError::Key {
-            reason: format!("{from} must decode to 32 bytes, got {}", bytes.len()),
-        });
+        return Err(SecretsError::Key { reason: format!("{from} must decode to 32 bytes, got {}", bytes.len()) });
     }
     out.copy_from_slice(&bytes);
     Ok(out)
 }
 
 /// Resolve the file key: `GOCRED_FILE_KEY` first, then the key file (created when `create`).
-pub fn load_key(
-    key_file: Option<&Path>,
-    create: bool,
-) -> Result<Zeroizing<[u8; 32]>, SecretsError> {
+pub fn load_key(key_file: Option<&Path>, create: bool) -> Result<Zeroizing<[u8; 32]>, SecretsError> {
     if let Ok(v) = std::env::var("GOCRED_FILE_KEY") {
         let v = SecretString::from(v);
         return decode_key(v.expose_secret().as_bytes(), "GOCRED_FILE_KEY");
@@ -106,35 +97,27 @@ pub fn load_key(
         Ok(meta) => {
             if meta.permissions().mode() & 0o077 != 0 {
                 return Err(SecretsError::Key {
-                    reason: format!(
-                        "key file {} must not be readable by group or others (chmod 600)",
-                        kf.display()
-                    ),
+                    reason: format!("key file {} must not be readable by group or others (chmod 600)", kf.display()),
                 });
             }
-            let raw = Zeroizing::new(std::fs::read(kf).map_err(|e| SecretsError::Key {
-                reason: format!("cannot read key file {}: {e}", kf.display()),
-            })?);
+            let raw =
+                Zeroizing::new(std::fs::read(kf).map_err(|e| SecretsError::Key {
+                    reason: format!("cannot read key file {}: {e}", kf.display()),
+                })?);
             decode_key(&raw, &format!("key file {}", kf.display()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             let key = Zeroizing::new(crate::random_bytes::<32>());
             let text = Zeroizing::new(B64.encode(key.as_slice()) + "\n");
             if let Some(dir) = kf.parent() {
-                crate::fsutil::ensure_private_dir(dir).map_err(|e| SecretsError::Key {
-                    reason: format!("cannot create {}: {e}", dir.display()),
-                })?;
+                crate::fsutil::ensure_private_dir(dir)
+                    .map_err(|e| SecretsError::Key { reason: format!("cannot create {}: {e}", dir.display()) })?;
             }
-            crate::fsutil::write_private_atomic(kf, text.as_bytes()).map_err(|e| {
-                SecretsError::Key {
-                    reason: format!("cannot write key file {}: {e}", kf.display()),
-                }
-            })?;
+            crate::fsutil::write_private_atomic(kf, text.as_bytes())
+                .map_err(|e| SecretsError::Key { reason: format!("cannot write key file {}: {e}", kf.display()) })?;
             Ok(key)
         }
-        Err(e) => Err(SecretsError::Key {
-            reason: format!("cannot read key file {}: {e}", kf.display()),
-        }),
+        Err(e) => Err(SecretsError::Key { reason: format!("cannot read key file {}: {e}", kf.display()) }),
     }
 }
 
@@ -149,10 +132,7 @@ impl FileStore {
             Ok::<_, SecretsError>(store)
         })
         .await
-        .map_err(|e| SecretsError::ReadFile {
-            path: path.display().to_string(),
-            source: std::io::Error::other(e),
-        })??;
+        .map_err(|e| SecretsError::ReadFile { path: path.display().to_string(), source: std::io::Error::other(e) })??;
         Ok(this)
     }
 
@@ -160,9 +140,8 @@ impl FileStore {
     pub fn with_key(path: &Path, key: &[u8; 32]) -> Result<Self, SecretsError> {
         Ok(FileStore {
             path: path.to_path_buf(),
-            cipher: Aes256Gcm::new_from_slice(key).map_err(|_| SecretsError::Key {
-                reason: "bad key length".into(),
-            })?,
+            cipher: Aes256Gcm::new_from_slice(key)
+                .map_err(|_| SecretsError::Key { reason: "bad key length".into() })?,
             write_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -179,27 +158,15 @@ impl FileStore {
         let nonce = crate::random_bytes::<12>();
         let ct = self
             .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
             .expect("AES-GCM encryption cannot fail for in-memory buffers");
-        Sealed {
-            nonce: B64.encode(nonce),
-            ciphertext: B64.encode(ct),
-        }
+        Sealed { nonce: B64.encode(nonce), ciphertext: B64.encode(ct) }
     }
 
     fn open_sealed(&self, s: &Sealed, aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         let nonce = B64.decode(&s.nonce).ok().filter(|n| n.len() == 12)?;
         let ct = B64.decode(&s.ciphertext).ok()?;
-        self.cipher
-            .decrypt(Nonce::from_slice(&nonce), Payload { msg: &ct, aad })
-            .ok()
-            .map(Zeroizing::new)
+        self.cipher.decrypt(Nonce::from_slice(&nonce), Payload { msg: &ct, aad }).ok().map(Zeroizing::new)
     }
 
     /// Read and fully verify the file. `None` when it does not exist.
@@ -208,17 +175,13 @@ impl FileStore {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
-                return Err(SecretsError::ReadFile {
-                    path: self.p(),
-                    source,
-                });
+                return Err(SecretsError::ReadFile { path: self.p(), source });
             }
         };
-        let disk: OnDisk =
-            serde_json::from_slice(&bytes).map_err(|e| SecretsError::CorruptFile {
-                path: self.p(),
-                reason: format!("JSON error at line {} column {}", e.line(), e.column()),
-            })?;
+        let disk: OnDisk = serde_json::from_slice(&bytes).map_err(|e| SecretsError::CorruptFile {
+            path: self.p(),
+            reason: format!("JSON error at line {} column {}", e.line(), e.column()),
+        })?;
         if disk.format != FORMAT {
             return Err(SecretsError::CorruptFile {
                 path: self.p(),
@@ -230,28 +193,17 @@ impl FileStore {
             _ => return Err(SecretsError::WrongKey { path: self.p() }),
         }
         for (name, rec) in &disk.records {
-            if self
-                .open_sealed(&rec.sealed, &record_aad(name, rec.version))
-                .is_none()
-            {
-                return Err(SecretsError::Tampered {
-                    path: self.p(),
-                    record: name.clone(),
-                });
+            if self.open_sealed(&rec.sealed, &record_aad(name, rec.version)).is_none() {
+                return Err(SecretsError::Tampered { path: self.p(), record: name.clone() });
             }
         }
         Ok(Some(disk))
     }
 
     fn write(&self, disk: &OnDisk) -> Result<(), SecretsError> {
-        let json =
-            serde_json::to_vec_pretty(disk).expect("serialising the secrets file cannot fail");
-        crate::fsutil::write_private_atomic(&self.path, &json).map_err(|source| {
-            SecretsError::WriteFile {
-                path: self.p(),
-                source,
-            }
-        })
+        let json = serde_json::to_vec_pretty(disk).expect("serialising the secrets file cannot fail");
+        crate::fsutil::write_private_atomic(&self.path, &json)
+            .map_err(|source| SecretsError::WriteFile { path: self.p(), source })
     }
 
     fn lock_file(&self) -> Result<std::fs::File, SecretsError> {
@@ -263,14 +215,8 @@ impl FileStore {
             .write(true)
             .mode(0o600)
             .open(PathBuf::from(lp))
-            .map_err(|source| SecretsError::WriteFile {
-                path: self.p(),
-                source,
-            })?;
-        f.lock().map_err(|source| SecretsError::WriteFile {
-            path: self.p(),
-            source,
-        })?;
+            .map_err(|source| SecretsError::WriteFile { path: self.p(), source })?;
+        f.lock().map_err(|source| SecretsError::WriteFile { path: self.p(), source })?;
         Ok(f)
     }
 
@@ -278,10 +224,8 @@ impl FileStore {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.exists()
         {
-            crate::fsutil::ensure_private_dir(dir).map_err(|source| SecretsError::WriteFile {
-                path: self.p(),
-                source,
-            })?;
+            crate::fsutil::ensure_private_dir(dir)
+                .map_err(|source| SecretsError::WriteFile { path: self.p(), source })?;
         }
         if self.read_verified()?.is_some() {
             return Ok(());
@@ -306,29 +250,17 @@ impl FileStore {
         };
         let pt = self
             .open_sealed(&rec.sealed, &record_aad(path, rec.version))
-            .ok_or_else(|| SecretsError::Tampered {
-                path: self.p(),
-                record: path.into(),
-            })?;
-        let map: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&pt).map_err(|_| SecretsError::Malformed {
-                path: path.into(),
-                reason: "not a JSON object".into(),
-            })?;
-        Ok(Some(Versioned {
-            data: SecretData::from_json(map),
-            version: rec.version,
-        }))
+            .ok_or_else(|| SecretsError::Tampered { path: self.p(), record: path.into() })?;
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&pt)
+            .map_err(|_| SecretsError::Malformed { path: path.into(), reason: "not a JSON object".into() })?;
+        Ok(Some(Versioned { data: SecretData::from_json(map), version: rec.version }))
     }
 
     fn put_blocking(&self, path: &str, data: &SecretData, cas: Cas) -> Result<u64, SecretsError> {
         let _lock = self.lock_file()?;
         let mut disk = self
             .read_verified()?
-            .ok_or_else(|| SecretsError::CorruptFile {
-                path: self.p(),
-                reason: "file disappeared".into(),
-            })?;
+            .ok_or_else(|| SecretsError::CorruptFile { path: self.p(), reason: "file disappeared".into() })?;
         let current = disk.records.get(path).map(|r| r.version);
         match (cas, current) {
             (Cas::Any, _) | (Cas::Create, None) => {}
@@ -336,16 +268,8 @@ impl FileStore {
             _ => return Err(SecretsError::CasConflict { path: path.into() }),
         }
         let version = current.unwrap_or(0) + 1;
-        let pt = Zeroizing::new(
-            serde_json::to_vec(&data.expose_json()).expect("serialising a map cannot fail"),
-        );
-        disk.records.insert(
-            path.to_string(),
-            Record {
-                version,
-                sealed: self.seal(&pt, &record_aad(path, version)),
-            },
-        );
+        let pt = Zeroizing::new(serde_json::to_vec(&data.expose_json()).expect("serialising a map cannot fail"));
+        disk.records.insert(path.to_string(), Record { version, sealed: self.seal(&pt, &record_aad(path, version)) });
         self.write(&disk)?;
         Ok(version)
     }
@@ -384,28 +308,15 @@ mod tests {
         let s = store(d.path(), 1);
         assert!(s.get("a").await.unwrap().is_none());
         assert_eq!(s.put("a", &data("one"), Cas::Create).await.unwrap(), 1);
-        assert!(matches!(
-            s.put("a", &data("x"), Cas::Create).await,
-            Err(SecretsError::CasConflict { .. })
-        ));
-        assert!(matches!(
-            s.put("a", &data("x"), Cas::Version(7)).await,
-            Err(SecretsError::CasConflict { .. })
-        ));
+        assert!(matches!(s.put("a", &data("x"), Cas::Create).await, Err(SecretsError::CasConflict { .. })));
+        assert!(matches!(s.put("a", &data("x"), Cas::Version(7)).await, Err(SecretsError::CasConflict { .. })));
         assert_eq!(s.put("a", &data("two"), Cas::Version(1)).await.unwrap(), 2);
         let got = s.get("a").await.unwrap().unwrap();
         assert_eq!(got.version, 2);
         assert_eq!(got.data.get("v").unwrap().expose_secret(), "two");
         let raw = std::fs::read_to_string(d.path().join("s.enc")).unwrap();
         assert!(!raw.contains("two"), "plaintext on disk");
-        assert_eq!(
-            std::fs::metadata(d.path().join("s.enc"))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(d.path().join("s.enc")).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -418,28 +329,18 @@ mod tests {
 
         let wrong = FileStore::with_key(&f, &[2; 32]).unwrap();
         let e = wrong.init_or_verify().unwrap_err().to_string();
-        assert!(
-            e.contains("wrong key") && e.contains(&f.display().to_string()),
-            "{e}"
-        );
+        assert!(e.contains("wrong key") && e.contains(&f.display().to_string()), "{e}");
         assert_eq!(std::fs::read(&f).unwrap(), before);
 
         // flip one character of the record's ciphertext
         let mut disk: serde_json::Value = serde_json::from_slice(&before).unwrap();
-        let ct = disk["records"]["a"]["ciphertext"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let ct = disk["records"]["a"]["ciphertext"].as_str().unwrap().to_string();
         let mut chars: Vec<char> = ct.chars().collect();
         chars[3] = if chars[3] == 'A' { 'B' } else { 'A' };
         disk["records"]["a"]["ciphertext"] = serde_json::Value::String(chars.into_iter().collect());
         let tampered = serde_json::to_vec(&disk).unwrap();
         std::fs::write(&f, &tampered).unwrap();
-        let e = FileStore::with_key(&f, &[1; 32])
-            .unwrap()
-            .init_or_verify()
-            .unwrap_err()
-            .to_string();
+        let e = FileStore::with_key(&f, &[1; 32]).unwrap().init_or_verify().unwrap_err().to_string();
         assert!(e.contains("record `a` failed authentication"), "{e}");
         assert!(!e.contains('\n'));
         assert_eq!(std::fs::read(&f).unwrap(), tampered);
@@ -451,8 +352,7 @@ mod tests {
         let s = store(d.path(), 1);
         s.put("a", &data("one"), Cas::Any).await.unwrap();
         let f = d.path().join("s.enc");
-        let mut disk: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        let mut disk: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
         let rec = disk["records"]["a"].clone();
         disk["records"]["b"] = rec;
         std::fs::write(&f, serde_json::to_vec(&disk).unwrap()).unwrap();
@@ -464,18 +364,8 @@ mod tests {
     fn key_decoding() {
         let k = B64.encode([7u8; 32]);
         assert_eq!(*decode_key(k.as_bytes(), "t").unwrap(), [7u8; 32]);
-        assert!(
-            decode_key(b"c2hvcnQ=", "t")
-                .unwrap_err()
-                .to_string()
-                .contains("32 bytes")
-        );
-        assert!(
-            decode_key(b"!!!", "t")
-                .unwrap_err()
-                .to_string()
-                .contains("base64")
-        );
+        assert!(decode_key(b"c2hvcnQ=", "t").unwrap_err().to_string().contains("32 bytes"));
+        assert!(decode_key(b"!!!", "t").unwrap_err().to_string().contains("base64"));
     }
 
     #[test]

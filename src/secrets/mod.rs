@@ -32,27 +32,16 @@ pub enum SecretsError {
         "secrets file {path}: wrong key (GOCRED_FILE_KEY or the key file does not match the key this file was written with)"
     )]
     WrongKey { path: String },
-    #[error(
-        "secrets file {path}: record `{record}` failed authentication: the file was modified or corrupted"
-    )]
+    #[error("secrets file {path}: record `{record}` failed authentication: the file was modified or corrupted")]
     Tampered { path: String, record: String },
     #[error("secrets file key: {reason}")]
     Key { reason: String },
     #[error("check-and-set conflict at `{path}`: another writer changed it first")]
     CasConflict { path: String },
     #[error("vault {address}: cannot {op} `{path}`: {reason}")]
-    Vault {
-        address: String,
-        op: &'static str,
-        path: String,
-        reason: String,
-    },
+    Vault { address: String, op: &'static str, path: String, reason: String },
     #[error("vault {address}: login ({method}) failed: {reason}")]
-    VaultLogin {
-        address: String,
-        method: &'static str,
-        reason: String,
-    },
+    VaultLogin { address: String, method: &'static str, reason: String },
     #[error("vault {address}: unreachable or unhealthy: {reason}")]
     VaultHealth { address: String, reason: String },
     #[error("record `{path}` holds malformed data: {reason}")]
@@ -65,9 +54,7 @@ pub struct SecretData(pub BTreeMap<String, SecretString>);
 
 impl std::fmt::Debug for SecretData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(self.0.keys().map(|k| (k, "[REDACTED]")))
-            .finish()
+        f.debug_map().entries(self.0.keys().map(|k| (k, "[REDACTED]"))).finish()
     }
 }
 
@@ -83,15 +70,7 @@ impl SecretData {
     /// Plain JSON object for the wire/disk. Callers must not log it.
     pub(crate) fn expose_json(&self) -> serde_json::Map<String, serde_json::Value> {
         use secrecy::ExposeSecret;
-        self.0
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    serde_json::Value::String(v.expose_secret().to_string()),
-                )
-            })
-            .collect()
+        self.0.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.expose_secret().to_string()))).collect()
     }
     pub(crate) fn from_json(v: serde_json::Map<String, serde_json::Value>) -> Self {
         let mut m = BTreeMap::new();
@@ -139,12 +118,10 @@ impl SecretStore {
     /// Open the backend named by `config` (logging in to Vault if needed).
     pub async fn open(config: &crate::config::SecretsConfig) -> Result<Self, SecretsError> {
         match &config.backend {
-            crate::config::BackendConfig::File(f) => {
-                Ok(SecretStore::File(Box::new(file::FileStore::open(f).await?)))
+            crate::config::BackendConfig::File(f) => Ok(SecretStore::File(Box::new(file::FileStore::open(f).await?))),
+            crate::config::BackendConfig::Vault(v) => {
+                Ok(SecretStore::Vault(Box::new(vault::VaultStore::open(v).await?)))
             }
-            crate::config::BackendConfig::Vault(v) => Ok(SecretStore::Vault(Box::new(
-                vault::VaultStore::open(v).await?,
-            ))),
         }
     }
 
@@ -187,4 +164,35 @@ impl SecretStore {
             SecretStore::Vault(s) => s.maintain(metrics).await,
         }
     }
+}
+
+/// A 32-byte random key shared by every replica using this backend (created by the first,
+/// check-and-set; the others read it). Used to seal login challenges.
+pub async fn shared_key(store: &SecretStore, path: &str) -> Result<zeroize::Zeroizing<[u8; 32]>, SecretsError> {
+    use base64::Engine;
+    use secrecy::ExposeSecret;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for _ in 0..10 {
+        if let Some(v) = store.get(path).await? {
+            let bytes = zeroize::Zeroizing::new(
+                v.data.get("key").and_then(|k| b64.decode(k.expose_secret()).ok()).ok_or_else(|| {
+                    SecretsError::Malformed { path: path.into(), reason: "field `key` is not base64".into() }
+                })?,
+            );
+            let mut key = zeroize::Zeroizing::new([0u8; 32]);
+            if bytes.len() != 32 {
+                return Err(SecretsError::Malformed { path: path.into(), reason: "key is not 32 bytes".into() });
+            }
+            key.copy_from_slice(&bytes);
+            return Ok(key);
+        }
+        let fresh = zeroize::Zeroizing::new(crate::random_bytes::<32>());
+        let data = SecretData::single("key", SecretString::from(b64.encode(fresh.as_slice())));
+        match store.put(path, &data, Cas::Create).await {
+            Ok(_) => return Ok(fresh),
+            Err(SecretsError::CasConflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(SecretsError::CasConflict { path: path.into() })
 }

@@ -32,11 +32,7 @@ pub struct VaultStore {
 /// errors name status codes, Vault's error strings and transport failures).
 fn reason(e: &ClientError) -> String {
     if let ClientError::APIError { code, errors } = e {
-        return if errors.is_empty() {
-            format!("HTTP {code}")
-        } else {
-            format!("HTTP {code}: {}", errors.join("; "))
-        };
+        return if errors.is_empty() { format!("HTTP {code}") } else { format!("HTTP {code}: {}", errors.join("; ")) };
     }
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
@@ -58,10 +54,7 @@ impl VaultStore {
 
     fn build_client(cfg: &VaultConfig, token: &str) -> Result<VaultClient, SecretsError> {
         let mut b = VaultClientSettingsBuilder::default();
-        b.address(&cfg.address)
-            .token(token)
-            .timeout(Some(cfg.timeout))
-            .verify(true);
+        b.address(&cfg.address).token(token).timeout(Some(cfg.timeout)).verify(true);
         if let Some(ca) = &cfg.ca_cert {
             b.ca_certs(vec![ca.display().to_string()]);
         }
@@ -69,10 +62,8 @@ impl VaultStore {
             address: cfg.address.clone(),
             reason: format!("invalid client settings: {e}"),
         })?;
-        VaultClient::new(settings).map_err(|e| SecretsError::VaultHealth {
-            address: cfg.address.clone(),
-            reason: reason(&e),
-        })
+        VaultClient::new(settings)
+            .map_err(|e| SecretsError::VaultHealth { address: cfg.address.clone(), reason: reason(&e) })
     }
 
     /// Log in with the configured method; returns a client carrying the new token.
@@ -84,13 +75,9 @@ impl VaultStore {
         };
         match &cfg.auth {
             VaultAuth::Token(src) => {
-                let token = src
-                    .read()
-                    .map_err(|e| fail("token", format!("cannot read token: {e}")))?;
+                let token = src.read().map_err(|e| fail("token", format!("cannot read token: {e}")))?;
                 let client = Self::build_client(cfg, token.expose_secret())?;
-                let info = vaultrs::token::lookup_self(&client)
-                    .await
-                    .map_err(|e| fail("token", reason(&e)))?;
+                let info = vaultrs::token::lookup_self(&client).await.map_err(|e| fail("token", reason(&e)))?;
                 Ok((
                     client,
                     Lease {
@@ -100,19 +87,12 @@ impl VaultStore {
                     },
                 ))
             }
-            VaultAuth::AppRole {
-                mount,
-                role_id,
-                secret_id,
-            } => {
-                let secret_id = secret_id
-                    .read()
-                    .map_err(|e| fail("approle", format!("cannot read secret_id: {e}")))?;
+            VaultAuth::AppRole { mount, role_id, secret_id } => {
+                let secret_id = secret_id.read().map_err(|e| fail("approle", format!("cannot read secret_id: {e}")))?;
                 let anon = Self::build_client(cfg, "")?;
-                let auth =
-                    vaultrs::auth::approle::login(&anon, mount, role_id, secret_id.expose_secret())
-                        .await
-                        .map_err(|e| fail("approle", reason(&e)))?;
+                let auth = vaultrs::auth::approle::login(&anon, mount, role_id, secret_id.expose_secret())
+                    .await
+                    .map_err(|e| fail("approle", reason(&e)))?;
                 let token = secrecy::SecretString::from(auth.client_token);
                 let client = Self::build_client(cfg, token.expose_secret())?;
                 Ok((
@@ -131,27 +111,15 @@ impl VaultStore {
     pub async fn open(cfg: &VaultConfig) -> Result<Self, SecretsError> {
         let (client, lease) = Self::login(cfg).await?;
         tracing::info!(address = %cfg.address, ttl_s = lease.ttl.as_secs(), renewable = lease.renewable, "logged in to vault");
-        Ok(VaultStore {
-            cfg: cfg.clone(),
-            client: RwLock::new(Arc::new(client)),
-            lease: Mutex::new(lease),
-        })
+        Ok(VaultStore { cfg: cfg.clone(), client: RwLock::new(Arc::new(client)), lease: Mutex::new(lease) })
     }
 
     fn client(&self) -> Arc<VaultClient> {
-        self.client
-            .read()
-            .expect("vault client lock poisoned")
-            .clone()
+        self.client.read().expect("vault client lock poisoned").clone()
     }
 
     fn err(&self, op: &'static str, path: &str, e: &ClientError) -> SecretsError {
-        SecretsError::Vault {
-            address: self.cfg.address.clone(),
-            op,
-            path: path.into(),
-            reason: reason(e),
-        }
+        SecretsError::Vault { address: self.cfg.address.clone(), op, path: path.into(), reason: reason(e) }
     }
 
     pub async fn get(&self, path: &str) -> Result<Option<Versioned>, SecretsError> {
@@ -160,10 +128,7 @@ impl VaultStore {
             .mount(&self.cfg.kv_mount)
             .path(path)
             .build()
-            .map_err(|e| SecretsError::Malformed {
-                path: path.into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| SecretsError::Malformed { path: path.into(), reason: e.to_string() })?;
         match vaultrs::api::exec_with_result(&*self.client(), endpoint).await {
             Ok(resp) => {
                 let map = match resp.data {
@@ -176,10 +141,7 @@ impl VaultStore {
                         });
                     }
                 };
-                Ok(Some(Versioned {
-                    data: SecretData::from_json(map),
-                    version: resp.metadata.version,
-                }))
+                Ok(Some(Versioned { data: SecretData::from_json(map), version: resp.metadata.version }))
             }
             Err(ClientError::APIError { code: 404, .. }) => Ok(None),
             Err(e) => Err(self.err("read", path, &e)),
@@ -193,8 +155,7 @@ impl VaultStore {
             Cas::Any => vaultrs::kv2::set(&*self.client(), &self.cfg.kv_mount, path, &value).await,
             Cas::Create | Cas::Version(_) => {
                 let v = match cas {
-                    Cas::Version(v) => u32::try_from(v)
-                        .map_err(|_| SecretsError::CasConflict { path: path.into() })?,
+                    Cas::Version(v) => u32::try_from(v).map_err(|_| SecretsError::CasConflict { path: path.into() })?,
                     _ => 0,
                 };
                 vaultrs::kv2::set_with_options(
@@ -209,9 +170,7 @@ impl VaultStore {
         };
         match result {
             Ok(meta) => Ok(meta.version),
-            Err(ClientError::APIError { code: 400, errors })
-                if errors.iter().any(|e| e.contains("check-and-set")) =>
-            {
+            Err(ClientError::APIError { code: 400, errors }) if errors.iter().any(|e| e.contains("check-and-set")) => {
                 Err(SecretsError::CasConflict { path: path.into() })
             }
             Err(e) => Err(self.err("write", path, &e)),
@@ -225,10 +184,7 @@ impl VaultStore {
         vaultrs::token::lookup_self(&*self.client())
             .await
             .map(|_| ())
-            .map_err(|e| SecretsError::VaultHealth {
-                address: self.cfg.address.clone(),
-                reason: reason(&e),
-            })
+            .map_err(|e| SecretsError::VaultHealth { address: self.cfg.address.clone(), reason: reason(&e) })
     }
 
     /// Keep the token alive: renew at two thirds of its TTL; log in again when renewal is

@@ -6,12 +6,7 @@ use std::time::{Duration, Instant};
 
 fn kids(jwks: &str) -> Vec<String> {
     let v: serde_json::Value = serde_json::from_str(jwks).unwrap();
-    v["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_string())
-        .collect()
+    v["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -19,45 +14,26 @@ async fn dev_answers_healthz_within_1s_and_kid_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
     let data_s = data.to_str().unwrap();
-    let args = [
-        "serve",
-        "--dev",
-        "--data-dir",
-        data_s,
-        "--listen",
-        "127.0.0.1:0",
-    ];
+    let args = ["serve", "--dev", "--data-dir", data_s, "--listen", "127.0.0.1:0"];
 
     let started = Instant::now();
     let mut g = Gocred::start(&args, &[]);
     assert!(g.url.starts_with("https://127.0.0.1:"), "{}", g.url);
     let ca = data.join("tls/ca.pem");
     assert!(
-        g.proc
-            .stdout()
-            .iter()
-            .any(|l| l.contains(&ca.display().to_string()) && l.contains("created")),
+        g.proc.stdout().iter().any(|l| l.contains(&ca.display().to_string()) && l.contains("created")),
         "CA path printed: {:#?}",
         g.proc.stdout()
     );
     let c = client(Some(&ca));
     let status = eventually(Duration::from_secs(5), "healthz", || async {
-        let s = c
-            .get(format!("{}/healthz", g.url))
-            .send()
-            .await
-            .ok()?
-            .status()
-            .as_u16();
+        let s = c.get(format!("{}/healthz", g.url)).send().await.ok()?.status().as_u16();
         (s == 200).then_some(s)
     })
     .await;
     let elapsed = started.elapsed();
     assert_eq!(status, 200);
-    assert!(
-        elapsed < Duration::from_secs(1),
-        "healthz answered {elapsed:?} after start"
-    );
+    assert!(elapsed < Duration::from_secs(1), "healthz answered {elapsed:?} after start");
 
     let (st, jwks1) = g.get(&c, "/.well-known/jwks.json").await;
     assert_eq!(st, 200);
@@ -77,41 +53,24 @@ async fn dev_answers_healthz_within_1s_and_kid_survives_restart() {
     assert!(e["request_id"].as_str().is_some_and(|s| !s.is_empty()));
     let (st, metrics) = g.get(&c, "/metrics").await;
     assert_eq!(st, 200);
+    assert!(metrics.contains(r#"gocred_http_requests_total{route="/healthz",method="GET",status="200"}"#), "{metrics}");
     assert!(
-        metrics
-            .contains(r#"gocred_http_requests_total{route="/healthz",method="GET",status="200"}"#),
+        metrics.contains(r#"gocred_http_requests_total{route="unmatched",method="GET",status="404"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(
-            r#"gocred_http_requests_total{route="unmatched",method="GET",status="404"} 1"#
-        ),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(
-            "gocred_http_request_duration_seconds_bucket{route=\"/.well-known/jwks.json\""
-        ),
+        metrics.contains("gocred_http_request_duration_seconds_bucket{route=\"/.well-known/jwks.json\""),
         "{metrics}"
     );
 
     // Graceful stop on SIGTERM, exit code 0.
     g.proc.signal("TERM");
     assert_eq!(g.proc.wait_exit(Duration::from_secs(15)), 0);
-    assert!(
-        g.proc
-            .stdout()
-            .iter()
-            .any(|l| l.contains("gocred: stopped"))
-    );
+    assert!(g.proc.stdout().iter().any(|l| l.contains("gocred: stopped")));
 
     // Restart: same CA (reused), same kid.
     let g2 = Gocred::start(&args, &[]);
-    assert!(
-        g2.proc.stdout().iter().any(|l| l.contains("reused")),
-        "{:#?}",
-        g2.proc.stdout()
-    );
+    assert!(g2.proc.stdout().iter().any(|l| l.contains("reused")), "{:#?}", g2.proc.stdout());
     let (_, jwks2) = g2.get(&c, "/.well-known/jwks.json").await;
     assert_eq!(kids(&jwks2), kid1);
 }
@@ -119,34 +78,16 @@ async fn dev_answers_healthz_within_1s_and_kid_survives_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_refuses_non_loopback_listen() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, _, err) = Gocred::run(
-        &[
-            "serve",
-            "--dev",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--listen",
-            "0.0.0.0:0",
-        ],
-        &[],
-    );
+    let (code, _, err) =
+        Gocred::run(&["serve", "--dev", "--data-dir", dir.path().to_str().unwrap(), "--listen", "0.0.0.0:0"], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("loopback"), "{err}");
 }
 
 /// Run `--dev` once so the secrets file exists, then stop it.
 fn prepare_dev_dir(data: &std::path::Path) {
-    let mut g = Gocred::start(
-        &[
-            "serve",
-            "--dev",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let mut g =
+        Gocred::start(&["serve", "--dev", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"], &[]);
     g.proc.signal("TERM");
     assert_eq!(g.proc.wait_exit(Duration::from_secs(15)), 0);
 }
@@ -167,39 +108,20 @@ async fn tampered_secrets_file_and_wrong_key_fail_cleanly_and_leave_the_file() {
     prepare_dev_dir(&data);
     let file = data.join("secrets.enc");
     let original = std::fs::read(&file).unwrap();
-    let args = [
-        "serve",
-        "--dev",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ];
+    let args = ["serve", "--dev", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"];
     let file_s = file.display().to_string();
 
     // Tamper: flip one base64 character of the signing-key record's ciphertext.
     let mut disk: serde_json::Value = serde_json::from_slice(&original).unwrap();
-    let ct = disk["records"]["gocred/signing-keys"]["ciphertext"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ct = disk["records"]["gocred/signing-keys"]["ciphertext"].as_str().unwrap().to_string();
     let mut chars: Vec<char> = ct.chars().collect();
     chars[10] = if chars[10] == 'Q' { 'R' } else { 'Q' };
-    disk["records"]["gocred/signing-keys"]["ciphertext"] =
-        chars.into_iter().collect::<String>().into();
+    disk["records"]["gocred/signing-keys"]["ciphertext"] = chars.into_iter().collect::<String>().into();
     let tampered = serde_json::to_vec_pretty(&disk).unwrap();
     std::fs::write(&file, &tampered).unwrap();
     let (code, _, err) = Gocred::run(&args, &[]);
-    assert_one_line_error(
-        code,
-        &err,
-        &[&file_s, "failed authentication", "gocred/signing-keys"],
-    );
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        tampered,
-        "tampered file left unchanged"
-    );
+    assert_one_line_error(code, &err, &[&file_s, "failed authentication", "gocred/signing-keys"]);
+    assert_eq!(std::fs::read(&file).unwrap(), tampered, "tampered file left unchanged");
 
     // Wrong key.
     std::fs::write(&file, &original).unwrap();
@@ -208,17 +130,11 @@ async fn tampered_secrets_file_and_wrong_key_fail_cleanly_and_leave_the_file() {
     let (code, _, err) = Gocred::run(&args, &[("GOCRED_FILE_KEY", &other)]);
     assert_one_line_error(code, &err, &[&file_s, "wrong key"]);
     assert!(!err.contains(&other), "the key must not be echoed");
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        original,
-        "file left unchanged"
-    );
+    assert_eq!(std::fs::read(&file).unwrap(), original, "file left unchanged");
 
     // The right key still works afterwards.
     let g = Gocred::start(&args, &[]);
-    let (st, _) = g
-        .get(&client(Some(&data.join("tls/ca.pem"))), "/healthz")
-        .await;
+    let (st, _) = g.get(&client(Some(&data.join("tls/ca.pem"))), "/healthz").await;
     assert_eq!(st, 200);
 }
 
@@ -232,23 +148,13 @@ async fn config_errors_name_the_key_and_file() {
     };
     let base = "[secrets]\nbackend = \"file\"\nfile = \"s.enc\"\n";
     let cases = [
-        (
-            "unknown.toml",
-            format!("[server]\nlisten = \"127.0.0.1:0\"\nlisten_port = 1\n{base}"),
-            "server.listen_port",
-        ),
+        ("unknown.toml", format!("[server]\nlisten = \"127.0.0.1:0\"\nlisten_port = 1\n{base}"), "server.listen_port"),
         (
             "type.toml",
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n{base}[tokens]\nrequire_proof = \"yes\"\n"
-            ),
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n{base}[tokens]\nrequire_proof = \"yes\"\n"),
             "tokens.require_proof",
         ),
-        (
-            "missing.toml",
-            format!("[server]\npublic_url = \"https://x\"\n{base}"),
-            "server.listen",
-        ),
+        ("missing.toml", format!("[server]\npublic_url = \"https://x\"\n{base}"), "server.listen"),
     ];
     for (name, text, key) in cases {
         let path = write(name, &text);
@@ -256,29 +162,17 @@ async fn config_errors_name_the_key_and_file() {
         assert_one_line_error(code, &err, &[key, &path]);
     }
     // Env overrides are checked the same way and name the variable.
-    let ok = write(
-        "ok.toml",
-        &format!("[server]\nlisten = \"127.0.0.1:0\"\n{base}"),
-    );
+    let ok = write("ok.toml", &format!("[server]\nlisten = \"127.0.0.1:0\"\n{base}"));
     let (code, out, err) = Gocred::run(&["serve", "--check", "--config", &ok], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("config OK"), "{out}");
-    let (code, _, err) = Gocred::run(
-        &["serve", "--check", "--config", &ok],
-        &[("GOCRED_TOKENS__TTL", "soon")],
-    );
+    let (code, _, err) = Gocred::run(&["serve", "--check", "--config", &ok], &[("GOCRED_TOKENS__TTL", "soon")]);
     assert_one_line_error(code, &err, &["tokens.ttl"]);
-    let (code, _, err) = Gocred::run(
-        &["serve", "--check", "--config", &ok],
-        &[("GOCRED_SERVER__BOGUS", "1")],
-    );
+    let (code, _, err) = Gocred::run(&["serve", "--check", "--config", &ok], &[("GOCRED_SERVER__BOGUS", "1")]);
     assert_one_line_error(code, &err, &["GOCRED_SERVER__BOGUS", "server.bogus"]);
     // The shipped example is valid.
     let example = repo_root().join("examples/broker.toml");
-    let (code, out, err) = Gocred::run(
-        &["serve", "--check", "--config", example.to_str().unwrap()],
-        &[],
-    );
+    let (code, out, err) = Gocred::run(&["serve", "--check", "--config", example.to_str().unwrap()], &[]);
     assert_eq!(code, 0, "{out}{err}");
     // Usage errors exit 2.
     let (code, _, _) = Gocred::run(&["serve"], &[]);
@@ -310,15 +204,10 @@ async fn three_replicas_share_one_key_set_and_approle_token_is_renewed() {
         dir.path(),
         "broker.toml",
         &bao,
-        &format!(
-            "method = \"approle\"\nrole_id = \"gocred-role\"\nsecret_id_file = \"{}\"",
-            secret_file.display()
-        ),
+        &format!("method = \"approle\"\nrole_id = \"gocred-role\"\nsecret_id_file = \"{}\"", secret_file.display()),
     );
     // Start all three before waiting for any: they race to create the key set.
-    let mut procs: Vec<Proc> = (0..3)
-        .map(|_| Gocred::spawn(&["serve", "--config", &cfg], &[]))
-        .collect();
+    let mut procs: Vec<Proc> = (0..3).map(|_| Gocred::spawn(&["serve", "--config", &cfg], &[])).collect();
     let urls: Vec<String> = procs
         .iter_mut()
         .map(|p| {
@@ -332,11 +221,7 @@ async fn three_replicas_share_one_key_set_and_approle_token_is_renewed() {
     let c = client(None);
     let mut bodies = Vec::new();
     for u in &urls {
-        let r = c
-            .get(format!("{u}/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap();
+        let r = c.get(format!("{u}/.well-known/jwks.json")).send().await.unwrap();
         assert_eq!(r.status(), 200);
         bodies.push(r.bytes().await.unwrap());
     }
@@ -344,13 +229,7 @@ async fn three_replicas_share_one_key_set_and_approle_token_is_renewed() {
     assert_eq!(bodies[1], bodies[2]);
     assert_eq!(kids(std::str::from_utf8(&bodies[0]).unwrap()).len(), 1);
     // Exactly one writer won: the record is at version 1 in OpenBao.
-    let meta = bao
-        .api(
-            "GET",
-            "secret/metadata/gocred/signing-keys",
-            serde_json::Value::Null,
-        )
-        .await;
+    let meta = bao.api("GET", "secret/metadata/gocred/signing-keys", serde_json::Value::Null).await;
     assert_eq!(meta["data"]["current_version"], 1, "{meta}");
 
     // The AppRole token (TTL 3s) is renewed before it expires, and Vault reads keep working.
@@ -358,18 +237,8 @@ async fn three_replicas_share_one_key_set_and_approle_token_is_renewed() {
     let renewals = eventually(Duration::from_secs(15), "a vault token renewal", || {
         let (c, u) = (c.clone(), u.clone());
         async move {
-            let m = c
-                .get(format!("{u}/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            let line = m
-                .lines()
-                .find(|l| l.starts_with("gocred_vault_token_renewals_total "))?
-                .to_string();
+            let m = c.get(format!("{u}/metrics")).send().await.ok()?.text().await.ok()?;
+            let line = m.lines().find(|l| l.starts_with("gocred_vault_token_renewals_total "))?.to_string();
             let n: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
             (n >= 2).then_some(n)
         }
@@ -377,10 +246,7 @@ async fn three_replicas_share_one_key_set_and_approle_token_is_renewed() {
     .await;
     assert!(renewals >= 2);
     for p in &procs {
-        assert!(
-            !p.stderr().join("\n").contains("gocred-secret"),
-            "secret id leaked to logs"
-        );
+        assert!(!p.stderr().join("\n").contains("gocred-secret"), "secret id leaked to logs");
     }
     // Still ready (Vault is up, the renewed token works).
     let r = c.get(format!("{u}/readyz")).send().await.unwrap();
@@ -392,12 +258,7 @@ async fn readiness_follows_vault_while_healthz_stays_up() {
     let port = free_port();
     let mut bao = OpenBao::start_on(port).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = vault_config(
-        dir.path(),
-        "broker.toml",
-        &bao,
-        "method = \"token\"\ntoken = \"root\"",
-    );
+    let cfg = vault_config(dir.path(), "broker.toml", &bao, "method = \"token\"\ntoken = \"root\"");
     let g = Gocred::start(&["serve", "--config", &cfg], &[]);
     let c = client(None);
     let (_, jwks_before) = g.get(&c, "/.well-known/jwks.json").await;
@@ -412,16 +273,9 @@ async fn readiness_follows_vault_while_healthz_stays_up() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"], "not_ready");
     let msg = v["message"].as_str().unwrap();
-    assert!(
-        msg.contains("vault") && msg.contains(&bao.addr) && msg.contains("unreachable"),
-        "{msg}"
-    );
+    assert!(msg.contains("vault") && msg.contains(&bao.addr) && msg.contains("unreachable"), "{msg}");
     assert_eq!(g.get(&c, "/healthz").await.0, 200, "liveness unaffected");
-    assert_eq!(
-        g.get(&c, "/.well-known/jwks.json").await.1,
-        jwks_before,
-        "keys served from memory"
-    );
+    assert_eq!(g.get(&c, "/.well-known/jwks.json").await.1, jwks_before, "keys served from memory");
     let m = g.get(&c, "/metrics").await.1;
     assert!(m.contains("gocred_ready 0"), "{m}");
 
@@ -431,21 +285,15 @@ async fn readiness_follows_vault_while_healthz_stays_up() {
     })
     .await;
     // The restarted dev server lost its data; the broker restores its key set, kid unchanged.
-    eventually(
-        Duration::from_secs(15),
-        "key set restored in OpenBao",
-        || async {
-            let r = client(None)
-                .get(format!(
-                    "http://127.0.0.1:{port}/v1/secret/data/gocred/signing-keys"
-                ))
-                .header("X-Vault-Token", "root")
-                .send()
-                .await
-                .ok()?;
-            r.status().is_success().then_some(())
-        },
-    )
+    eventually(Duration::from_secs(15), "key set restored in OpenBao", || async {
+        let r = client(None)
+            .get(format!("http://127.0.0.1:{port}/v1/secret/data/gocred/signing-keys"))
+            .header("X-Vault-Token", "root")
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
     .await;
     assert_eq!(g.get(&c, "/.well-known/jwks.json").await.1, jwks_before);
 }
@@ -462,11 +310,7 @@ async fn rotation_keeps_previous_key_published() {
     .unwrap();
     use base64::Engine;
     let key = dir.path().join("file.key");
-    std::fs::write(
-        &key,
-        base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
-    )
-    .unwrap();
+    std::fs::write(&key, base64::engine::general_purpose::STANDARD.encode([7u8; 32])).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let g = Gocred::start(&["serve", "--config", cfg.to_str().unwrap()], &[]);
@@ -488,7 +332,11 @@ async fn rotation_keeps_previous_key_published() {
 async fn key_file_readable_by_others_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("broker.toml");
-    std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:0\"\n[secrets]\nbackend = \"file\"\nfile = \"s.enc\"\nkey_file = \"k\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[secrets]\nbackend = \"file\"\nfile = \"s.enc\"\nkey_file = \"k\"\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("k"), "AAAA").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path().join("k"), std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -500,19 +348,9 @@ async fn key_file_readable_by_others_is_refused() {
 #[test]
 fn peer_installer_second_run_is_fast_and_installs_nothing() {
     let start = Instant::now();
-    let out = std::process::Command::new("bash")
-        .arg(repo_root().join("tests/peers/install.sh"))
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("bash").arg(repo_root().join("tests/peers/install.sh")).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(
-        !err.contains("installing"),
-        "second run reinstalled something: {err}"
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(!err.contains("installing"), "second run reinstalled something: {err}");
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
 }

@@ -29,11 +29,7 @@ pub fn peer(rel: &str) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A child process whose stdout/stderr lines are collected in the background.
@@ -57,22 +53,13 @@ fn collect(r: impl std::io::Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>
 
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let out = Arc::new(Mutex::new(Vec::new()));
         let err = Arc::new(Mutex::new(Vec::new()));
         collect(child.stdout.take().unwrap(), out.clone());
         collect(child.stderr.take().unwrap(), err.clone());
-        Proc {
-            name: name.into(),
-            child,
-            out,
-            err,
-        }
+        Proc { name: name.into(), child, out, err }
     }
 
     pub fn stdout(&self) -> Vec<String> {
@@ -112,11 +99,7 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
+        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(st.success(), "kill -{sig} failed");
     }
 
@@ -130,11 +113,7 @@ impl Proc {
             }
             if start.elapsed() > timeout {
                 let _ = self.child.kill();
-                panic!(
-                    "{} did not exit within {timeout:?}\nstderr: {:#?}",
-                    self.name,
-                    self.stderr()
-                );
+                panic!("{} did not exit within {timeout:?}\nstderr: {:#?}", self.name, self.stderr());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -175,18 +154,11 @@ impl OpenBao {
             "-dev-no-store-token",
         ]);
         let proc = Proc::spawn("openbao", cmd);
-        let bao = OpenBao {
-            proc,
-            port,
-            addr: format!("http://127.0.0.1:{port}"),
-        };
+        let bao = OpenBao { proc, port, addr: format!("http://127.0.0.1:{port}") };
         let client = client(None);
         let start = Instant::now();
         loop {
-            if let Ok(r) = client
-                .get(format!("{}/v1/sys/health", bao.addr))
-                .send()
-                .await
+            if let Ok(r) = client.get(format!("{}/v1/sys/health", bao.addr)).send().await
                 && r.status().is_success()
             {
                 break;
@@ -202,12 +174,7 @@ impl OpenBao {
     }
 
     /// Call the OpenBao API as root; panics on a non-2xx answer.
-    pub async fn api(
-        &self,
-        method: &str,
-        path: &str,
-        body: serde_json::Value,
-    ) -> serde_json::Value {
+    pub async fn api(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
         let req = client(None)
             .request(method.parse().unwrap(), format!("{}/v1/{path}", self.addr))
             .header("X-Vault-Token", "root");
@@ -215,46 +182,24 @@ impl OpenBao {
         let resp = req.send().await.unwrap();
         let status = resp.status();
         let text = resp.text().await.unwrap();
-        assert!(
-            status.is_success(),
-            "openbao {method} {path}: {status} {text}"
-        );
-        if text.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        }
+        assert!(status.is_success(), "openbao {method} {path}: {status} {text}");
+        if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap() }
     }
 
     /// AppRole `gocred` (role_id `gocred-role`, secret_id `gocred-secret`) allowed to manage
     /// `secret/<prefix>/*`, with a short token TTL so renewal happens during a test.
     pub async fn setup_approle(&self, token_ttl: &str) {
-        self.api(
-            "POST",
-            "sys/auth/approle",
-            serde_json::json!({"type": "approle"}),
-        )
-        .await;
+        self.api("POST", "sys/auth/approle", serde_json::json!({"type": "approle"})).await;
         let policy = r#"path "secret/data/gocred/*" { capabilities = ["create","read","update"] }
 path "secret/metadata/gocred/*" { capabilities = ["read"] }"#;
-        self.api(
-            "PUT",
-            "sys/policies/acl/gocred",
-            serde_json::json!({ "policy": policy }),
-        )
-        .await;
+        self.api("PUT", "sys/policies/acl/gocred", serde_json::json!({ "policy": policy })).await;
         self.api(
             "POST",
             "auth/approle/role/gocred",
             serde_json::json!({"token_policies": ["gocred"], "token_ttl": token_ttl, "token_max_ttl": "10m"}),
         )
         .await;
-        self.api(
-            "POST",
-            "auth/approle/role/gocred/role-id",
-            serde_json::json!({"role_id": "gocred-role"}),
-        )
-        .await;
+        self.api("POST", "auth/approle/role/gocred/role-id", serde_json::json!({"role_id": "gocred-role"})).await;
         self.api(
             "POST",
             "auth/approle/role/gocred/custom-secret-id",
@@ -311,11 +256,7 @@ impl Gocred {
     }
 
     pub async fn get(&self, client: &reqwest::Client, path: &str) -> (u16, String) {
-        let r = client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
+        let r = client.get(format!("{}{path}", self.url)).send().await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     }
 }
@@ -343,10 +284,240 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Run a command, panic with its output unless it succeeds; returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ssh-keygen -t TYPE` (e.g. "ed25519", "ecdsa:256", "ecdsa:384", "rsa:2048") into `path`.
+pub fn ssh_keygen(path: &Path, kind: &str, passphrase: &str) {
+    let (t, bits) = kind.split_once(':').unwrap_or((kind, ""));
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args(["-q", "-t", t, "-N", passphrase, "-C", "test", "-f"]).arg(path);
+    if !bits.is_empty() {
+        cmd.args(["-b", bits]);
+    }
+    run_ok(&mut cmd);
+}
+
+/// `SHA256:...` of a public key file, as ssh-keygen prints it.
+pub fn ssh_fingerprint(pub_path: &Path) -> String {
+    let out = run_ok(Command::new("ssh-keygen").arg("-lf").arg(pub_path));
+    out.split_whitespace().nth(1).unwrap().to_string()
+}
+
+/// Sign `msg` with `ssh-keygen -Y sign`; returns the armored signature.
+pub fn ssh_sign(key: &Path, namespace: &str, msg: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("msg");
+    std::fs::write(&f, msg).unwrap();
+    run_ok(Command::new("ssh-keygen").args(["-Y", "sign", "-n", namespace, "-f"]).arg(key).arg(&f));
+    std::fs::read_to_string(dir.path().join("msg.sig")).unwrap()
+}
+
+/// Issue a user certificate: `ssh-keygen -s ca -I id -n principals -V validity key.pub`.
+pub fn ssh_certify(ca: &Path, key_pub: &Path, id: &str, principals: &str, validity: &str) {
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-s"])
+            .arg(ca)
+            .args(["-I", id, "-n", principals, "-V", validity])
+            .arg(key_pub),
+    );
+}
+
+/// A real ssh-agent on a private socket.
+pub struct SshAgent {
+    pub proc: Proc,
+    pub sock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SshAgent {
+    pub fn start() -> SshAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let mut cmd = Command::new("ssh-agent");
+        cmd.arg("-D").arg("-a").arg(&sock);
+        let proc = Proc::spawn("ssh-agent", cmd);
+        let start = Instant::now();
+        while !sock.exists() {
+            assert!(start.elapsed() < Duration::from_secs(5), "ssh-agent did not create its socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        SshAgent { proc, sock, _dir: dir }
+    }
+
+    pub fn add(&self, key: &Path) {
+        run_ok(Command::new("ssh-add").arg("-q").arg(key).env("SSH_AUTH_SOCK", &self.sock));
+    }
+}
+
+/// A broker with SSH login configured, serving plain HTTP on a free port, plus everything a test
+/// needs around it: the authorized_keys dir, a CA, the audit log, a client home.
+pub struct SshBroker {
+    pub dir: tempfile::TempDir,
+    pub g: Gocred,
+    pub file_key: [u8; 32],
+}
+
+impl SshBroker {
+    pub fn keys_dir(dir: &Path) -> PathBuf {
+        dir.join("authorized_keys")
+    }
+
+    /// Write the config (extra TOML appended to `[tokens]`), create dirs, start the broker.
+    pub fn start_with(tokens: &str, extra: &str) -> SshBroker {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, tokens, extra)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, tokens: &str, extra: &str) -> SshBroker {
+        let d = dir.path();
+        std::fs::create_dir_all(Self::keys_dir(d)).unwrap();
+        let ca = d.join("ca");
+        if !ca.exists() {
+            ssh_keygen(&ca, "ed25519", "");
+        }
+        let file_key = [9u8; 32];
+        let cfg = d.join("broker.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[tokens]\n{tokens}\n\
+                 [secrets]\nbackend = \"file\"\nfile = \"secrets.enc\"\n\
+                 [ssh]\nauthorized_keys = \"authorized_keys\"\ntrusted_user_ca_keys = [\"ca.pub\"]\n{extra}\n\
+                 [ssh.groups]\nalice = [\"developers\"]\n\
+                 [policy]\ndir = \"{}\"\n[audit]\npath = \"audit.log\"\n",
+                repo_root().join("policies").display()
+            ),
+        )
+        .unwrap();
+        use base64::Engine;
+        let key_b64 = base64::engine::general_purpose::STANDARD.encode(file_key);
+        let g = Gocred::start(&["serve", "--config", cfg.to_str().unwrap()], &[("GOCRED_FILE_KEY", &key_b64)]);
+        SshBroker { dir, g, file_key }
+    }
+
+    pub fn start() -> SshBroker {
+        Self::start_with("", "")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Generate a key for `user` and authorize it; returns the private key path.
+    pub fn add_user_key(&self, user: &str, name: &str, kind: &str) -> PathBuf {
+        let key = self.path(name);
+        ssh_keygen(&key, kind, "");
+        self.authorize(user, &key);
+        key
+    }
+
+    pub fn authorize(&self, user: &str, key: &Path) {
+        let pubkey = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
+        let f = Self::keys_dir(self.dir.path()).join(user);
+        let mut text = std::fs::read_to_string(&f).unwrap_or_default();
+        text.push_str(&pubkey);
+        std::fs::write(f, text).unwrap();
+    }
+
+    /// Audit lines so far, parsed.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Wait for an audit line matching `pred` (the broker writes it before answering, but be
+    /// tolerant of buffering).
+    pub fn audit_has(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.audit().into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            assert!(start.elapsed() < Duration::from_secs(3), "no audit line for {what}: {:#?}", self.audit());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Environment for a client process: private HOME/XDG dirs, no agent unless given.
+    pub fn client_env(&self, home: &Path, agent: Option<&Path>) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("HOME".to_string(), home.display().to_string()),
+            ("XDG_CACHE_HOME".to_string(), home.join(".cache").display().to_string()),
+            ("XDG_CONFIG_HOME".to_string(), home.join(".config").display().to_string()),
+            ("USER".to_string(), "alice".to_string()),
+        ];
+        env.push(("SSH_AUTH_SOCK".into(), agent.map(|a| a.display().to_string()).unwrap_or_default()));
+        env
+    }
+
+    /// Run a gocred client command with `env`.
+    pub fn cli(&self, args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+        let e: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        Gocred::run(args, &e)
+    }
+
+    /// Log in over the raw API with `ssh-keygen -Y sign`; returns the JSON answer and status.
+    pub async fn api_login(&self, user: &str, key: &Path) -> (u16, serde_json::Value) {
+        let c = client(None);
+        let ch: serde_json::Value = c
+            .post(format!("{}/v1/login/ssh/challenge", self.g.url))
+            .json(&serde_json::json!({ "user": user }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sig = ssh_sign(key, "gocred-login@v1", ch["message"].as_str().unwrap());
+        let r = c
+            .post(format!("{}/v1/login/ssh", self.g.url))
+            .json(&serde_json::json!({ "user": user, "challenge": ch["challenge"], "signature": sig }))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    /// A proof for `token` made with `ssh-keygen -Y sign` by `key`.
+    pub fn proof(&self, token: &str, key: &Path, prefix: &str, exp: u64) -> String {
+        let msg = gocred::auth::proof::proof_message(token, prefix, exp);
+        let armored = ssh_sign(key, "gocred-proof@v1", &msg);
+        let sig = gocred::auth::sshsig::parse(&armored).unwrap();
+        gocred::auth::proof::encode(exp, prefix, &gocred::auth::sshsig::to_b64url(&sig).unwrap())
+    }
+
+    /// GET a protected route with explicit headers.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, String)]) -> (u16, serde_json::Value) {
+        let mut req = client(None).get(format!("{}{path}", self.g.url));
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let r = req.send().await.unwrap();
+        let st = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (st, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }

@@ -1,0 +1,128 @@
+//! The broker's HTTP API as the client uses it.
+
+use super::ClientError;
+use super::signer::Signer;
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// What the broker answers to a login or refresh.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub expires_at: u64,
+    pub user: String,
+    pub key_fingerprint: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub session_expires_at: u64,
+}
+
+#[derive(Deserialize)]
+struct ChallengeResponse {
+    challenge: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    message: String,
+}
+
+pub struct BrokerClient {
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl BrokerClient {
+    /// `url`: the broker origin. `ca`: a PEM bundle to trust in addition to the system roots
+    /// (which honour `SSL_CERT_FILE`).
+    pub fn new(url: &str, ca: Option<&Path>) -> Result<BrokerClient, ClientError> {
+        crate::tls::install_crypto_provider();
+        let url = url.trim_end_matches('/').to_string();
+        let err = |reason: String| ClientError::Broker { url: url.clone(), reason };
+        let mut b =
+            reqwest::Client::builder().timeout(Duration::from_secs(30)).connect_timeout(Duration::from_secs(10));
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).map_err(|e| err(format!("cannot read CA file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| err(format!("CA file {}: {e}", ca.display())))?;
+            b = b.tls_certs_merge(certs);
+        }
+        Ok(BrokerClient { http: b.build().map_err(|e| err(e.to_string()))?, url })
+    }
+
+    fn net(&self, e: reqwest::Error) -> ClientError {
+        let mut reason = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            reason = format!("{reason}: {s}");
+            src = s.source();
+        }
+        ClientError::Broker { url: self.url.clone(), reason }
+    }
+
+    async fn decode<T: serde::de::DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, ClientError> {
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.net(e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| ClientError::Broker { url: self.url.clone(), reason: format!("unexpected answer: {e}") });
+        }
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => (b.error, b.message),
+            Err(_) => ("http".into(), String::from_utf8_lossy(&bytes).chars().take(200).collect()),
+        };
+        Err(ClientError::Refused { status: status.as_u16(), code, message })
+    }
+
+    /// SSH login: challenge, sign, answer.
+    pub async fn login_ssh(&self, user: &str, signer: &Signer) -> Result<TokenResponse, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/login/ssh/challenge", self.url))
+            .json(&serde_json::json!({ "user": user }))
+            .send()
+            .await
+            .map_err(|e| self.net(e))?;
+        let ch: ChallengeResponse = self.decode(resp).await?;
+        let sig = signer.sign(crate::auth::ssh::LOGIN_NAMESPACE, ch.message.as_bytes())?;
+        let signature = crate::auth::sshsig::to_b64url(&sig).map_err(|e| ClientError::Sign(e.to_string()))?;
+        let certificate = signer.certificate().and_then(|c| c.to_openssh().ok());
+        let resp = self
+            .http
+            .post(format!("{}/v1/login/ssh", self.url))
+            .json(&serde_json::json!({ "user": user, "challenge": ch.challenge, "signature": signature, "certificate": certificate }))
+            .send()
+            .await
+            .map_err(|e| self.net(e))?;
+        self.decode(resp).await
+    }
+
+    fn authed(&self, req: reqwest::RequestBuilder, token: &str, proof: &str) -> reqwest::RequestBuilder {
+        req.bearer_auth(token).header("Gocred-Proof", proof)
+    }
+
+    /// A new token for the same session.
+    pub async fn refresh(&self, token: &str, proof: &str) -> Result<TokenResponse, ClientError> {
+        let req =
+            self.http.post(format!("{}/v1/token", self.url)).form(&[("grant_type", crate::http::auth::REFRESH_GRANT)]);
+        let resp = self.authed(req, token, proof).send().await.map_err(|e| self.net(e))?;
+        self.decode(resp).await
+    }
+
+    pub async fn revoke(&self, token: &str, proof: &str) -> Result<(), ClientError> {
+        let req = self.http.post(format!("{}/v1/revoke", self.url)).form(&[("token", token)]);
+        let resp = self.authed(req, token, proof).send().await.map_err(|e| self.net(e))?;
+        let _: serde_json::Value = self.decode(resp).await?;
+        Ok(())
+    }
+
+    pub async fn whoami(&self, token: &str, proof: &str) -> Result<serde_json::Value, ClientError> {
+        let req = self.http.get(format!("{}/v1/whoami", self.url));
+        let resp = self.authed(req, token, proof).send().await.map_err(|e| self.net(e))?;
+        self.decode(resp).await
+    }
+}

@@ -1,0 +1,33 @@
+//! The client side of gocred (what `gocred login`, `status`, `token`, `logout` and the helpers
+//! use): talking to ssh-agent ([`agent`]), signing with agent or key-file keys ([`signer`]), the
+//! broker API ([`api`]) and the local session state ([`state`]: XDG dirs, 0600 files, one
+//! refresh at a time under a file lock).
+//!
+//! Must not: print to the terminal (the CLI decides what to say) or log a token or proof.
+
+pub mod agent;
+pub mod api;
+pub mod signer;
+pub mod state;
+
+/// A client-side failure, phrased so the CLI can print it as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("ssh-agent at {sock}: {reason}")]
+    Agent { sock: String, reason: String },
+    #[error("key {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+    #[error("signing failed: {0}")]
+    Sign(String),
+    #[error("broker {url}: {reason}")]
+    Broker { url: String, reason: String },
+    /// The broker answered with an error status.
+    #[error("broker refused ({status}): {message}")]
+    Refused { status: u16, code: String, message: String },
+    #[error("session state {path}: {reason}")]
+    State { path: String, reason: String },
+    #[error("not logged in: run `gocred login --ssh --broker URL`")]
+    NotLoggedIn,
+    #[error("no usable SSH key: {0}")]
+    NoKey(String),
+}

@@ -1,0 +1,339 @@
+//! HTTP side of authentication: reading credentials from headers (Bearer + `Gocred-Proof`, or
+//! Basic with `token~proof` as the password), the SSH login, whoami, refresh and revocation
+//! routes. Orchestrates `token` (verify) → `auth::proof` (possession) → `policy` → audit.
+
+use super::error::ApiError;
+use super::{AppState, RequestId};
+use crate::audit::Event;
+use crate::auth::{AuthError, Principal};
+use crate::policy::{Action, Resource};
+use crate::token::Claims;
+use axum::extract::{FromRequestParts, State};
+use axum::http::{HeaderMap, request::Parts};
+use axum::response::IntoResponse;
+use base64::Engine;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+pub const PROOF_HEADER: &str = "gocred-proof";
+/// The `grant_type` that refreshes an access token (caller authenticates with token + proof).
+pub const REFRESH_GRANT: &str = "urn:gocred:params:grant-type:refresh";
+
+/// A caller that presented a valid token and (unless disabled) a valid proof.
+pub struct Authed {
+    pub principal: Principal,
+    pub claims: Claims,
+    pub token: String,
+    pub request_id: String,
+}
+
+/// (token, proof) from the request headers.
+fn credentials(headers: &HeaderMap) -> Result<(String, Option<String>), AuthError> {
+    let proof_header = headers.get(PROOF_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Err(if proof_header.is_some() { AuthError::MissingToken } else { AuthError::MissingCredentials });
+    };
+    let auth = auth.to_str().map_err(|_| AuthError::MalformedAuthorization("not ASCII"))?;
+    let (scheme, rest) =
+        auth.split_once(' ').ok_or(AuthError::MalformedAuthorization("expected `<scheme> <credentials>`"))?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "bearer" => {
+            let token = rest.trim().to_string();
+            if token.is_empty() {
+                return Err(AuthError::MissingToken);
+            }
+            Ok((token, proof_header))
+        }
+        "basic" => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .map_err(|_| AuthError::MalformedAuthorization("Basic credentials are not base64"))?;
+            let text = String::from_utf8(raw)
+                .map_err(|_| AuthError::MalformedAuthorization("Basic credentials are not UTF-8"))?;
+            let (_user, password) =
+                text.split_once(':').ok_or(AuthError::MalformedAuthorization("Basic credentials lack `:`"))?;
+            match password.split_once('~') {
+                Some((t, p)) if !t.is_empty() => Ok((t.to_string(), Some(p.to_string()))),
+                Some(_) => Err(AuthError::MissingToken),
+                None if password.is_empty() => Err(AuthError::MissingToken),
+                None => Ok((password.to_string(), proof_header)),
+            }
+        }
+        _ => Err(AuthError::MalformedAuthorization("unsupported scheme (use Bearer or Basic)")),
+    }
+}
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+        let now = crate::unix_now();
+        let path = parts.uri.path().to_string();
+        let deny = |reason: String, claims: Option<&Claims>| {
+            state.audit.record(&Event {
+                kind: "authn",
+                request_id: request_id.clone(),
+                principal: claims.map(|c| c.principal().display()),
+                auth_method: claims.map(|c| c.principal().auth_method),
+                key_fingerprint: claims.map(|c| c.cnf.kid.clone()),
+                action: "authenticate".into(),
+                resource: path.clone(),
+                decision: "deny",
+                reason: reason.clone(),
+                ..Default::default()
+            });
+            ApiError::Unauthorized(reason)
+        };
+        let (token, proof) = credentials(&parts.headers).map_err(|e| deny(e.to_string(), None))?;
+        let claims = state.tokens.verify(&token, now).map_err(|e| deny(e.to_string(), None))?;
+        match proof {
+            Some(proof) => {
+                let url = format!("{}{}", state.origin, path);
+                state
+                    .proofs
+                    .verify(&token, &claims.cnf.kid, &proof, &url, now)
+                    .map_err(|e| deny(e.to_string(), Some(&claims)))?;
+            }
+            None if state.require_proof => return Err(deny(AuthError::MissingProof.to_string(), Some(&claims))),
+            None => {}
+        }
+        let principal = claims.principal();
+        state.audit.record(&Event {
+            kind: "authn",
+            request_id: request_id.clone(),
+            principal: Some(principal.display()),
+            auth_method: Some(principal.auth_method.clone()),
+            key_fingerprint: Some(principal.key_fingerprint.clone()),
+            action: "authenticate".into(),
+            resource: path,
+            decision: "allow",
+            reason: "valid token and proof".into(),
+            ..Default::default()
+        });
+        Ok(Authed { principal, claims, token, request_id })
+    }
+}
+
+/// Parse a JSON or form-encoded body.
+fn body<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, ApiError> {
+    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if ct.starts_with("application/x-www-form-urlencoded") {
+        serde_urlencoded::from_bytes(bytes).map_err(|e| ApiError::BadRequest(format!("invalid form body: {e}")))
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Authorize `principal` for `action` on `resource`, with an audit line either way.
+pub fn authorize(
+    state: &AppState,
+    request_id: &str,
+    principal: &Principal,
+    action: Action,
+    resource: &Resource,
+) -> Result<(), ApiError> {
+    let d = state.policy.decide(principal, action, resource);
+    state.audit.record(&Event {
+        kind: "authz",
+        request_id: request_id.into(),
+        principal: Some(principal.display()),
+        auth_method: Some(principal.auth_method.clone()),
+        key_fingerprint: Some(principal.key_fingerprint.clone()),
+        action: action.as_str().into(),
+        resource: resource.display(),
+        decision: if d.allowed { "allow" } else { "deny" },
+        policy_ids: d.policy_ids.clone(),
+        reason: d.reason.clone(),
+        ..Default::default()
+    });
+    if d.allowed { Ok(()) } else { Err(ApiError::Forbidden(d.reason)) }
+}
+
+#[derive(Deserialize)]
+struct ChallengeReq {
+    user: String,
+}
+
+pub async fn ssh_challenge(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req: ChallengeReq = body(&headers, &bytes)?;
+    let c = state.login.challenge(&req.user, crate::unix_now()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(axum::Json(c))
+}
+
+#[derive(Deserialize)]
+struct LoginReq {
+    user: String,
+    challenge: String,
+    signature: String,
+    #[serde(default)]
+    certificate: Option<String>,
+}
+
+fn token_response(m: &crate::token::Minted, now: u64, session_end: u64) -> serde_json::Value {
+    serde_json::json!({
+        "access_token": m.token,
+        "token_type": "Bearer",
+        "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "expires_in": m.claims.exp.saturating_sub(now),
+        "expires_at": m.claims.exp,
+        "user": m.claims.sub,
+        "key_fingerprint": m.claims.cnf.kid,
+        "groups": m.claims.groups,
+        "session_expires_at": session_end,
+    })
+}
+
+pub async fn ssh_login(
+    State(state): State<AppState>,
+    axum::Extension(rid): axum::Extension<RequestId>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req: LoginReq = body(&headers, &bytes)?;
+    let now = crate::unix_now();
+    let outcome =
+        match state.login.login(&req.user, &req.challenge, &req.signature, req.certificate.as_deref(), now).await {
+            Ok(o) => o,
+            Err(e) => {
+                state.audit.record(&Event {
+                    kind: "authn",
+                    request_id: rid.0.clone(),
+                    principal: crate::auth::ssh::valid_user(&req.user).then(|| format!("user:{}", req.user)),
+                    auth_method: Some("ssh".into()),
+                    cert_key_id: match &e {
+                        AuthError::Certificate { key_id, .. } => Some(key_id.clone()),
+                        _ => None,
+                    },
+                    key_fingerprint: match &e {
+                        AuthError::UnknownKey { fingerprint, .. } => Some(fingerprint.clone()),
+                        _ => None,
+                    },
+                    action: "login".into(),
+                    resource: "broker".into(),
+                    decision: "deny",
+                    reason: e.to_string(),
+                    ..Default::default()
+                });
+                return Err(match e {
+                    AuthError::KeySource(_) => ApiError::Unavailable(e.to_string()),
+                    e => ApiError::Unauthorized(e.to_string()),
+                });
+            }
+        };
+    let p = &outcome.principal;
+    state.audit.record(&Event {
+        kind: "authn",
+        request_id: rid.0.clone(),
+        principal: Some(p.display()),
+        auth_method: Some(p.auth_method.clone()),
+        key_fingerprint: Some(p.key_fingerprint.clone()),
+        cert_key_id: outcome.cert.as_ref().map(|(id, serial)| format!("{id} (serial {serial})")),
+        action: "login".into(),
+        resource: "broker".into(),
+        decision: "allow",
+        reason: "signature verified".into(),
+        ..Default::default()
+    });
+    authorize(&state, &rid.0, p, Action::Login, &Resource::Broker)?;
+    let minted = state.tokens.mint(p, now, now).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    Ok(axum::Json(token_response(&minted, now, now + state.max_session_secs)))
+}
+
+pub async fn whoami(a: Authed) -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "principal": a.principal.display(),
+        "kind": a.principal.kind,
+        "id": a.principal.id,
+        "groups": a.principal.groups,
+        "auth_method": a.principal.auth_method,
+        "key_fingerprint": a.principal.key_fingerprint,
+        "attrs": a.principal.attrs,
+        "token_expires_at": a.claims.exp,
+        "session_started_at": a.claims.auth_time,
+    }))
+}
+
+#[derive(Deserialize)]
+struct TokenReq {
+    grant_type: String,
+}
+
+pub async fn token(
+    State(state): State<AppState>,
+    a: Authed,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req: TokenReq = body(&headers, &bytes)?;
+    if req.grant_type != REFRESH_GRANT {
+        return Err(ApiError::BadRequest(format!(
+            "unsupported grant_type `{}` (supported: {REFRESH_GRANT})",
+            req.grant_type
+        )));
+    }
+    // A banned user cannot keep refreshing.
+    authorize(&state, &a.request_id, &a.principal, Action::Login, &Resource::Broker)?;
+    let now = crate::unix_now();
+    let minted = state.tokens.refresh(&a.claims, now).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    Ok(axum::Json(token_response(&minted, now, a.claims.auth_time + state.max_session_secs)))
+}
+
+#[derive(Deserialize)]
+struct RevokeReq {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    token_type_hint: Option<String>,
+}
+
+/// Group whose members may revoke anybody's tokens.
+pub const ADMIN_GROUP: &str = "gocred-admins";
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    a: Authed,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req: RevokeReq =
+        if bytes.is_empty() { RevokeReq { token: None, token_type_hint: None } } else { body(&headers, &bytes)? };
+    let now = crate::unix_now();
+    let target = match req.token.as_deref() {
+        None => a.claims.clone(),
+        Some(t) if t == a.token => a.claims.clone(),
+        Some(t) => match state.tokens.verify(t, now) {
+            Ok(c) => c,
+            // RFC 7009 §2.2: an invalid (or already expired/revoked) token is not an error.
+            Err(_) => return Ok(axum::Json(serde_json::json!({}))),
+        },
+    };
+    let own = target.sub == a.claims.sub && target.kind == a.claims.kind;
+    if !own && !a.principal.groups.iter().any(|g| g == ADMIN_GROUP) {
+        return Err(ApiError::Forbidden(format!("{} may only revoke its own tokens", a.principal.display())));
+    }
+    state
+        .tokens
+        .revocations()
+        .revoke(&target.jti, target.exp, now)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot record the revocation: {e}")))?;
+    state.audit.record(&Event {
+        kind: "authz",
+        request_id: a.request_id.clone(),
+        principal: Some(a.principal.display()),
+        auth_method: Some(a.principal.auth_method.clone()),
+        key_fingerprint: Some(a.principal.key_fingerprint.clone()),
+        action: "revoke".into(),
+        resource: format!("token of {}:{}", target.kind, target.sub),
+        decision: "allow",
+        reason: if own { "holder revoked own token".into() } else { "admin revocation".into() },
+        ..Default::default()
+    });
+    Ok(axum::Json(serde_json::json!({})))
+}

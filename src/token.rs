@@ -1,0 +1,224 @@
+//! Access tokens: EdDSA (Ed25519) JWTs signed with the current key of [`crate::keys`], bound to
+//! the caller's key by `cnf.kid` (the `SHA256:...` fingerprint, RFC 7800), minted at login,
+//! refreshed up to `tokens.max_session` after the original login, checked against the
+//! revocation list.
+//!
+//! Verification is strict: `alg` must be `EdDSA` (no `none`, no HMAC with a public key), the `kid`
+//! must be a published key, `iss` and `aud` must match, `exp`/`nbf` are enforced.
+//!
+//! Must not: accept any algorithm but EdDSA, or log a token.
+
+use crate::auth::{Principal, PrincipalKind};
+use crate::keys::Keys;
+use crate::revocation::Revocations;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The audience of every gocred access token.
+pub const AUDIENCE: &str = "gocred";
+/// Clock skew tolerated on `nbf`/`iat`.
+const SKEW_SECS: u64 = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    #[error("token algorithm `{0}` is not accepted (only EdDSA)")]
+    Algorithm(String),
+    #[error("token signed by unknown key id")]
+    UnknownKid,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token issuer is not this broker")]
+    WrongIssuer,
+    #[error("token audience is not `gocred`")]
+    WrongAudience,
+    #[error("token revoked")]
+    Revoked,
+    #[error("session exceeded tokens.max_session: log in again")]
+    SessionExpired,
+}
+
+/// RFC 7800 confirmation: the bound key's fingerprint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Cnf {
+    pub kid: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub iat: u64,
+    pub nbf: u64,
+    pub jti: String,
+    pub amr: Vec<String>,
+    pub groups: Vec<String>,
+    pub cnf: Cnf,
+    /// `user` or `workload`.
+    pub kind: String,
+    /// When the session's original login happened (refresh never goes past + max_session).
+    pub auth_time: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attrs: BTreeMap<String, String>,
+}
+
+impl Claims {
+    /// The principal this token speaks for.
+    pub fn principal(&self) -> Principal {
+        Principal {
+            kind: if self.kind == "workload" { PrincipalKind::Workload } else { PrincipalKind::User },
+            id: self.sub.clone(),
+            groups: self.groups.clone(),
+            auth_method: self.amr.first().cloned().unwrap_or_else(|| "token".into()),
+            key_fingerprint: self.cnf.kid.clone(),
+            attrs: self.attrs.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    typ: Option<String>,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
+}
+
+/// A freshly minted token.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    pub token: String,
+    pub claims: Claims,
+}
+
+/// Mints, verifies and refreshes tokens.
+pub struct TokenService {
+    keys: Arc<Keys>,
+    issuer: String,
+    ttl: Duration,
+    max_session: Duration,
+    revocations: Arc<Revocations>,
+}
+
+impl TokenService {
+    pub fn new(
+        keys: Arc<Keys>,
+        issuer: String,
+        ttl: Duration,
+        max_session: Duration,
+        revocations: Arc<Revocations>,
+    ) -> Self {
+        TokenService { keys, issuer, ttl, max_session, revocations }
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
+    /// A token for `p`, whose session started at `auth_time`.
+    pub fn mint(&self, p: &Principal, auth_time: u64, now: u64) -> Result<Minted, TokenError> {
+        let session_end = auth_time + self.max_session.as_secs();
+        if now >= session_end {
+            return Err(TokenError::SessionExpired);
+        }
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: p.id.clone(),
+            aud: AUDIENCE.into(),
+            exp: (now + self.ttl.as_secs()).min(session_end),
+            iat: now,
+            nbf: now,
+            jti: B64URL.encode(crate::random_bytes::<16>()),
+            amr: vec![p.auth_method.clone()],
+            groups: p.groups.clone(),
+            cnf: Cnf { kid: p.key_fingerprint.clone() },
+            kind: p.kind.as_str().into(),
+            auth_time,
+            attrs: p.attrs.clone(),
+        };
+        let snap = self.keys.snapshot();
+        let key = snap.set.current();
+        let header = serde_json::json!({ "alg": "EdDSA", "typ": "JWT", "kid": key.kid });
+        let signing_input = format!(
+            "{}.{}",
+            B64URL.encode(header.to_string()),
+            B64URL.encode(serde_json::to_vec(&claims).expect("claims serialise"))
+        );
+        let sig = key.sign(signing_input.as_bytes());
+        Ok(Minted { token: format!("{signing_input}.{}", B64URL.encode(sig)), claims })
+    }
+
+    /// Verify signature, header, issuer, audience, times and revocation.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(TokenError::Malformed("expected three dot-separated parts"));
+        };
+        let header: Header = B64URL
+            .decode(h)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(TokenError::Malformed("header is not base64url JSON"))?;
+        if header.alg != "EdDSA" {
+            return Err(TokenError::Algorithm(header.alg.chars().take(20).collect()));
+        }
+        if header.crit.is_some() {
+            return Err(TokenError::Malformed("unsupported crit header"));
+        }
+        let kid = header.kid.ok_or(TokenError::UnknownKid)?;
+        let snap = self.keys.snapshot();
+        let key = snap.set.find(&kid).ok_or(TokenError::UnknownKid)?;
+        let sig: [u8; 64] = B64URL
+            .decode(s)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(TokenError::Malformed("signature is not 64 base64url bytes"))?;
+        key.verifying_key()
+            .verify_strict(format!("{h}.{p}").as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
+            .map_err(|_| TokenError::BadSignature)?;
+        let claims: Claims = B64URL
+            .decode(p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(TokenError::Malformed("claims are not base64url JSON of the expected shape"))?;
+        if claims.iss != self.issuer {
+            return Err(TokenError::WrongIssuer);
+        }
+        if claims.aud != AUDIENCE {
+            return Err(TokenError::WrongAudience);
+        }
+        if now >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf > now + SKEW_SECS || claims.iat > now + SKEW_SECS {
+            return Err(TokenError::NotYetValid);
+        }
+        if self.revocations.is_revoked(&claims.jti) {
+            return Err(TokenError::Revoked);
+        }
+        Ok(claims)
+    }
+
+    /// A new token for the same session (same key, principal and `auth_time`).
+    pub fn refresh(&self, claims: &Claims, now: u64) -> Result<Minted, TokenError> {
+        self.mint(&claims.principal(), claims.auth_time, now)
+    }
+}
