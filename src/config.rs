@@ -200,6 +200,8 @@ pub enum PolicyConfig {
     Dir(PathBuf),
     /// `--dev`: the embedded policy letting `user` download everything.
     Dev { user: String },
+    /// No `[policy]` section: no policies, so everything is denied (a warning at start).
+    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,22 +332,19 @@ impl DevIdentity {
     pub fn from_env() -> DevIdentity {
         let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "dev".into());
         let mut keys = Vec::new();
-        if let Some(home) = std::env::var_os("HOME") {
-            if let Ok(rd) = std::fs::read_dir(PathBuf::from(home).join(".ssh")) {
-                let mut files: Vec<PathBuf> = rd
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|x| x == "pub"))
-                    .collect();
-                files.sort();
-                for f in files {
-                    if let Ok(text) = std::fs::read_to_string(&f) {
-                        keys.extend(
-                            text.lines()
-                                .map(str::trim)
-                                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                                .map(String::from),
-                        );
-                    }
+        if let Some(home) = std::env::var_os("HOME")
+            && let Ok(rd) = std::fs::read_dir(PathBuf::from(home).join(".ssh"))
+        {
+            let mut files: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "pub"))
+                .collect();
+            files.sort();
+            for f in files {
+                if let Ok(text) = std::fs::read_to_string(&f) {
+                    keys.extend(
+                        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
+                    );
                 }
             }
         }
@@ -743,7 +742,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
     };
     let policy = match raw.policy {
         Some(p) => PolicyConfig::Dir(rel(p.dir)),
-        None => PolicyConfig::Dir(rel(PathBuf::from("policies"))),
+        None => PolicyConfig::None,
     };
     let audit = match raw.audit.map(|a| a.path) {
         None => AuditConfig::Stdout,

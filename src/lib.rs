@@ -9,6 +9,12 @@
 //! |-------------|----------------------------------------------------------------------|---------------------------------------|
 //! | [`http`]    | axum routes, request ids, metrics middleware, error → status mapping | hold business logic                   |
 //! | [`server`]  | `run(listener, config, shutdown)`: wires state, background tasks, TLS | parse config or print to the terminal |
+//! | [`auth`]    | SSH login (sealed challenges, authorized keys, certificates), proofs, [`auth::Principal`] | mint tokens, decide policy |
+//! | [`token`]   | EdDSA access tokens: mint, verify (strict `alg`), refresh, revocation check | accept any `alg` but EdDSA |
+//! | [`revocation`] | the shared revocation list in the secrets backend                   | block requests on the backend         |
+//! | [`policy`]  | Cedar policy loading/validation (file:line), decisions, decision cache | talk HTTP, do I/O beyond the policy dir |
+//! | [`audit`]   | one JSON line per authn/authz decision                               | record tokens, proofs or keys         |
+//! | [`client`]  | ssh-agent, key files, broker API and session state for the CLI       | print to the terminal                 |
 //! | [`keys`]    | Ed25519 signing key set, rotation, JWKS                              | talk HTTP                             |
 //! | [`health`]  | readiness: probing the secrets backend, grace period                 | decide HTTP status codes              |
 //! | [`secrets`] | one interface over the `file` (AES-256-GCM) and `vault` backends     | log or format secret values           |

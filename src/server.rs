@@ -60,6 +60,10 @@ pub fn load_policies(cfg: &PolicyConfig) -> Result<(Policies, Option<std::path::
     match cfg {
         PolicyConfig::Dir(d) => Ok((Policies::load_dir(d)?, Some(d.clone()))),
         PolicyConfig::Dev { user } => Ok((crate::policy::dev_policies(user)?, None)),
+        PolicyConfig::None => {
+            tracing::warn!("no [policy] dir configured: every login and download is denied");
+            Ok((Policies::from_sources(crate::policy::EMBEDDED_SCHEMA, &[])?, None))
+        }
     }
 }
 
@@ -68,13 +72,13 @@ impl Broker {
     /// caller derived from the bound address.
     pub async fn start(config: Config, origin: String) -> Result<Broker, ServerError> {
         crate::tls::install_crypto_provider();
-        let (policies, policy_dir) = load_policies(&config.policy).map_err(ServerError::LoadPolicies)?;
-        let audit = Arc::new(Audit::open(&config.audit).map_err(ServerError::OpenAudit)?);
         let store = Arc::new(SecretStore::open(&config.secrets).await.map_err(ServerError::OpenSecrets)?);
         let keys =
             Keys::load_or_create(store.clone(), &config.secrets.prefix, config.tokens.rotate_every, config.tokens.ttl)
                 .await
                 .map_err(ServerError::LoadKeys)?;
+        let (policies, policy_dir) = load_policies(&config.policy).map_err(ServerError::LoadPolicies)?;
+        let audit = Arc::new(Audit::open(&config.audit).map_err(ServerError::OpenAudit)?);
         let readiness = Arc::new(Readiness::new(store.describe(), config.secrets.grace));
         let metrics = Arc::new(Metrics::new());
         metrics.set_gauge("gocred_ready", 1.0);

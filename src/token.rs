@@ -15,7 +15,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The audience of every gocred access token.
@@ -112,7 +113,11 @@ pub struct TokenService {
     ttl: Duration,
     max_session: Duration,
     revocations: Arc<Revocations>,
+    /// sha256(token) → (claims, kid) of tokens whose signature and claims checked out.
+    cache: Mutex<HashMap<String, (Claims, String)>>,
 }
+
+const TOKEN_CACHE_CAP: usize = 50_000;
 
 impl TokenService {
     pub fn new(
@@ -122,7 +127,7 @@ impl TokenService {
         max_session: Duration,
         revocations: Arc<Revocations>,
     ) -> Self {
-        TokenService { keys, issuer, ttl, max_session, revocations }
+        TokenService { keys, issuer, ttl, max_session, revocations, cache: Mutex::new(HashMap::new()) }
     }
 
     pub fn issuer(&self) -> &str {
@@ -166,8 +171,36 @@ impl TokenService {
         Ok(Minted { token: format!("{signing_input}.{}", B64URL.encode(sig)), claims })
     }
 
-    /// Verify signature, header, issuer, audience, times and revocation.
+    /// Verify signature, header, issuer, audience, times and revocation. Tokens that passed the
+    /// signature and claim checks are cached until they expire (keyed by their SHA-256, and
+    /// dropped when their `kid` leaves the JWKS); expiry and revocation are checked every time.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let cache_key = crate::auth::sha256_hex(&[token.as_bytes()]);
+        let cached = self.cache.lock().expect("token cache poisoned").get(&cache_key).cloned();
+        if let Some((claims, kid)) = cached {
+            if now >= claims.exp {
+                return Err(TokenError::Expired);
+            }
+            if self.keys.snapshot().set.find(&kid).is_some() {
+                if self.revocations.is_revoked(&claims.jti) {
+                    return Err(TokenError::Revoked);
+                }
+                return Ok(claims);
+            }
+        }
+        let (claims, kid) = self.verify_uncached(token, now)?;
+        let mut cache = self.cache.lock().expect("token cache poisoned");
+        if cache.len() >= TOKEN_CACHE_CAP {
+            cache.retain(|_, (c, _)| c.exp > now);
+            if cache.len() >= TOKEN_CACHE_CAP {
+                cache.clear();
+            }
+        }
+        cache.insert(cache_key, (claims.clone(), kid));
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, token: &str, now: u64) -> Result<(Claims, String), TokenError> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(TokenError::Malformed("expected three dot-separated parts"));
@@ -214,7 +247,7 @@ impl TokenService {
         if self.revocations.is_revoked(&claims.jti) {
             return Err(TokenError::Revoked);
         }
-        Ok(claims)
+        Ok((claims, kid))
     }
 
     /// A new token for the same session (same key, principal and `auth_time`).

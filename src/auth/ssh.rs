@@ -158,18 +158,18 @@ impl SshLogin {
         let sig = sshsig::parse(signature)?;
         let mut signer =
             sshsig::verify(&sig, LOGIN_NAMESPACE, login_message(challenge, &self.origin, user).as_bytes())?;
-        if signer.certificate.is_none() {
-            if let Some(text) = certificate {
-                let cert = Certificate::from_openssh(text.trim())
-                    .map_err(|e| AuthError::Certificate { key_id: "?".into(), reason: format!("cannot parse: {e}") })?;
-                if cert.public_key() != &signer.key {
-                    return Err(AuthError::Certificate {
-                        key_id: cert.key_id().into(),
-                        reason: "certificate is for another key than the signature".into(),
-                    });
-                }
-                signer.certificate = Some(cert);
+        if signer.certificate.is_none()
+            && let Some(text) = certificate
+        {
+            let cert = Certificate::from_openssh(text.trim())
+                .map_err(|e| AuthError::Certificate { key_id: "?".into(), reason: format!("cannot parse: {e}") })?;
+            if cert.public_key() != &signer.key {
+                return Err(AuthError::Certificate {
+                    key_id: cert.key_id().into(),
+                    reason: "certificate is for another key than the signature".into(),
+                });
             }
+            signer.certificate = Some(cert);
         }
         // Single use: mark only after the signature checked out, so nobody can burn a
         // challenge they could not answer.

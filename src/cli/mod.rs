@@ -3,6 +3,7 @@
 //!
 //! Must not: implement broker logic — it calls into the library.
 
+mod policy;
 mod serve;
 mod session;
 
@@ -28,6 +29,9 @@ pub enum Command {
     Token,
     /// Revoke the token at the broker and remove the local session.
     Logout,
+    /// Validate Cedar policies, or explain a decision.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// Run the parsed command.
@@ -38,5 +42,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => session::status().await,
         Command::Token => session::token().await,
         Command::Logout => session::logout().await,
+        Command::Policy(cmd) => policy::run(cmd),
     }
 }

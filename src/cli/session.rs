@@ -228,14 +228,14 @@ pub async fn logout() -> anyhow::Result<()> {
     };
     let now = crate::unix_now();
     let mut revoked = false;
-    if s.expires_at > now {
-        if let Ok(signer) = Signer::from_ref(&s.key, std::io::stdin().is_terminal()) {
-            let client = BrokerClient::new(&s.broker, s.ca_cert.as_deref())?;
-            let proof = signer.proof(&s.token, &format!("{}/", client.url), now + PROOF_SECS)?;
-            match client.revoke(&s.token, &proof).await {
-                Ok(()) => revoked = true,
-                Err(e) => eprintln!("gocred: warning: could not revoke the token at the broker: {e}"),
-            }
+    if s.expires_at > now
+        && let Ok(signer) = Signer::from_ref(&s.key, std::io::stdin().is_terminal())
+    {
+        let client = BrokerClient::new(&s.broker, s.ca_cert.as_deref())?;
+        let proof = signer.proof(&s.token, &format!("{}/", client.url), now + PROOF_SECS)?;
+        match client.revoke(&s.token, &proof).await {
+            Ok(()) => revoked = true,
+            Err(e) => eprintln!("gocred: warning: could not revoke the token at the broker: {e}"),
         }
     }
     store.remove()?;

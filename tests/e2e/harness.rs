@@ -391,6 +391,15 @@ impl SshBroker {
         if !ca.exists() {
             ssh_keygen(&ca, "ed25519", "");
         }
+        // A private copy of the shipped policies, so tests can edit them.
+        let pol = d.join("policies");
+        if !pol.exists() {
+            std::fs::create_dir_all(&pol).unwrap();
+            for e in std::fs::read_dir(repo_root().join("policies")).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), pol.join(e.file_name())).unwrap();
+            }
+        }
         let file_key = [9u8; 32];
         let cfg = d.join("broker.toml");
         std::fs::write(
@@ -400,8 +409,7 @@ impl SshBroker {
                  [secrets]\nbackend = \"file\"\nfile = \"secrets.enc\"\n\
                  [ssh]\nauthorized_keys = \"authorized_keys\"\ntrusted_user_ca_keys = [\"ca.pub\"]\n{extra}\n\
                  [ssh.groups]\nalice = [\"developers\"]\n\
-                 [policy]\ndir = \"{}\"\n[audit]\npath = \"audit.log\"\n",
-                repo_root().join("policies").display()
+                 [policy]\ndir = \"policies\"\n[audit]\npath = \"audit.log\"\n",
             ),
         )
         .unwrap();
