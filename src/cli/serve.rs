@@ -95,7 +95,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ca.ca_cert.display(),
             if ca.created_ca { "created" } else { "reused" }
         );
-        println!("gocred: next: curl --cacert {} {url}/healthz", ca.ca_cert.display());
+        if let crate::config::AuthorizedKeys::Inline(m) = &broker.config.ssh.authorized_keys {
+            for (user, keys) in m {
+                println!("gocred: dev user {user}: {} SSH key(s) from ~/.ssh/*.pub may log in", keys.len());
+            }
+        }
+        println!("gocred: next: gocred login --ssh --broker {url} --ca-cert {}", ca.ca_cert.display());
+        println!("gocred:       gocred status");
         println!("gocred:       curl --cacert {} {url}/.well-known/jwks.json", ca.ca_cert.display());
     }
     broker.serve(listener, shutdown_signal()).await?;

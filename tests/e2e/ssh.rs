@@ -429,14 +429,15 @@ async fn refresh_stops_at_max_session_and_revocation_takes_effect() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn revocation_on_one_broker_is_honoured_by_another_within_10s() {
+async fn revocation_on_one_broker_is_honoured_by_another_within_10s_with_keys_from_vault() {
     let bao = OpenBao::start().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::create_dir_all(d.join("authorized_keys")).unwrap();
     let key = d.join("alice");
     ssh_keygen(&key, "ed25519", "");
-    std::fs::copy(d.join("alice.pub"), d.join("authorized_keys/alice")).unwrap();
+    // Alice's authorized keys live in OpenBao (ssh.authorized_keys = "vault:PATH").
+    let keys_text = std::fs::read_to_string(d.join("alice.pub")).unwrap();
+    bao.api("POST", "secret/data/gocred/ssh-keys/alice", serde_json::json!({"data": {"keys": keys_text}})).await;
     // Both brokers present the same public origin (as replicas behind one load balancer).
     let public = format!("http://127.0.0.1:{}", free_port());
     let cfg = d.join("broker.toml");
@@ -445,7 +446,7 @@ async fn revocation_on_one_broker_is_honoured_by_another_within_10s() {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{public}\"\n[secrets]\nbackend = \"vault\"\n\
              [vault]\naddress = \"{}\"\n[vault.auth]\nmethod = \"token\"\ntoken = \"root\"\n\
-             [ssh]\nauthorized_keys = \"authorized_keys\"\n[policy]\ndir = \"{}\"\n[audit]\npath = \"audit.log\"\n",
+             [ssh]\nauthorized_keys = \"vault:gocred/ssh-keys\"\n[policy]\ndir = \"{}\"\n[audit]\npath = \"audit.log\"\n",
             bao.addr,
             repo_root().join("policies").display()
         ),
@@ -677,4 +678,47 @@ async fn policies_are_validated_at_start_and_reloaded_on_sighup() {
         &[],
     );
     assert!(out.contains("DENY") && out.contains("no-push"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_broker_lets_the_local_user_log_in_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    let key = home.join(".ssh/id_ed25519");
+    ssh_keygen(&key, "ed25519", "");
+    let data = dir.path().join("dev");
+    let env_owned = [("HOME", home.to_str().unwrap()), ("USER", "devuser")];
+    let g =
+        Gocred::start(&["serve", "--dev", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"], &env_owned);
+    assert!(g.proc.stdout().iter().any(|l| l.contains("dev user devuser: 1 SSH key")), "{:#?}", g.proc.stdout());
+    let ca = data.join("tls/ca.pem");
+    let cache = dir.path().join("cache");
+    let client_env = [
+        ("HOME", home.to_str().unwrap()),
+        ("USER", "devuser"),
+        ("XDG_CACHE_HOME", cache.to_str().unwrap()),
+        ("SSH_AUTH_SOCK", ""),
+    ];
+    // The key is found in ~/.ssh without naming it; the dev CA is trusted via --ca-cert.
+    let (code, out, err) =
+        Gocred::run(&["login", "--ssh", "--broker", &g.url, "--ca-cert", ca.to_str().unwrap()], &client_env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("as devuser"), "{out}");
+    // SSL_CERT_FILE works too, and later commands remember the broker and CA.
+    let (code, out, err) = Gocred::run(&["status"], &client_env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&g.url) && out.contains(&ssh_fingerprint(&home.join(".ssh/id_ed25519.pub"))), "{out}");
+    let (code, token, err) = Gocred::run(&["token"], &client_env);
+    assert_eq!(code, 0, "{err}");
+    let mut env2: Vec<(&str, &str)> = client_env.to_vec();
+    env2.push(("SSL_CERT_FILE", ca.to_str().unwrap()));
+    let home2 = dir.path().join("cache2");
+    env2.retain(|(k, _)| *k != "XDG_CACHE_HOME");
+    env2.push(("XDG_CACHE_HOME", home2.to_str().unwrap()));
+    let (code, out, err) = Gocred::run(&["login", "--ssh", key.to_str().unwrap(), "--broker", &g.url], &env2);
+    assert_eq!(code, 0, "SSL_CERT_FILE trust: {out}{err}");
+    assert_eq!(token.trim().split('.').count(), 3);
+    let audit = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    assert!(audit.contains("\"principal\":\"user:devuser\"") && audit.contains("\"decision\":\"allow\""), "{audit}");
 }
