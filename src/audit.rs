@@ -22,7 +22,7 @@ pub enum AuditError {
 /// One decision.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Event {
-    /// `authn` or `authz`.
+    /// `authn`, `authz` or `proxy`.
     pub kind: &'static str,
     pub request_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -35,6 +35,14 @@ pub struct Event {
     pub cert_key_id: Option<String>,
     pub action: String,
     pub resource: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
     /// `allow` or `deny`.
     pub decision: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -57,6 +65,10 @@ impl Audit {
                     .append(true)
                     .mode(0o600)
                     .open(p)
+                    .map_err(|source| AuditError::Open { path: p.display().to_string(), source })?;
+                // An existing file keeps its mode on open: tighten it.
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))
                     .map_err(|source| AuditError::Open { path: p.display().to_string(), source })?;
                 Box::new(f)
             }

@@ -51,6 +51,8 @@ struct RawConfig {
     secrets: RawSecrets,
     vault: Option<RawVault>,
     ssh: Option<RawSsh>,
+    #[serde(default)]
+    upstreams: Vec<RawUpstream>,
     policy: Option<RawPolicy>,
     audit: Option<RawAudit>,
 }
@@ -64,6 +66,22 @@ struct RawSsh {
     #[serde(default)]
     groups: std::collections::BTreeMap<String, Vec<String>>,
     challenge_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    kind: UpstreamKind,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    modules: Vec<String>,
+    url: String,
+    credentials: Option<String>,
+    mode: Option<UpstreamMode>,
+    ca_cert: Option<PathBuf>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +181,7 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub secrets: SecretsConfig,
     pub ssh: SshConfig,
+    pub upstreams: Vec<Upstream>,
     pub policy: PolicyConfig,
     pub audit: AuditConfig,
     /// Set by `serve --dev`: loopback only, embedded defaults.
@@ -191,6 +210,52 @@ pub struct SshConfig {
     pub groups: std::collections::BTreeMap<String, Vec<String>>,
     /// How long a login challenge may be answered (default 60s).
     pub challenge_ttl: Duration,
+}
+
+/// What an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// A git smart-HTTP server (`/git/<host>/...` and host-routed `go-get`).
+    Git,
+    /// A Go module proxy (GOPROXY protocol, `/mod/...`).
+    Goproxy,
+}
+
+/// How callers get at an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamMode {
+    /// The broker forwards requests with the upstream credential.
+    Proxy,
+    /// Callers fetch the credential itself (`GET /v1/credentials`), for hosts that cannot be proxied.
+    Vend,
+}
+
+/// A private git server or module proxy in front of which gocred stands.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub kind: UpstreamKind,
+    /// Host names it serves (git: module hosts; host-routed requests match these).
+    pub hosts: Vec<String>,
+    /// Module path prefixes it serves (GOPRIVATE-style; default: the hosts).
+    pub modules: Vec<String>,
+    /// Base URL, without a trailing slash.
+    pub url: String,
+    /// Secrets-backend path of the upstream credential (fields `username`+`password`, or `token`).
+    pub credentials: Option<String>,
+    pub mode: UpstreamMode,
+    pub ca_cert: Option<PathBuf>,
+    /// Connect + per-read timeout.
+    pub timeout: Duration,
+}
+
+impl Upstream {
+    /// Does this upstream serve `module` (a path prefix match on element boundaries)?
+    pub fn serves(&self, module: &str) -> bool {
+        self.modules.iter().any(|p| module == p || module.starts_with(&format!("{p}/")))
+    }
 }
 
 /// Where the Cedar policies come from.
@@ -460,6 +525,7 @@ impl Config {
                 groups: std::collections::BTreeMap::new(),
                 challenge_ttl: Duration::from_secs(60),
             },
+            upstreams: Vec::new(),
             policy: PolicyConfig::Dev { user: dev.user.clone() },
             audit: AuditConfig::File(data_dir.join("audit.log")),
             dev: true,
@@ -496,7 +562,17 @@ fn env_value(v: &str) -> toml::Value {
 fn set_path(table: &mut toml::Table, key: &[String], value: toml::Value) -> Result<(), String> {
     let (last, parents) = key.split_last().ok_or("empty key")?;
     let mut cur = table;
-    for (i, part) in parents.iter().enumerate() {
+    let mut parts = parents.iter().enumerate().peekable();
+    while let Some((i, part)) = parts.next() {
+        // `GOCRED_UPSTREAMS__0__URL`: a numeric part indexes an array of tables.
+        let index = parts.peek().and_then(|(_, idx)| idx.parse::<usize>().ok());
+        if let (Some(n), Some(toml::Value::Array(_))) = (index, cur.get(part.as_str())) {
+            parts.next();
+            let Some(toml::Value::Array(items)) = cur.get_mut(part.as_str()) else { unreachable!() };
+            let item = items.get_mut(n).ok_or_else(|| format!("`{}` has no entry {n}", key[..=i].join(".")))?;
+            cur = item.as_table_mut().ok_or_else(|| format!("`{}` is not a table", key[..=i + 1].join(".")))?;
+            continue;
+        }
         let entry = cur.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cur = entry.as_table_mut().ok_or_else(|| format!("`{}` is not a table", key[..=i].join(".")))?;
     }
@@ -750,7 +826,73 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
         Some(p) if p.is_empty() => return Err(err("audit.path", "must be \"-\" or a file path".into())),
         Some(p) => AuditConfig::File(rel(PathBuf::from(p))),
     };
-    Ok(Config { source: file.map(Path::to_path_buf), server, tokens, secrets, ssh, policy, audit, dev: false })
+    let mut upstreams: Vec<Upstream> = Vec::new();
+    for (i, u) in raw.upstreams.into_iter().enumerate() {
+        let key = |k: &str| format!("upstreams[{i}].{k}");
+        if u.name.is_empty() || !u.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(err(&key("name"), format!("`{}` must be letters, digits, - or _", u.name)));
+        }
+        if upstreams.iter().any(|o| o.name == u.name) {
+            return Err(err(&key("name"), format!("`{}` is used by two upstreams", u.name)));
+        }
+        let url = u.url.trim_end_matches('/').to_string();
+        if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains(char::is_whitespace) {
+            return Err(err(&key("url"), format!("`{}` must be an http(s) URL", u.url)));
+        }
+        for h in &u.hosts {
+            if h.is_empty() || h.contains(['/', ' ', ':']) {
+                return Err(err(&key("hosts"), format!("`{h}` must be a bare host name")));
+            }
+        }
+        if u.kind == UpstreamKind::Git && u.hosts.is_empty() {
+            return Err(err(&key("hosts"), "required key is missing (kind = \"git\")".into()));
+        }
+        let modules = if u.modules.is_empty() { u.hosts.clone() } else { u.modules };
+        if modules.is_empty() {
+            return Err(err(&key("modules"), "required key is missing (kind = \"goproxy\")".into()));
+        }
+        for m in &modules {
+            if m.is_empty() || m.ends_with('/') || m.contains(['*', ' ', ',']) {
+                return Err(err(
+                    &key("modules"),
+                    format!("`{m}` must be a module path prefix like \"git.corp.example/acme\""),
+                ));
+            }
+        }
+        let credentials = match u.credentials {
+            None => None,
+            Some(c) => match c.strip_prefix("vault:").map(|p| p.trim_matches('/')) {
+                Some(p) if !p.is_empty() => Some(p.to_string()),
+                _ => return Err(err(&key("credentials"), format!("`{c}` must look like \"vault:PATH\""))),
+            },
+        };
+        let mode = u.mode.unwrap_or(UpstreamMode::Proxy);
+        if mode == UpstreamMode::Vend && credentials.is_none() {
+            return Err(err(&key("credentials"), "required key is missing (mode = \"vend\")".into()));
+        }
+        upstreams.push(Upstream {
+            name: u.name,
+            kind: u.kind,
+            hosts: u.hosts,
+            modules,
+            url,
+            credentials,
+            mode,
+            ca_cert: u.ca_cert.map(rel),
+            timeout: duration(origin, &key("timeout"), u.timeout.as_deref(), Duration::from_secs(30))?,
+        });
+    }
+    Ok(Config {
+        source: file.map(Path::to_path_buf),
+        server,
+        tokens,
+        secrets,
+        ssh,
+        upstreams,
+        policy,
+        audit,
+        dev: false,
+    })
 }
 
 #[cfg(test)]
@@ -825,6 +967,22 @@ mod tests {
         assert!(e.contains("env GOCRED_TOKENS__LIFETIME") && e.contains("tokens.lifetime"), "{e}");
         let e = parse(MIN, &[("GOCRED_TOKENS__TTL", "soon")]).unwrap_err().to_string();
         assert!(e.contains("tokens.ttl"), "{e}");
+    }
+
+    #[test]
+    fn upstreams_validate_and_env_indexes_arrays() {
+        let text = format!(
+            "{MIN}[[upstreams]]\nname = \"corp\"\nkind = \"git\"\nhosts = [\"git.corp.test\"]\nurl = \"https://127.0.0.1:1/\"\ncredentials = \"vault:gitcreds/corp\"\n"
+        );
+        let c = parse(&text, &[("GOCRED_UPSTREAMS__0__URL", "https://10.0.0.1:2")]).unwrap();
+        assert_eq!(c.upstreams[0].url, "https://10.0.0.1:2");
+        assert_eq!(c.upstreams[0].credentials.as_deref(), Some("gitcreds/corp"));
+        assert!(c.upstreams[0].serves("git.corp.test/acme/lib"));
+        assert!(!c.upstreams[0].serves("git.corp.testevil/acme"));
+        let e = parse(&text.replace("hosts = [\"git.corp.test\"]\n", ""), &[]).unwrap_err().to_string();
+        assert!(e.contains("upstreams[0].hosts"), "{e}");
+        let e = parse(&text.replace("vault:gitcreds/corp", "gitcreds"), &[]).unwrap_err().to_string();
+        assert!(e.contains("upstreams[0].credentials"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | [`policy`]  | Cedar policy loading/validation (file:line), decisions, decision cache | talk HTTP, do I/O beyond the policy dir |
 //! | [`audit`]   | one JSON line per authn/authz decision                               | record tokens, proofs or keys         |
 //! | [`client`]  | ssh-agent, key files, broker API and session state for the CLI       | print to the terminal                 |
+//! | [`proxy`]   | upstream clients, credential cache, header hygiene, streaming forward, route resolution | decide who may fetch what |
 //! | [`keys`]    | Ed25519 signing key set, rotation, JWKS                              | talk HTTP                             |
 //! | [`health`]  | readiness: probing the secrets backend, grace period                 | decide HTTP status codes              |
 //! | [`secrets`] | one interface over the `file` (AES-256-GCM) and `vault` backends     | log or format secret values           |
@@ -39,6 +40,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
 pub mod revocation;
 pub mod secrets;
 pub mod server;

@@ -340,13 +340,19 @@ impl Policies {
         let diagnostics = response.diagnostics();
         let failed: Vec<String> = diagnostics.errors().map(|e| diagnostic_message(e)).collect();
         if !failed.is_empty() {
-            tracing::warn!(principal = %who, %action, resource = %resource.display(), errors = ?failed, "policies failed to evaluate (ignored)");
+            tracing::warn!(principal = %who, %action, resource = %resource.display(), errors = ?failed, "policies failed to evaluate (request denied)");
         }
         let mut policy_ids: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
         policy_ids.sort();
         let names = policy_ids.join(", ");
         let plural = if policy_ids.len() == 1 { "y" } else { "ies" };
         match response.decision() {
+            // Fail closed: a policy that could not be evaluated might have been a forbid.
+            cedar::Decision::Allow if !failed.is_empty() => Decision::deny(format!(
+                "{} policy evaluation error(s) while deciding {what} for {who}: denied to be safe ({})",
+                failed.len(),
+                failed.join("; ")
+            )),
             cedar::Decision::Allow => {
                 Decision { allowed: true, reason: format!("permitted by polic{plural} {names}"), policy_ids }
             }

@@ -19,8 +19,14 @@ pub struct Revocations {
     revoked: RwLock<HashMap<String, u64>>,
 }
 
-fn parse(v: &SecretData) -> HashMap<String, u64> {
-    v.get("revoked").and_then(|s| serde_json::from_str(s.expose_secret()).ok()).unwrap_or_default()
+/// A record that does not parse is an error, never an empty list (which a writer would then
+/// store back, un-revoking everything).
+fn parse(path: &str, v: &SecretData) -> Result<HashMap<String, u64>, SecretsError> {
+    match v.get("revoked") {
+        None => Ok(HashMap::new()),
+        Some(s) => serde_json::from_str(s.expose_secret())
+            .map_err(|e| SecretsError::Malformed { path: path.into(), reason: format!("revocation list: {e}") }),
+    }
 }
 
 impl Revocations {
@@ -28,14 +34,16 @@ impl Revocations {
         Revocations { store, path: format!("{prefix}/revoked"), revoked: RwLock::new(HashMap::new()) }
     }
 
-    pub fn is_revoked(&self, jti: &str) -> bool {
-        self.revoked.read().expect("revocations poisoned").contains_key(jti)
+    /// Is this token, or its whole session, revoked?
+    pub fn is_revoked(&self, jti: &str, sid: &str) -> bool {
+        let r = self.revoked.read().expect("revocations poisoned");
+        r.contains_key(jti) || r.contains_key(&format!("sid:{sid}"))
     }
 
     /// Re-read the shared list.
     pub async fn sync(&self, now: u64) -> Result<(), SecretsError> {
         let mut list = match self.store.get(&self.path).await? {
-            Some(v) => parse(&v.data),
+            Some(v) => parse(&self.path, &v.data)?,
             None => HashMap::new(),
         };
         list.retain(|_, exp| *exp > now);
@@ -46,16 +54,23 @@ impl Revocations {
         Ok(())
     }
 
-    /// Revoke `jti` (valid until `exp`) for every replica: check-and-set retry loop.
-    pub async fn revoke(&self, jti: &str, exp: u64, now: u64) -> Result<(), SecretsError> {
-        self.revoked.write().expect("revocations poisoned").insert(jti.to_string(), exp);
+    /// Revoke token `jti` (valid until `exp`) and its session `sid` (until `session_end`) for
+    /// every replica: check-and-set retry loop.
+    pub async fn revoke(&self, jti: &str, exp: u64, sid: &str, session_end: u64, now: u64) -> Result<(), SecretsError> {
+        let sid_key = format!("sid:{sid}");
+        {
+            let mut mine = self.revoked.write().expect("revocations poisoned");
+            mine.insert(jti.to_string(), exp);
+            mine.insert(sid_key.clone(), session_end);
+        }
         for _ in 0..20 {
             let (mut list, cas) = match self.store.get(&self.path).await? {
-                Some(v) => (parse(&v.data), Cas::Version(v.version)),
+                Some(v) => (parse(&self.path, &v.data)?, Cas::Version(v.version)),
                 None => (HashMap::new(), Cas::Create),
             };
             list.retain(|_, e| *e > now);
             list.insert(jti.to_string(), exp);
+            list.insert(sid_key.clone(), session_end);
             let json = serde_json::to_string(&list).expect("a map serialises");
             match self.store.put(&self.path, &SecretData::single("revoked", SecretString::from(json)), cas).await {
                 Ok(_) => return Ok(()),

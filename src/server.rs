@@ -30,6 +30,8 @@ pub enum ServerError {
     #[error("ssh login setup: {0}")]
     SetupLogin(crate::auth::AuthError),
     #[error(transparent)]
+    SetupProxy(crate::proxy::ProxyError),
+    #[error(transparent)]
     OpenSecrets(SecretsError),
     #[error(transparent)]
     LoadKeys(KeysError),
@@ -53,6 +55,7 @@ pub struct Broker {
     pub proofs: Arc<ProofVerifier>,
     pub policy: Arc<PolicyEngine>,
     pub audit: Arc<Audit>,
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 /// Load the configured policy set.
@@ -102,7 +105,19 @@ impl Broker {
         );
         let proofs = Arc::new(ProofVerifier::new(origin.clone()));
         let policy = Arc::new(PolicyEngine::new(policies, policy_dir));
-        Ok(Broker { config, origin, store, keys, readiness, metrics, tokens, login, proofs, policy, audit })
+        let proxy = if config.upstreams.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                crate::proxy::Proxy::new(config.upstreams.clone(), store.clone()).map_err(ServerError::SetupProxy)?,
+            ))
+        };
+        if !config.tokens.require_proof {
+            tracing::warn!(
+                "tokens.require_proof = false: tokens alone authenticate (bearer tokens); use only for legacy tools"
+            );
+        }
+        Ok(Broker { config, origin, store, keys, readiness, metrics, tokens, login, proofs, policy, audit, proxy })
     }
 
     /// The router state for this broker.
@@ -119,6 +134,7 @@ impl Broker {
             origin: self.origin.clone(),
             require_proof: self.config.tokens.require_proof,
             max_session_secs: self.config.tokens.max_session.as_secs(),
+            proxy: self.proxy.clone(),
         }
     }
 

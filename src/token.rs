@@ -70,6 +70,11 @@ pub struct Claims {
     pub kind: String,
     /// When the session's original login happened (refresh never goes past + max_session).
     pub auth_time: u64,
+    /// Session id: the same for every token of one login; revoking a token revokes its session.
+    pub sid: String,
+    /// When the session ends: `auth_time + tokens.max_session`, or earlier (an SSH certificate's
+    /// `valid_before`). No token of the session outlives it.
+    pub session_end: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attrs: BTreeMap<String, String>,
 }
@@ -138,9 +143,21 @@ impl TokenService {
         &self.revocations
     }
 
-    /// A token for `p`, whose session started at `auth_time`.
-    pub fn mint(&self, p: &Principal, auth_time: u64, now: u64) -> Result<Minted, TokenError> {
-        let session_end = auth_time + self.max_session.as_secs();
+    /// The first token of a new session for `p`, logged in at `now`; `not_after` caps the
+    /// session (e.g. a certificate's end of validity).
+    pub fn mint(&self, p: &Principal, now: u64, not_after: Option<u64>) -> Result<Minted, TokenError> {
+        let end = (now + self.max_session.as_secs()).min(not_after.unwrap_or(u64::MAX));
+        self.issue(p, now, &B64URL.encode(crate::random_bytes::<16>()), end, now)
+    }
+
+    fn issue(
+        &self,
+        p: &Principal,
+        auth_time: u64,
+        sid: &str,
+        session_end: u64,
+        now: u64,
+    ) -> Result<Minted, TokenError> {
         if now >= session_end {
             return Err(TokenError::SessionExpired);
         }
@@ -157,6 +174,8 @@ impl TokenService {
             cnf: Cnf { kid: p.key_fingerprint.clone() },
             kind: p.kind.as_str().into(),
             auth_time,
+            sid: sid.to_string(),
+            session_end,
             attrs: p.attrs.clone(),
         };
         let snap = self.keys.snapshot();
@@ -182,7 +201,7 @@ impl TokenService {
                 return Err(TokenError::Expired);
             }
             if self.keys.snapshot().set.find(&kid).is_some() {
-                if self.revocations.is_revoked(&claims.jti) {
+                if self.revocations.is_revoked(&claims.jti, &claims.sid) {
                     return Err(TokenError::Revoked);
                 }
                 return Ok(claims);
@@ -244,14 +263,17 @@ impl TokenService {
         if claims.nbf > now + SKEW_SECS || claims.iat > now + SKEW_SECS {
             return Err(TokenError::NotYetValid);
         }
-        if self.revocations.is_revoked(&claims.jti) {
+        if self.revocations.is_revoked(&claims.jti, &claims.sid) {
             return Err(TokenError::Revoked);
         }
         Ok((claims, kid))
     }
 
-    /// A new token for the same session (same key, principal and `auth_time`).
-    pub fn refresh(&self, claims: &Claims, now: u64) -> Result<Minted, TokenError> {
-        self.mint(&claims.principal(), claims.auth_time, now)
+    /// A new token for the same session (same key and session end), with `groups` as they are
+    /// now (the caller re-checks the principal first).
+    pub fn refresh(&self, claims: &Claims, groups: Vec<String>, now: u64) -> Result<Minted, TokenError> {
+        let mut p = claims.principal();
+        p.groups = groups;
+        self.issue(&p, claims.auth_time, &claims.sid, claims.session_end, now)
     }
 }

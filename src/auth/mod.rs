@@ -54,14 +54,9 @@ impl Principal {
     pub fn cache_key(&self) -> String {
         let mut groups = self.groups.clone();
         groups.sort();
-        format!(
-            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{:?}",
-            self.kind.as_str(),
-            self.id,
-            groups.join(","),
-            self.auth_method,
-            self.attrs
-        )
+        // JSON: unambiguous whatever the strings contain.
+        serde_json::json!([self.kind.as_str(), self.id, groups, self.auth_method, self.key_fingerprint, self.attrs])
+            .to_string()
     }
 }
 

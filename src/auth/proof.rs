@@ -96,7 +96,9 @@ impl ProofVerifier {
         if p.exp > now + MAX_PROOF_LIFETIME_SECS + SKEW_SECS {
             return Err(AuthError::ProofTooLong);
         }
-        let within_origin = p.prefix.starts_with(&format!("{}/", self.origin));
+        // The prefix ends at a path-segment boundary (`/`) inside the origin, so it never covers
+        // a sibling such as `/git/acme-evil` for `/git/acme`.
+        let within_origin = p.prefix.starts_with(&format!("{}/", self.origin)) && p.prefix.ends_with('/');
         if !within_origin || !request_url.starts_with(&p.prefix) {
             return Err(AuthError::ProofWrongPrefix { prefix: p.prefix });
         }

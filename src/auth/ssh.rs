@@ -10,7 +10,7 @@
 //!
 //! Must not: mint tokens or decide policy.
 
-use super::sshsig::{self, Signer};
+use super::sshsig;
 use super::{AuthError, Principal, PrincipalKind};
 use crate::config::{AuthorizedKeys, SshConfig};
 use crate::secrets::SecretStore;
@@ -55,6 +55,16 @@ pub struct LoginOutcome {
     pub principal: Principal,
     /// Certificate key id and serial, for the audit line.
     pub cert: Option<(String, u64)>,
+    /// A certificate login's session may not outlive the certificate.
+    pub not_after: Option<u64>,
+}
+
+/// At most this many challenges are remembered as used (each for at most `challenge_ttl`).
+const MAX_USED_CHALLENGES: usize = 100_000;
+
+/// A certificate key id as it may appear in messages and audit lines: printable, ≤ 128 chars.
+pub fn sanitize_key_id(id: &str) -> String {
+    id.chars().filter(|c| !c.is_control()).take(128).collect()
 }
 
 /// The SSH login verifier.
@@ -165,31 +175,40 @@ impl SshLogin {
                 .map_err(|e| AuthError::Certificate { key_id: "?".into(), reason: format!("cannot parse: {e}") })?;
             if cert.public_key() != &signer.key {
                 return Err(AuthError::Certificate {
-                    key_id: cert.key_id().into(),
+                    key_id: sanitize_key_id(cert.key_id()),
                     reason: "certificate is for another key than the signature".into(),
                 });
             }
             signer.certificate = Some(cert);
         }
-        // Single use: mark only after the signature checked out, so nobody can burn a
-        // challenge they could not answer.
+        check_key_strength(&signer.key, &sig)?;
+        if self.used.lock().expect("challenge set poisoned").contains_key(&sealed.n) {
+            return Err(AuthError::ChallengeReplayed);
+        }
+        let (auth_method, cert, not_after) = match &signer.certificate {
+            Some(c) => {
+                self.check_certificate(c, user, now)?;
+                ("ssh-cert", Some((sanitize_key_id(c.key_id()), c.serial())), Some(c.valid_before()))
+            }
+            None => {
+                self.check_authorized(user, &signer.key, &signer.fingerprint()).await?;
+                ("ssh", None, None)
+            }
+        };
+        // Single use: marked only once the key is authorized for the user, so nobody can burn
+        // a challenge they could not legitimately answer.
         {
             let mut used = self.used.lock().expect("challenge set poisoned");
-            used.retain(|_, exp| *exp > now);
+            if used.len() >= MAX_USED_CHALLENGES {
+                used.retain(|_, exp| *exp > now);
+            }
+            if used.len() >= MAX_USED_CHALLENGES {
+                return Err(AuthError::KeySource("too many logins in flight; try again shortly".into()));
+            }
             if used.insert(sealed.n.clone(), sealed.exp).is_some() {
                 return Err(AuthError::ChallengeReplayed);
             }
         }
-        let (auth_method, cert) = match &signer.certificate {
-            Some(c) => {
-                self.check_certificate(c, user, now)?;
-                ("ssh-cert", Some((c.key_id().to_string(), c.serial())))
-            }
-            None => {
-                self.check_authorized(user, &signer).await?;
-                ("ssh", None)
-            }
-        };
         Ok(LoginOutcome {
             principal: Principal {
                 kind: PrincipalKind::User,
@@ -200,11 +219,21 @@ impl SshLogin {
                 attrs: Default::default(),
             },
             cert,
+            not_after,
         })
     }
 
+    /// Is a plain-key session still valid for its user (key still authorized)? Returns the
+    /// user's current groups. Certificate sessions are bounded by the certificate instead.
+    pub async fn recheck(&self, p: &Principal) -> Result<Vec<String>, AuthError> {
+        if p.auth_method == "ssh" && self.find_authorized(&p.id, &p.key_fingerprint).await?.is_none() {
+            return Err(AuthError::UnknownKey { user: p.id.clone(), fingerprint: p.key_fingerprint.clone() });
+        }
+        Ok(self.cfg.groups.get(&p.id).cloned().unwrap_or_default())
+    }
+
     fn check_certificate(&self, c: &Certificate, user: &str, now: u64) -> Result<(), AuthError> {
-        let fail = |reason: String| AuthError::Certificate { key_id: c.key_id().to_string(), reason };
+        let fail = |reason: String| AuthError::Certificate { key_id: sanitize_key_id(c.key_id()), reason };
         if c.cert_type() != CertType::User {
             return Err(fail("not a user certificate".into()));
         }
@@ -228,7 +257,15 @@ impl SshLogin {
         Ok(())
     }
 
-    async fn check_authorized(&self, user: &str, signer: &Signer) -> Result<(), AuthError> {
+    async fn check_authorized(&self, user: &str, key: &KeyData, fingerprint: &str) -> Result<(), AuthError> {
+        match self.find_authorized(user, fingerprint).await? {
+            Some(k) if &k == key => Ok(()),
+            _ => Err(AuthError::UnknownKey { user: user.into(), fingerprint: fingerprint.to_string() }),
+        }
+    }
+
+    /// The authorized key of `user` with this fingerprint, if any.
+    async fn find_authorized(&self, user: &str, fingerprint: &str) -> Result<Option<KeyData>, AuthError> {
         let text = match &self.cfg.authorized_keys {
             AuthorizedKeys::None => String::new(),
             AuthorizedKeys::Inline(m) => m.get(user).map(|v| v.join("\n")).unwrap_or_default(),
@@ -243,21 +280,33 @@ impl SshLogin {
                 Err(e) => return Err(AuthError::KeySource(e.to_string())),
             },
         };
-        if authorized_keys_contain(&text, &signer.key) {
-            Ok(())
-        } else {
-            Err(AuthError::UnknownKey { user: user.into(), fingerprint: signer.fingerprint() })
-        }
+        Ok(authorized_keys(&text).into_iter().find(|k| sshsig::fingerprint(k) == fingerprint))
     }
 }
 
-/// Does `authorized_keys` text list `key` (as a plain key; `cert-authority` lines are ignored —
-/// configure CAs in `ssh.trusted_user_ca_keys`)?
-pub fn authorized_keys_contain(text: &str, key: &KeyData) -> bool {
-    ssh_key::AuthorizedKeys::new(text).filter_map(Result::ok).any(|entry| {
-        let is_ca = entry.config_opts().iter().any(|o| o.eq_ignore_ascii_case("cert-authority"));
-        !is_ca && entry.public_key().key_data() == key
-    })
+/// The plain keys listed in `authorized_keys` text. Lines carrying options (`from=`,
+/// `expiry-time=`, `restrict`, `cert-authority`, ...) are skipped: gocred cannot enforce them, so
+/// it does not honour them (configure CAs in `ssh.trusted_user_ca_keys`).
+pub fn authorized_keys(text: &str) -> Vec<KeyData> {
+    ssh_key::AuthorizedKeys::new(text)
+        .filter_map(Result::ok)
+        .filter(|entry| entry.config_opts().iter().next().is_none())
+        .map(|entry| entry.public_key().key_data().clone())
+        .collect()
+}
+
+/// RSA keys must be at least 2048 bits and sign with SHA-2.
+fn check_key_strength(key: &KeyData, sig: &ssh_key::SshSig) -> Result<(), AuthError> {
+    if let KeyData::Rsa(rsa) = key {
+        let bits = rsa.n().as_positive_bytes().map(|b| b.len() * 8).unwrap_or(0);
+        if bits < 2048 {
+            return Err(AuthError::MalformedSignature(format!("RSA key of {bits} bits is too small (minimum 2048)")));
+        }
+        if !matches!(sig.algorithm(), ssh_key::Algorithm::Rsa { hash: Some(_) }) {
+            return Err(AuthError::MalformedSignature("RSA signatures must use rsa-sha2-256 or rsa-sha2-512".into()));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

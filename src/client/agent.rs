@@ -37,11 +37,12 @@ fn take_string<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
         return None;
     }
     let n = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if buf.len() < 4 + n {
+    let end = n.checked_add(4)?;
+    if buf.len() < end {
         return None;
     }
-    let s = &buf[4..4 + n];
-    *buf = &buf[4 + n..];
+    let s = &buf[4..end];
+    *buf = &buf[end..];
     Some(s)
 }
 

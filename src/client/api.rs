@@ -88,7 +88,16 @@ impl BrokerClient {
             .await
             .map_err(|e| self.net(e))?;
         let ch: ChallengeResponse = self.decode(resp).await?;
-        let sig = signer.sign(crate::auth::ssh::LOGIN_NAMESPACE, ch.message.as_bytes())?;
+        // Sign the message built here, for the broker URL we asked: a broker (or anyone in
+        // between) cannot get us to sign a login meant for another origin or user.
+        let message = crate::auth::ssh::login_message(&ch.challenge, &self.url, user);
+        if message != ch.message {
+            return Err(ClientError::Broker {
+                url: self.url.clone(),
+                reason: "the login challenge names another origin or user than this broker URL (check --broker: it must be the broker's public URL)".into(),
+            });
+        }
+        let sig = signer.sign(crate::auth::ssh::LOGIN_NAMESPACE, message.as_bytes())?;
         let signature = crate::auth::sshsig::to_b64url(&sig).map_err(|e| ClientError::Sign(e.to_string()))?;
         let certificate = signer.certificate().and_then(|c| c.to_openssh().ok());
         let resp = self

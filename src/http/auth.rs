@@ -69,7 +69,11 @@ impl FromRequestParts<AppState> for Authed {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
         let now = crate::unix_now();
-        let path = parts.uri.path().to_string();
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map(|u| u.0.path().to_string())
+            .unwrap_or_else(|| parts.uri.path().to_string());
         let deny = |reason: String, claims: Option<&Claims>| {
             state.audit.record(&Event {
                 kind: "authn",
@@ -85,6 +89,17 @@ impl FromRequestParts<AppState> for Authed {
             });
             ApiError::Unauthorized(reason)
         };
+        // Proof prefixes are matched against the path: it must be in normal form.
+        let lower = path.to_ascii_lowercase();
+        if path.contains("//")
+            || path.contains("/./")
+            || path.contains("/../")
+            || path.ends_with("/..")
+            || lower.contains("%2e")
+            || lower.contains("%2f")
+        {
+            return Err(deny("request path is not in normal form".into(), None));
+        }
         let (token, proof) = credentials(&parts.headers).map_err(|e| deny(e.to_string(), None))?;
         let claims = state.tokens.verify(&token, now).map_err(|e| deny(e.to_string(), None))?;
         match proof {
@@ -220,7 +235,7 @@ pub async fn ssh_login(
                     ..Default::default()
                 });
                 return Err(match e {
-                    AuthError::KeySource(_) => ApiError::Unavailable(e.to_string()),
+                    AuthError::KeySource(_) => ApiError::Internal(e.to_string()),
                     e => ApiError::Unauthorized(e.to_string()),
                 });
             }
@@ -240,8 +255,8 @@ pub async fn ssh_login(
         ..Default::default()
     });
     authorize(&state, &rid.0, p, Action::Login, &Resource::Broker)?;
-    let minted = state.tokens.mint(p, now, now).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    Ok(axum::Json(token_response(&minted, now, now + state.max_session_secs)))
+    let minted = state.tokens.mint(p, now, outcome.not_after).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    Ok(axum::Json(token_response(&minted, now, minted.claims.session_end)))
 }
 
 pub async fn whoami(a: Authed) -> impl IntoResponse {
@@ -255,6 +270,7 @@ pub async fn whoami(a: Authed) -> impl IntoResponse {
         "attrs": a.principal.attrs,
         "token_expires_at": a.claims.exp,
         "session_started_at": a.claims.auth_time,
+        "session_expires_at": a.claims.session_end,
     }))
 }
 
@@ -276,11 +292,23 @@ pub async fn token(
             req.grant_type
         )));
     }
-    // A banned user cannot keep refreshing.
-    authorize(&state, &a.request_id, &a.principal, Action::Login, &Resource::Broker)?;
+    // The key must still be authorized (groups as configured now), and a banned user cannot
+    // keep refreshing.
+    let mut principal = a.principal.clone();
+    if principal.kind == crate::auth::PrincipalKind::User {
+        principal.groups = match state.login.recheck(&principal).await {
+            Ok(g) => g,
+            Err(AuthError::KeySource(e)) => return Err(ApiError::Internal(e)),
+            Err(e) => return Err(ApiError::Unauthorized(format!("cannot refresh: {e}"))),
+        };
+    }
+    authorize(&state, &a.request_id, &principal, Action::Login, &Resource::Broker)?;
     let now = crate::unix_now();
-    let minted = state.tokens.refresh(&a.claims, now).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    Ok(axum::Json(token_response(&minted, now, a.claims.auth_time + state.max_session_secs)))
+    let minted = state
+        .tokens
+        .refresh(&a.claims, principal.groups.clone(), now)
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    Ok(axum::Json(token_response(&minted, now, a.claims.session_end)))
 }
 
 #[derive(Deserialize)]
@@ -320,9 +348,9 @@ pub async fn revoke(
     state
         .tokens
         .revocations()
-        .revoke(&target.jti, target.exp, now)
+        .revoke(&target.jti, target.exp, &target.sid, target.session_end, now)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("cannot record the revocation: {e}")))?;
+        .map_err(|e| ApiError::Internal(format!("cannot record the revocation: {e}")))?;
     state.audit.record(&Event {
         kind: "authz",
         request_id: a.request_id.clone(),

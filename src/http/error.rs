@@ -25,6 +25,12 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    NotFoundMsg(String),
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("{0}")]
+    GatewayTimeout(String),
     /// Detail is logged, never returned.
     #[error("internal error")]
     Internal(String),
@@ -48,6 +54,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::NotFoundMsg(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            ApiError::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -79,7 +88,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Fill in the JSON body of an error response (and log 5xx under the request id).
-pub(super) fn render(resp: Response, id: &RequestId) -> Response {
+pub(super) fn render(resp: Response, id: &RequestId, plain: bool) -> Response {
     let Some(body) = resp.extensions().get::<ErrorBody>().cloned() else {
         return resp;
     };
@@ -93,9 +102,18 @@ pub(super) fn render(resp: Response, id: &RequestId) -> Response {
         }
         body.message
     };
-    let json = serde_json::json!({ "error": body.code, "message": message, "request_id": id.0 });
     let (mut parts, _) = resp.into_parts();
-    parts.headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    if plain {
+        // One line that `go` prints as "server response:" and git as "remote:".
+        let text = format!("gocred: {message} (request id {})\n", id.0);
+        parts.headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return Response::from_parts(parts, axum::body::Body::from(text));
+    }
+    let json = serde_json::json!({ "error": body.code, "message": message, "request_id": id.0 });
+    parts.headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
     Response::from_parts(parts, axum::body::Body::from(json.to_string()))
 }

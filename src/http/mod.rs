@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod proxy;
 
 use crate::health::Readiness;
 use crate::keys::Keys;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub origin: String,
     pub require_proof: bool,
     pub max_session_secs: u64,
+    /// The forwarding half of the proxy, when upstreams are configured.
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 /// A per-request id, in request extensions and the `x-request-id` response header.
@@ -57,8 +60,14 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/whoami", get(auth::whoami))
         .route("/v1/token", post(auth::token))
         .route("/v1/revoke", post(auth::revoke))
+        .route("/v1/credentials", get(proxy::credentials))
+        .route("/.well-known/gocred", get(proxy::well_known))
+        .route("/mod/{*rest}", get(proxy::goproxy))
+        .route("/git/{host}/{*rest}", get(proxy::git).post(proxy::git))
         .route_layer(middleware::from_fn(tag_route))
-        .fallback(|| async { ApiError::NotFound })
+        .fallback(proxy::host_routed)
+        // Small JSON/form bodies only; proxied bodies are streamed and not subject to this.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), outer))
         .with_state(state)
@@ -77,15 +86,29 @@ async fn tag_route(req: Request, next: Next) -> Response {
 async fn outer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = RequestId(crate::fsutil::hex(&crate::random_bytes::<8>()));
-    let method = req.method().as_str().to_string();
+    // A fixed label set: arbitrary method names must not grow the metrics map.
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    };
+    let path = req.uri().path();
+    // go and git show text/plain error bodies to their users; API clients get JSON.
+    let plain =
+        path.starts_with("/mod/") || path.starts_with("/git/") || proxy::routed_host(&state, req.headers()).is_some();
     req.extensions_mut().insert(id.clone());
     let resp = next.run(req).await;
-    let mut resp = error::render(resp, &id);
+    let mut resp = error::render(resp, &id, plain);
     if let Ok(v) = HeaderValue::from_str(&id.0) {
         resp.headers_mut().insert("x-request-id", v);
     }
     let route = resp.extensions().get::<RouteTag>().map(|t| t.0.as_str()).unwrap_or("unmatched");
-    state.metrics.observe_request(route, &method, resp.status().as_u16(), started.elapsed());
+    state.metrics.observe_request(route, method, resp.status().as_u16(), started.elapsed());
     resp
 }
 

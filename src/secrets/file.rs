@@ -109,7 +109,7 @@ pub fn load_key(key_file: Option<&Path>, create: bool) -> Result<Zeroizing<[u8; 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             let key = Zeroizing::new(crate::random_bytes::<32>());
             let text = Zeroizing::new(B64.encode(key.as_slice()) + "\n");
-            if let Some(dir) = kf.parent() {
+            if let Some(dir) = kf.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
                 crate::fsutil::ensure_private_dir(dir)
                     .map_err(|e| SecretsError::Key { reason: format!("cannot create {}: {e}", dir.display()) })?;
             }

@@ -409,6 +409,29 @@ async fn refresh_stops_at_max_session_and_revocation_takes_effect() {
     assert_eq!(st, 401, "{r2}");
     assert!(r2["message"].as_str().unwrap().contains("expired"), "{r2}");
 
+    // Revoking a token ends its session: a token refreshed from it before is refused too.
+    let (_, login) = b.api_login("alice", &alice).await;
+    let ta = login["access_token"].as_str().unwrap().to_string();
+    let (st, rb) = refresh(ta.clone()).await;
+    assert_eq!(st, 200, "{rb}");
+    let tb = rb["access_token"].as_str().unwrap().to_string();
+    let pa = b.proof(&ta, &alice, &prefix, now() + 300);
+    let r = c.post(format!("{}/v1/revoke", b.g.url)).bearer_auth(&ta).header("Gocred-Proof", &pa).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let pb = b.proof(&tb, &alice, &prefix, now() + 300);
+    let (st, body) = b.get_with("/v1/whoami", &[("Authorization", format!("Bearer {tb}")), ("Gocred-Proof", pb)]).await;
+    assert_eq!(st, 401, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("revoked"), "{body}");
+
+    // A key removed from authorized_keys cannot refresh its session.
+    let (_, login) = b.api_login("alice", &alice).await;
+    let tc = login["access_token"].as_str().unwrap().to_string();
+    std::fs::write(b.path("authorized_keys/alice"), "").unwrap();
+    let (st, body) = refresh(tc).await;
+    assert_eq!(st, 401, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("cannot refresh"), "{body}");
+    b.authorize("alice", &alice);
+
     // Revocation: a fresh login, revoke, then whoami fails.
     let (_, login) = b.api_login("alice", &alice).await;
     let t = login["access_token"].as_str().unwrap().to_string();

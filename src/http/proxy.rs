@@ -1,0 +1,294 @@
+//! HTTP side of the proxy: `/mod/...` (GOPROXY), `/git/<host>/...` (git smart HTTP), host-routed
+//! requests for configured git hosts (`?go-get=1` meta + smart HTTP), vend mode
+//! (`GET /v1/credentials`) and `/.well-known/gocred`. Every proxied request is authenticated
+//! (token + proof), authorized (Cedar `download`/`push` on the module path) and audited with
+//! its status, bytes and duration once the body has been streamed.
+
+use super::auth::{Authed, authorize};
+use super::error::ApiError;
+use super::{AppState, RequestId};
+use crate::audit::Event;
+use crate::policy::{Action, Resource};
+use crate::proxy::route::{self, GitOp, Target};
+use crate::proxy::{Proxy, ProxyError};
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> Self {
+        match e {
+            ProxyError::BadPath(m) => ApiError::BadRequest(m),
+            ProxyError::NoUpstream(m) => ApiError::NotFoundMsg(format!("no upstream serves {m}")),
+            e @ ProxyError::Timeout { .. } => ApiError::GatewayTimeout(e.to_string()),
+            e @ (ProxyError::Unreachable { .. } | ProxyError::Rejected { .. } | ProxyError::Credential { .. }) => {
+                ApiError::BadGateway(e.to_string())
+            }
+            ProxyError::Client { .. } => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Writes the audit line of a proxied request when its response body is done (or dropped).
+struct Finish {
+    state: AppState,
+    ev: Event,
+    bytes: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let mut ev = std::mem::take(&mut self.ev);
+        ev.reason = format!("{} bytes in {}ms", bytes, self.started.elapsed().as_millis());
+        ev.bytes = Some(bytes);
+        ev.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+        self.state.audit.record(&ev);
+    }
+}
+
+fn proxy(state: &AppState) -> Result<&Arc<Proxy>, ApiError> {
+    state.proxy.as_ref().ok_or_else(|| ApiError::NotFoundMsg("no upstreams are configured".into()))
+}
+
+/// Authorize, forward, stream back.
+async fn forward(
+    state: AppState,
+    a: Authed,
+    t: Target,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let p = proxy(&state)?.clone();
+    let upstream = p.upstreams()[t.upstream].clone();
+    let action = if t.git_op == Some(GitOp::Write) { Action::Push } else { Action::Download };
+    authorize(&state, &a.request_id, &a.principal, action, &Resource::module(&t.module, &upstream.name))?;
+    if upstream.mode == crate::config::UpstreamMode::Vend {
+        return Err(ApiError::BadRequest(format!("upstream {} is vend-only: use GET /v1/credentials", upstream.name)));
+    }
+    let started = Instant::now();
+    let req_body =
+        if method == Method::POST { Some(reqwest::Body::wrap_stream(body.into_data_stream())) } else { None };
+    let resp = match p.forward(t.upstream, method, &t.upstream_path, &headers, req_body).await {
+        Ok(r) => r,
+        Err(e) => {
+            state.audit.record(&Event {
+                kind: "proxy",
+                request_id: a.request_id.clone(),
+                principal: Some(a.principal.display()),
+                auth_method: Some(a.principal.auth_method.clone()),
+                key_fingerprint: Some(a.principal.key_fingerprint.clone()),
+                action: action.as_str().into(),
+                resource: t.module.clone(),
+                upstream: Some(upstream.name.clone()),
+                decision: "error",
+                reason: e.to_string(),
+                ..Default::default()
+            });
+            return Err(e.into());
+        }
+    };
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let out_headers = Proxy::response_headers(&resp);
+    let bytes = Arc::new(AtomicU64::new(0));
+    let finish = Finish {
+        state: state.clone(),
+        ev: Event {
+            kind: "proxy",
+            request_id: a.request_id.clone(),
+            principal: Some(a.principal.display()),
+            auth_method: Some(a.principal.auth_method.clone()),
+            key_fingerprint: Some(a.principal.key_fingerprint.clone()),
+            action: action.as_str().into(),
+            resource: t.module.clone(),
+            upstream: Some(upstream.name.clone()),
+            status: Some(status.as_u16()),
+            decision: "allow",
+            ..Default::default()
+        },
+        bytes: bytes.clone(),
+        started,
+    };
+    let stream = resp.bytes_stream().map(move |chunk| {
+        let _keep = &finish;
+        if let Ok(c) = &chunk {
+            bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
+        }
+        chunk
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = status;
+    for (k, v) in out_headers.iter() {
+        response.headers_mut().append(k.clone(), v.clone());
+    }
+    Ok(response)
+}
+
+/// `/mod/<module>/@v/...` — GOPROXY protocol.
+pub async fn goproxy(
+    State(state): State<AppState>,
+    Path(rest): Path<String>,
+    a: Authed,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let p = proxy(&state)?;
+    let t = route::resolve_mod(p.upstreams(), &rest, req.uri().query())?;
+    let (parts, body) = req.into_parts();
+    forward(state.clone(), a, t, parts.method, parts.headers, body).await
+}
+
+/// `/git/<host>/<repo>/...` — git smart HTTP.
+pub async fn git(
+    State(state): State<AppState>,
+    Path((host, rest)): Path<(String, String)>,
+    a: Authed,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let p = proxy(&state)?;
+    let t = route::resolve_git(p.upstreams(), &host, &rest, req.uri().query())?;
+    let (parts, body) = req.into_parts();
+    forward(state.clone(), a, t, parts.method, parts.headers, body).await
+}
+
+/// The configured git upstream named by the `Host` header, if any.
+pub fn routed_host(state: &AppState, headers: &HeaderMap) -> Option<(usize, String)> {
+    let p = state.proxy.as_ref()?;
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let name = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map(|(h, _)| h)
+        .unwrap_or(host);
+    route::git_upstream(p.upstreams(), name).map(|i| (i, name.to_ascii_lowercase()))
+}
+
+/// Fallback for everything no route matched: host-routed git hosts, else 404.
+pub async fn host_routed(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let Some((idx, host)) = routed_host(&state, req.headers()) else {
+        return Err(ApiError::NotFound);
+    };
+    let (mut parts, body) = req.into_parts();
+    let a = <Authed as axum::extract::FromRequestParts<AppState>>::from_request_parts(&mut parts, &state).await?;
+    let path = parts.uri.path().trim_start_matches('/').to_string();
+    let query = parts.uri.query().map(str::to_string);
+    if query.as_deref().is_some_and(|q| q.split('&').any(|kv| kv == "go-get=1")) {
+        return go_import(&state, &a, idx, &host, &path).await;
+    }
+    let p = proxy(&state)?;
+    let t = route::resolve_git(p.upstreams(), &host, &path, query.as_deref())?;
+    forward(state.clone(), a, t, parts.method, parts.headers, body).await
+}
+
+/// `?go-get=1` for a host-routed module: the repository root comes from the upstream's own
+/// go-import answer (fetched with the upstream credential), else the first two path elements.
+async fn go_import(state: &AppState, a: &Authed, idx: usize, host: &str, path: &str) -> Result<Response, ApiError> {
+    let p = proxy(state)?;
+    let path = path.trim_end_matches('/');
+    if !route::clean_path(path) {
+        return Err(ApiError::BadRequest("malformed module path".into()));
+    }
+    let module = format!("{host}/{path}");
+    let upstream = &p.upstreams()[idx];
+    authorize(state, &a.request_id, &a.principal, Action::Download, &Resource::module(&module, &upstream.name))?;
+    let mut root = None;
+    if let Ok(resp) = p.forward(idx, Method::GET, &format!("/{path}?go-get=1"), &HeaderMap::new(), None).await {
+        if resp.status().is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            root = parse_go_import(&text).filter(|r| module == *r || module.starts_with(&format!("{r}/")));
+        }
+    }
+    let root = root.unwrap_or_else(|| module.split('/').take(3).collect::<Vec<_>>().join("/"));
+    let repo = root.strip_prefix(&format!("{host}/")).unwrap_or(&root);
+    let page = format!(
+        "<!DOCTYPE html>\n<html><head><meta name=\"go-import\" content=\"{root} git https://{host}/{repo}.git\"></head><body>{root}</body></html>\n"
+    );
+    Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response())
+}
+
+/// The import prefix of the first `<meta name="go-import" content="PREFIX VCS URL">`.
+pub fn parse_go_import(html: &str) -> Option<String> {
+    let i = html.find("name=\"go-import\"")?;
+    let rest = &html[i..];
+    let c = rest.find("content=\"")? + 9;
+    let end = rest[c..].find('"')?;
+    rest[c..c + end].split_whitespace().next().map(str::to_string)
+}
+
+#[derive(serde::Deserialize)]
+pub struct CredQuery {
+    url: String,
+}
+
+/// Vend mode: the upstream credential itself, for hosts that cannot be proxied.
+pub async fn credentials(
+    State(state): State<AppState>,
+    a: Authed,
+    Query(q): Query<CredQuery>,
+) -> Result<Response, ApiError> {
+    let p = proxy(&state)?;
+    let rest =
+        q.url.strip_prefix("https://").ok_or_else(|| ApiError::BadRequest("url must be an https:// URL".into()))?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let path = path.trim_end_matches('/').trim_end_matches(".git");
+    let idx = route::git_upstream(p.upstreams(), host)
+        .filter(|i| p.upstreams()[*i].mode == crate::config::UpstreamMode::Vend)
+        .ok_or_else(|| ApiError::NotFoundMsg(format!("no vend-mode upstream serves {host}")))?;
+    let module = if path.is_empty() { host.to_string() } else { format!("{host}/{path}") };
+    if !route::clean_path(&module) {
+        return Err(ApiError::BadRequest("malformed URL path".into()));
+    }
+    let u = p.upstreams()[idx].clone();
+    authorize(&state, &a.request_id, &a.principal, Action::Credentials, &Resource::module(&module, &u.name))?;
+    let cred = p
+        .credential(&u, false)
+        .await?
+        .ok_or_else(|| ApiError::NotFoundMsg(format!("upstream {} has no credential", u.name)))?;
+    use secrecy::ExposeSecret;
+    let expires_at =
+        crate::unix_now() + crate::proxy::CRED_TTL.as_secs().saturating_sub(cred.fetched.elapsed().as_secs());
+    Ok(axum::Json(serde_json::json!({
+        "upstream": u.name,
+        "host": host,
+        "username": cred.username.clone().unwrap_or_else(|| "x-access-token".into()),
+        "password": cred.secret.expose_secret(),
+        "expires_at": expires_at,
+    }))
+    .into_response())
+}
+
+/// `/.well-known/gocred`: what clients need to configure themselves.
+pub async fn well_known(State(state): State<AppState>) -> impl IntoResponse {
+    let ups: Vec<&crate::config::Upstream> =
+        state.proxy.as_ref().map(|p| p.upstreams().iter().collect()).unwrap_or_default();
+    let modules: Vec<String> = ups.iter().flat_map(|u| u.modules.clone()).collect();
+    let git_hosts: Vec<serde_json::Value> = ups
+        .iter()
+        .filter(|u| u.kind == crate::config::UpstreamKind::Git && u.mode == crate::config::UpstreamMode::Proxy)
+        .flat_map(|u| {
+            u.hosts.iter().map(|h| serde_json::json!({"host": h, "url": format!("{}/git/{h}/", state.origin)}))
+        })
+        .collect();
+    let has_goproxy = ups.iter().any(|u| u.kind == crate::config::UpstreamKind::Goproxy);
+    axum::Json(serde_json::json!({
+        "issuer": state.origin,
+        "origin": state.origin,
+        "modules": modules,
+        "goproxy": has_goproxy.then(|| format!("{}/mod", state.origin)),
+        "git": git_hosts,
+        "vend_hosts": ups.iter().filter(|u| u.mode == crate::config::UpstreamMode::Vend).flat_map(|u| u.hosts.clone()).collect::<Vec<_>>(),
+        "proof": { "namespace": crate::auth::proof::PROOF_NAMESPACE, "prefix": format!("{}/", state.origin), "max_lifetime": crate::auth::proof::MAX_PROOF_LIFETIME_SECS },
+        "login": ["ssh"],
+    }))
+}
+
+/// Request-id extension accessor for handlers that need it.
+pub fn rid(req: &Request) -> String {
+    req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default()
+}

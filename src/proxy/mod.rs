@@ -1,0 +1,238 @@
+//! The authenticating reverse proxy's forwarding half: per-upstream HTTP clients, the upstream
+//! credential cache (read from the secrets backend, refreshed after `CRED_TTL` and once when an
+//! upstream answers 401), header hygiene (the caller's `Authorization` and proof never leave),
+//! and streaming in both directions with bounded connect/read times.
+//!
+//! Must not: decide who may fetch what (the HTTP layer asks `policy` first), or buffer bodies.
+
+pub mod route;
+
+use crate::config::Upstream;
+use crate::secrets::SecretStore;
+use secrecy::{ExposeSecret, SecretString};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long an upstream credential is used before it is read again from the backend.
+pub const CRED_TTL: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    BadPath(String),
+    #[error("no upstream serves {0}")]
+    NoUpstream(String),
+    #[error("upstream {upstream}: credential unavailable: {reason}")]
+    Credential { upstream: String, reason: String },
+    #[error("upstream {upstream} ({url}) unreachable: {reason}")]
+    Unreachable { upstream: String, url: String, reason: String },
+    #[error("upstream {upstream} ({url}) did not answer within {secs}s")]
+    Timeout { upstream: String, url: String, secs: u64 },
+    #[error("upstream {upstream} rejected the broker's credential (HTTP {status})")]
+    Rejected { upstream: String, status: u16 },
+    #[error("cannot build the HTTP client for upstream {upstream}: {reason}")]
+    Client { upstream: String, reason: String },
+}
+
+/// An upstream credential, as the `Authorization` header value it becomes.
+#[derive(Clone)]
+pub struct UpstreamCredential {
+    header: SecretString,
+    pub fetched: Instant,
+    /// `username`/`password` for vend mode and Basic upstreams.
+    pub username: Option<String>,
+    pub secret: SecretString,
+}
+
+impl std::fmt::Debug for UpstreamCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamCredential").field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+/// Hop-by-hop and credential headers never forwarded upstream.
+const STRIP_REQUEST: &[&str] = &[
+    "authorization",
+    "gocred-proof",
+    "cookie",
+    "proxy-authorization",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+/// Response headers never passed back to the caller.
+const STRIP_RESPONSE: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "trailer",
+    "upgrade",
+    "set-cookie",
+    "www-authenticate",
+    "content-length",
+];
+
+pub struct Proxy {
+    upstreams: Vec<Upstream>,
+    clients: Vec<reqwest::Client>,
+    store: Arc<SecretStore>,
+    creds: Mutex<HashMap<String, UpstreamCredential>>,
+}
+
+impl Proxy {
+    pub fn new(upstreams: Vec<Upstream>, store: Arc<SecretStore>) -> Result<Proxy, ProxyError> {
+        crate::tls::install_crypto_provider();
+        let mut clients = Vec::new();
+        for u in &upstreams {
+            let fail = |reason: String| ProxyError::Client { upstream: u.name.clone(), reason };
+            let mut b = reqwest::Client::builder()
+                .connect_timeout(u.timeout)
+                .read_timeout(u.timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_idle_timeout(Duration::from_secs(60));
+            if let Some(ca) = &u.ca_cert {
+                let pem = std::fs::read(ca).map_err(|e| fail(format!("CA {}: {e}", ca.display())))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| fail(format!("CA {}: {e}", ca.display())))?;
+                b = b.tls_certs_merge(certs);
+            }
+            if u.url.starts_with("http://") {
+                b = b.tls_certs_only(Vec::new());
+            }
+            clients.push(b.build().map_err(|e| fail(e.to_string()))?);
+        }
+        Ok(Proxy { upstreams, clients, store, creds: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn upstreams(&self) -> &[Upstream] {
+        &self.upstreams
+    }
+
+    /// The upstream's credential (cached), or `None` when it needs none.
+    pub async fn credential(&self, u: &Upstream, force: bool) -> Result<Option<UpstreamCredential>, ProxyError> {
+        let Some(path) = &u.credentials else { return Ok(None) };
+        if !force {
+            if let Some(c) = self.creds.lock().expect("credential cache poisoned").get(&u.name) {
+                if c.fetched.elapsed() < CRED_TTL {
+                    return Ok(Some(c.clone()));
+                }
+            }
+        }
+        let fail = |reason: String| ProxyError::Credential { upstream: u.name.clone(), reason };
+        let rec = self
+            .store
+            .get(path)
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .ok_or_else(|| fail(format!("no record at `{path}`")))?;
+        use base64::Engine;
+        let cred = if let Some(tok) = rec.data.get("token") {
+            UpstreamCredential {
+                header: SecretString::from(format!("Bearer {}", tok.expose_secret())),
+                fetched: Instant::now(),
+                username: None,
+                secret: tok.clone(),
+            }
+        } else {
+            let user = rec
+                .data
+                .get("username")
+                .ok_or_else(|| fail(format!("record `{path}` has neither `token` nor `username`")))?;
+            let pass = rec.data.get("password").ok_or_else(|| fail(format!("record `{path}` has no `password`")))?;
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                user.expose_secret(),
+                pass.expose_secret()
+            ));
+            UpstreamCredential {
+                header: SecretString::from(format!("Basic {basic}")),
+                fetched: Instant::now(),
+                username: Some(user.expose_secret().to_string()),
+                secret: pass.clone(),
+            }
+        };
+        self.creds.lock().expect("credential cache poisoned").insert(u.name.clone(), cred.clone());
+        Ok(Some(cred))
+    }
+
+    /// Forward a request to upstream `idx`. `body` is streamed; a bodiless request whose
+    /// credential the upstream rejects is retried once with a freshly read credential.
+    pub async fn forward(
+        &self,
+        idx: usize,
+        method: http::Method,
+        upstream_path: &str,
+        headers: &http::HeaderMap,
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, ProxyError> {
+        let u = &self.upstreams[idx];
+        let url = format!("{}{upstream_path}", u.url);
+        let mut h = headers.clone();
+        for name in STRIP_REQUEST {
+            h.remove(*name);
+        }
+        let retryable = body.is_none();
+        let mut body = body;
+        let mut force = false;
+        for attempt in 0..2 {
+            let cred = self.credential(u, force).await?;
+            let mut req = self.clients[idx].request(method.clone(), &url).headers(h.clone());
+            if let Some(c) = &cred {
+                let mut v =
+                    http::HeaderValue::from_str(c.header.expose_secret()).map_err(|_| ProxyError::Credential {
+                        upstream: u.name.clone(),
+                        reason: "credential is not a valid header value".into(),
+                    })?;
+                v.set_sensitive(true);
+                req = req.header(http::header::AUTHORIZATION, v);
+            }
+            if let Some(b) = body.take() {
+                req = req.body(b);
+            }
+            let resp = req.send().await.map_err(|e| {
+                if e.is_timeout() {
+                    ProxyError::Timeout { upstream: u.name.clone(), url: url.clone(), secs: u.timeout.as_secs() }
+                } else {
+                    let mut reason = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        reason = format!("{reason}: {s}");
+                        src = s.source();
+                    }
+                    ProxyError::Unreachable { upstream: u.name.clone(), url: url.clone(), reason }
+                }
+            })?;
+            let status = resp.status().as_u16();
+            if status == 401 && cred.is_some() {
+                if attempt == 0 && retryable {
+                    force = true;
+                    continue;
+                }
+                // Refresh for the next request even when this one cannot be replayed.
+                let _ = self.credential(u, true).await;
+                return Err(ProxyError::Rejected { upstream: u.name.clone(), status });
+            }
+            return Ok(resp);
+        }
+        Err(ProxyError::Rejected { upstream: u.name.clone(), status: 401 })
+    }
+
+    /// Headers of an upstream response that may be passed back.
+    pub fn response_headers(resp: &reqwest::Response) -> http::HeaderMap {
+        let mut h = resp.headers().clone();
+        for name in STRIP_RESPONSE {
+            h.remove(*name);
+        }
+        h
+    }
+}

@@ -1,0 +1,189 @@
+//! Pure request routing for the proxy: which upstream serves a GOPROXY or git smart-HTTP path,
+//! what module/repository path the policy is asked about, and which upstream URL to call.
+
+use super::ProxyError;
+use crate::config::{Upstream, UpstreamKind};
+
+/// What a git request does (read vs write decides the Cedar action).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitOp {
+    /// `info/refs?service=git-upload-pack` or `POST git-upload-pack`.
+    Read,
+    /// `info/refs?service=git-receive-pack` or `POST git-receive-pack`.
+    Write,
+}
+
+/// A resolved proxy request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Index into the configured upstreams.
+    pub upstream: usize,
+    /// The module (GOPROXY) or repository (git, without `.git`) path the policy is asked about.
+    pub module: String,
+    /// Path (and query) to append to the upstream base URL, starting with `/`.
+    pub upstream_path: String,
+    pub git_op: Option<GitOp>,
+}
+
+/// GOPROXY case-encoding: `!x` stands for `X` (module paths are case-sensitive, URLs are not).
+pub fn unescape_module(escaped: &str) -> Result<String, ProxyError> {
+    let mut out = String::with_capacity(escaped.len());
+    let mut bang = false;
+    for c in escaped.chars() {
+        if bang {
+            if !c.is_ascii_lowercase() {
+                return Err(ProxyError::BadPath("invalid ! escape in module path".into()));
+            }
+            out.push(c.to_ascii_uppercase());
+            bang = false;
+        } else if c == '!' {
+            bang = true;
+        } else if c.is_ascii_uppercase() {
+            return Err(ProxyError::BadPath("module paths in URLs must be case-encoded (!x)".into()));
+        } else {
+            out.push(c);
+        }
+    }
+    if bang {
+        return Err(ProxyError::BadPath("dangling ! in module path".into()));
+    }
+    Ok(out)
+}
+
+/// A path made of plain elements: no empty, `.` or `..` segments, no control characters.
+pub fn clean_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && !p.chars().any(|c| c.is_control() || c == '\\' || c == '%' || c.is_whitespace())
+}
+
+/// `/mod/<rest>` → the goproxy upstream serving the module.
+pub fn resolve_mod(upstreams: &[Upstream], rest: &str, query: Option<&str>) -> Result<Target, ProxyError> {
+    if query.is_some_and(|q| !q.is_empty()) {
+        return Err(ProxyError::BadPath("GOPROXY requests take no query".into()));
+    }
+    let (escaped, tail) = if let Some(i) = rest.find("/@v/") {
+        let tail = &rest[i + 4..];
+        let ok = tail == "list"
+            || [".info", ".mod", ".zip"]
+                .iter()
+                .any(|ext| tail.strip_suffix(ext).is_some_and(|v| !v.is_empty() && !v.contains('/')));
+        if !ok {
+            return Err(ProxyError::BadPath(format!("unknown GOPROXY request `@v/{tail}`")));
+        }
+        (&rest[..i], &rest[i..])
+    } else if let Some(m) = rest.strip_suffix("/@latest") {
+        (m, "/@latest")
+    } else {
+        return Err(ProxyError::BadPath("expected <module>/@v/... or <module>/@latest".into()));
+    };
+    if !clean_path(escaped) || !clean_path(tail.trim_start_matches('/')) {
+        return Err(ProxyError::BadPath("malformed module path".into()));
+    }
+    let module = unescape_module(escaped)?;
+    let upstream = upstreams
+        .iter()
+        .position(|u| u.kind == UpstreamKind::Goproxy && u.serves(&module))
+        .ok_or_else(|| ProxyError::NoUpstream(module.clone()))?;
+    Ok(Target { upstream, module, upstream_path: format!("/{escaped}{tail}"), git_op: None })
+}
+
+/// Split a git smart-HTTP path `<repo>/info/refs` | `<repo>/git-upload-pack` | `<repo>/git-receive-pack`.
+fn split_git(path: &str, query: Option<&str>) -> Result<(String, GitOp, String), ProxyError> {
+    let service = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("service=")));
+    let (repo, op, suffix) = if let Some(r) = path.strip_suffix("/info/refs") {
+        match service {
+            Some("git-upload-pack") => (r, GitOp::Read, "/info/refs?service=git-upload-pack"),
+            Some("git-receive-pack") => (r, GitOp::Write, "/info/refs?service=git-receive-pack"),
+            _ => {
+                return Err(ProxyError::BadPath(
+                    "only the smart HTTP protocol is served (service=git-upload-pack)".into(),
+                ));
+            }
+        }
+    } else if let Some(r) = path.strip_suffix("/git-upload-pack") {
+        (r, GitOp::Read, "/git-upload-pack")
+    } else if let Some(r) = path.strip_suffix("/git-receive-pack") {
+        (r, GitOp::Write, "/git-receive-pack")
+    } else {
+        return Err(ProxyError::BadPath("not a git smart-HTTP path (info/refs, git-upload-pack)".into()));
+    };
+    if !clean_path(repo) {
+        return Err(ProxyError::BadPath("malformed repository path".into()));
+    }
+    Ok((repo.to_string(), op, suffix.to_string()))
+}
+
+/// The git upstream for `host`.
+pub fn git_upstream(upstreams: &[Upstream], host: &str) -> Option<usize> {
+    upstreams.iter().position(|u| u.kind == UpstreamKind::Git && u.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
+}
+
+/// `/git/<host>/<repo>/...` (or a host-routed `<repo>/...` for `host`) → the git upstream.
+pub fn resolve_git(upstreams: &[Upstream], host: &str, path: &str, query: Option<&str>) -> Result<Target, ProxyError> {
+    let upstream = git_upstream(upstreams, host).ok_or_else(|| ProxyError::NoUpstream(host.to_string()))?;
+    let (repo, op, suffix) = split_git(path, query)?;
+    let module = format!("{host}/{}", repo.strip_suffix(".git").unwrap_or(&repo));
+    Ok(Target { upstream, module, upstream_path: format!("/{repo}{suffix}"), git_op: Some(op) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamMode;
+    use std::time::Duration;
+
+    fn ups() -> Vec<Upstream> {
+        let mk = |name: &str, kind, hosts: &[&str], modules: &[&str]| Upstream {
+            name: name.into(),
+            kind,
+            hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            modules: modules.iter().map(|s| s.to_string()).collect(),
+            url: "https://up".into(),
+            credentials: None,
+            mode: UpstreamMode::Proxy,
+            ca_cert: None,
+            timeout: Duration::from_secs(1),
+        };
+        vec![
+            mk("git", UpstreamKind::Git, &["git.corp.test"], &["git.corp.test"]),
+            mk("athens", UpstreamKind::Goproxy, &[], &["mods.corp.test/Acme"]),
+        ]
+    }
+
+    #[test]
+    fn goproxy_paths() {
+        let t = resolve_mod(&ups(), "mods.corp.test/!acme/lib/@v/v1.2.3.zip", None).unwrap();
+        assert_eq!((t.upstream, t.module.as_str()), (1, "mods.corp.test/Acme/lib"));
+        assert_eq!(t.upstream_path, "/mods.corp.test/!acme/lib/@v/v1.2.3.zip");
+        assert!(resolve_mod(&ups(), "mods.corp.test/!acme/lib/@v/list", None).is_ok());
+        assert!(resolve_mod(&ups(), "mods.corp.test/!acme/lib/@latest", None).is_ok());
+        for bad in [
+            "mods.corp.test/!acme/../x/@v/list",
+            "mods.corp.test/!acme/lib/@v/../../etc",
+            "mods.corp.test/Acme/lib/@v/list",
+            "mods.corp.test/!acme/lib/@v/v1.zip/x.zip",
+            "mods.corp.test/!acme//lib/@v/list",
+            "mods.corp.test/!acme/lib",
+        ] {
+            assert!(resolve_mod(&ups(), bad, None).is_err(), "{bad}");
+        }
+        assert!(matches!(resolve_mod(&ups(), "other.test/x/@v/list", None), Err(ProxyError::NoUpstream(_))));
+        assert!(resolve_mod(&ups(), "mods.corp.test/!acme/lib/@v/list", Some("x=1")).is_err());
+    }
+
+    #[test]
+    fn git_paths() {
+        let t =
+            resolve_git(&ups(), "git.corp.test", "acme/lib.git/info/refs", Some("service=git-upload-pack")).unwrap();
+        assert_eq!(t.module, "git.corp.test/acme/lib");
+        assert_eq!(t.upstream_path, "/acme/lib.git/info/refs?service=git-upload-pack");
+        assert_eq!(t.git_op, Some(GitOp::Read));
+        let t = resolve_git(&ups(), "git.corp.test", "acme/lib.git/git-receive-pack", None).unwrap();
+        assert_eq!(t.git_op, Some(GitOp::Write));
+        assert!(resolve_git(&ups(), "git.corp.test", "acme/lib.git/info/refs", None).is_err(), "dumb protocol");
+        assert!(resolve_git(&ups(), "git.corp.test", "acme/../x/info/refs", Some("service=git-upload-pack")).is_err());
+        assert!(resolve_git(&ups(), "git.corp.test", "acme/lib.git/objects/pack/x.pack", None).is_err());
+        assert!(resolve_git(&ups(), "other.test", "a/b/info/refs", Some("service=git-upload-pack")).is_err());
+    }
+}
