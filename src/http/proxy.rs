@@ -198,11 +198,11 @@ async fn go_import(state: &AppState, a: &Authed, idx: usize, host: &str, path: &
     let upstream = &p.upstreams()[idx];
     authorize(state, &a.request_id, &a.principal, Action::Download, &Resource::module(&module, &upstream.name))?;
     let mut root = None;
-    if let Ok(resp) = p.forward(idx, Method::GET, &format!("/{path}?go-get=1"), &HeaderMap::new(), None).await {
-        if resp.status().is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            root = parse_go_import(&text).filter(|r| module == *r || module.starts_with(&format!("{r}/")));
-        }
+    if let Ok(resp) = p.forward(idx, Method::GET, &format!("/{path}?go-get=1"), &HeaderMap::new(), None).await
+        && resp.status().is_success()
+    {
+        let text = resp.text().await.unwrap_or_default();
+        root = parse_go_import(&text).filter(|r| module == *r || module.starts_with(&format!("{r}/")));
     }
     let root = root.unwrap_or_else(|| module.split('/').take(3).collect::<Vec<_>>().join("/"));
     let repo = root.strip_prefix(&format!("{host}/")).unwrap_or(&root);

@@ -121,12 +121,11 @@ impl Proxy {
     /// The upstream's credential (cached), or `None` when it needs none.
     pub async fn credential(&self, u: &Upstream, force: bool) -> Result<Option<UpstreamCredential>, ProxyError> {
         let Some(path) = &u.credentials else { return Ok(None) };
-        if !force {
-            if let Some(c) = self.creds.lock().expect("credential cache poisoned").get(&u.name) {
-                if c.fetched.elapsed() < CRED_TTL {
-                    return Ok(Some(c.clone()));
-                }
-            }
+        if !force
+            && let Some(c) = self.creds.lock().expect("credential cache poisoned").get(&u.name)
+            && c.fetched.elapsed() < CRED_TTL
+        {
+            return Ok(Some(c.clone()));
         }
         let fail = |reason: String| ProxyError::Credential { upstream: u.name.clone(), reason };
         let rec = self
