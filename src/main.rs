@@ -6,7 +6,15 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match gocred::cli::Cli::try_parse() {
+    // GIT_ASKPASS=gocred works as is: git runs `gocred "Username for 'https://…': "`.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.len() == 2 {
+        let a = argv[1].to_string_lossy();
+        if a.starts_with("Username for ") || a.starts_with("Password for ") {
+            argv.insert(1, "askpass".into());
+        }
+    }
+    let cli = match gocred::cli::Cli::try_parse_from(argv) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();

@@ -3,6 +3,7 @@
 //!
 //! Must not: implement broker logic — it calls into the library.
 
+mod helpers;
 mod policy;
 mod serve;
 mod session;
@@ -29,6 +30,22 @@ pub enum Command {
     Token,
     /// Revoke the token at the broker and remove the local session.
     Logout,
+    /// Go's GOAUTH protocol: print the broker's auth headers (Go runs this itself).
+    Goauth {
+        /// The URL of a 4xx response (Go's second call; the response head is on stdin).
+        url: Option<String>,
+    },
+    /// git credential helper (git runs `gocred credential get|store|erase`).
+    Credential(helpers::CredentialArgs),
+    /// GIT_ASKPASS: answer git's username/password prompts for the broker.
+    Askpass {
+        /// The prompt git shows.
+        prompt: String,
+    },
+    /// netrc entries for the broker (Go: host:port, git: host).
+    Netrc(helpers::NetrcArgs),
+    /// Configure go (GOPRIVATE, GONOSUMDB, GOPROXY, GOAUTH) and git (credential helper, insteadOf).
+    Setup(helpers::SetupArgs),
     /// Validate Cedar policies, or explain a decision.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -43,5 +60,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token => session::token().await,
         Command::Logout => session::logout().await,
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Goauth { url } => helpers::goauth(url).await,
+        Command::Credential(a) => helpers::credential(a).await,
+        Command::Askpass { prompt } => helpers::askpass(prompt).await,
+        Command::Netrc(a) => helpers::netrc(a).await,
+        Command::Setup(a) => helpers::setup(a).await,
     }
 }

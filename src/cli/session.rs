@@ -57,6 +57,8 @@ fn session_from(broker: &BrokerClient, ca: Option<PathBuf>, signer: &Signer, t: 
         key_fingerprint: t.key_fingerprint,
         key: signer.key_ref(),
         groups: t.groups,
+        proof: None,
+        proof_exp: 0,
     }
 }
 
@@ -211,6 +213,35 @@ pub async fn fresh_session(store: &Store) -> anyhow::Result<Session> {
     let next = session_from(&client, s.ca_cert.clone(), &signer, t);
     store.save(&next)?;
     Ok(next)
+}
+
+/// Proofs made for helpers live this long (Go and git reuse them within it).
+const HELPER_PROOF_SECS: u64 = 540;
+
+/// A fresh session plus a proof for it valid at least a minute more (cached in the session).
+/// `force_refresh`: get a new token even if the current one looks fine (the broker said 401).
+pub async fn credentials(store: &Store, force_refresh: bool) -> anyhow::Result<(Session, String, u64)> {
+    if force_refresh {
+        if let Some(mut s) = store.load()? {
+            s.expires_at = 0;
+            s.proof = None;
+            store.save(&s)?;
+        }
+    }
+    let mut s = fresh_session(store).await?;
+    let now = crate::unix_now();
+    if let Some(p) = s.proof.clone().filter(|_| s.proof_exp > now + 60) {
+        let exp = s.proof_exp;
+        return Ok((s, p, exp));
+    }
+    let signer = Signer::from_ref(&s.key, std::io::stdin().is_terminal())
+        .map_err(|e| anyhow::anyhow!("cannot sign a proof ({e}): run gocred login"))?;
+    let exp = (now + HELPER_PROOF_SECS).min(s.expires_at.max(now + 60));
+    let proof = signer.proof(&s.token, &format!("{}/", s.broker.trim_end_matches('/')), exp)?;
+    s.proof = Some(proof.clone());
+    s.proof_exp = exp;
+    store.save(&s)?;
+    Ok((s, proof, exp))
 }
 
 pub async fn token() -> anyhow::Result<()> {

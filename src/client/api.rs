@@ -129,6 +129,12 @@ impl BrokerClient {
         Ok(())
     }
 
+    /// `/.well-known/gocred`.
+    pub async fn metadata(&self) -> Result<serde_json::Value, ClientError> {
+        let resp = self.http.get(format!("{}/.well-known/gocred", self.url)).send().await.map_err(|e| self.net(e))?;
+        self.decode(resp).await
+    }
+
     pub async fn whoami(&self, token: &str, proof: &str) -> Result<serde_json::Value, ClientError> {
         let req = self.http.get(format!("{}/v1/whoami", self.url));
         let resp = self.authed(req, token, proof).send().await.map_err(|e| self.net(e))?;

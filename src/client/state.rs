@@ -23,6 +23,11 @@ pub struct Session {
     pub key: KeyRef,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The last proof made for `token` (prefix: the broker origin + `/`), reused until near expiry.
+    #[serde(default)]
+    pub proof: Option<String>,
+    #[serde(default)]
+    pub proof_exp: u64,
 }
 
 impl std::fmt::Debug for Session {

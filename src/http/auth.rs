@@ -38,11 +38,15 @@ fn credentials(headers: &HeaderMap) -> Result<(String, Option<String>), AuthErro
         auth.split_once(' ').ok_or(AuthError::MalformedAuthorization("expected `<scheme> <credentials>`"))?;
     match scheme.to_ascii_lowercase().as_str() {
         "bearer" => {
-            let token = rest.trim().to_string();
-            if token.is_empty() {
-                return Err(AuthError::MissingToken);
+            let value = rest.trim();
+            // git's credential helpers with authtype=Bearer can only set the header value: they
+            // send `token~proof` there, like the Basic password.
+            match value.split_once('~') {
+                Some((t, p)) if !t.is_empty() => Ok((t.to_string(), Some(p.to_string()))),
+                Some(_) => Err(AuthError::MissingToken),
+                None if value.is_empty() => Err(AuthError::MissingToken),
+                None => Ok((value.to_string(), proof_header)),
             }
-            Ok((token, proof_header))
         }
         "basic" => {
             let raw = base64::engine::general_purpose::STANDARD

@@ -6,4 +6,5 @@
 
 mod foundation;
 mod harness;
+mod proxy;
 mod ssh;

@@ -1,0 +1,330 @@
+//! Private modules end to end: real Go 1.27 and git through the broker's `/mod/` (GOPROXY) and
+//! `/git/` (smart HTTP) routes to an upstream that requires a credential held in OpenBao —
+//! with GOAUTH, the git credential helper, GIT_ASKPASS and netrc.
+
+use crate::harness::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const UP_USER: &str = "git-bot";
+const UP_PASS: &str = "s3cret-upstream-pass";
+const UP_TOKEN: &str = "athens-upstream-token";
+
+struct World {
+    dir: tempfile::TempDir,
+    _bao: OpenBao,
+    upstream: Proc,
+    broker: Gocred,
+    ca: PathBuf,
+    key: PathBuf,
+    /// h1: hash of the module as downloaded directly from the repository.
+    direct_sum: String,
+}
+
+fn go_bin() -> PathBuf {
+    peer("go/go/bin/go")
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    run_ok(Command::new("git").current_dir(dir).args(args).env("GIT_CONFIG_GLOBAL", "/dev/null"));
+}
+
+/// A bare repository `root/<name>.git` holding module `module` at v1.0.0.
+fn make_repo(root: &Path, name: &str, module: &str) {
+    let work = root.join(format!("{name}-work"));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("go.mod"), format!("module {module}\n\ngo 1.21\n")).unwrap();
+    std::fs::write(
+        work.join("lib.go"),
+        "package lib\n\n// Hello greets.\nfunc Hello() string { return \"hello from a private module\" }\n",
+    )
+    .unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "."]);
+    git(&work, &["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "v1"]);
+    git(&work, &["tag", "v1.0.0"]);
+    let bare = root.join(format!("{name}.git"));
+    std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+    run_ok(
+        Command::new("git").args(["clone", "-q", "--bare"]).arg(&work).arg(&bare).env("GIT_CONFIG_GLOBAL", "/dev/null"),
+    );
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+/// Environment for a `go` run with a private GOMODCACHE.
+fn go_env(w: &World, cache: &str, extra: &[(&str, String)]) -> Vec<(String, String)> {
+    let home = w.dir.path().join("home");
+    let path = format!(
+        "{}:{}:{}",
+        go_bin().parent().unwrap().display(),
+        gocred_bin().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut env: Vec<(String, String)> = vec![
+        ("HOME".into(), home.display().to_string()),
+        ("XDG_CACHE_HOME".into(), home.join(".cache").display().to_string()),
+        ("PATH".into(), path),
+        ("GOTOOLCHAIN".into(), "local".into()),
+        ("GOFLAGS".into(), "-mod=mod".into()),
+        ("GOMODCACHE".into(), w.dir.path().join(cache).display().to_string()),
+        ("GOPATH".into(), w.dir.path().join("gopath").display().to_string()),
+        ("GOCACHE".into(), w.dir.path().join("gocache").display().to_string()),
+        ("GOPRIVATE".into(), "git.corp.test".into()),
+        ("GONOSUMDB".into(), "git.corp.test".into()),
+        ("GONOPROXY".into(), "none".into()),
+        ("GOENV".into(), "off".into()),
+        ("SSL_CERT_FILE".into(), w.ca.display().to_string()),
+        ("GIT_SSL_CAINFO".into(), w.ca.display().to_string()),
+        ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+        ("GIT_CONFIG_GLOBAL".into(), "/dev/null".into()),
+        ("GIT_CONFIG_NOSYSTEM".into(), "1".into()),
+        ("SSH_AUTH_SOCK".into(), String::new()),
+        ("USER".into(), "alice".into()),
+    ];
+    for (k, v) in extra {
+        env.retain(|(e, _)| e != k);
+        env.push((k.to_string(), v.clone()));
+    }
+    env
+}
+
+/// Run `go` in a fresh consumer module; returns (success, combined output, go.sum text).
+fn go_get(w: &World, name: &str, env: &[(String, String)], module: &str) -> (bool, String, String) {
+    let app = w.dir.path().join(format!("app-{name}"));
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("go.mod"), "module example.com/app\n\ngo 1.21\n").unwrap();
+    let mut cmd = Command::new(go_bin());
+    cmd.current_dir(&app).args(["get", &format!("{module}@v1.0.0")]).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let sum = std::fs::read_to_string(app.join("go.sum")).unwrap_or_default();
+    (out.status.success(), text, sum)
+}
+
+fn h1_of(sum: &str, module: &str) -> Option<String> {
+    sum.lines()
+        .find(|l| l.starts_with(&format!("{module} v1.0.0 h1:")))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .map(str::to_string)
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Repositories and the direct download (the reference hash and the GOPROXY layout).
+    let srv = d.join("srv");
+    make_repo(&srv, "acme/lib", "git.corp.test/acme/lib.git");
+    make_repo(&srv, "secret/x", "git.corp.test/secret/x.git");
+    let direct_cfg = d.join("direct.gitconfig");
+    std::fs::write(
+        &direct_cfg,
+        format!(
+            "[url \"file://{}/\"]\n\tinsteadOf = https://git.corp.test/\n[protocol \"file\"]\n\tallow = always\n",
+            srv.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(go_bin());
+    cmd.args(["mod", "download", "-json", "git.corp.test/acme/lib.git@v1.0.0", "git.corp.test/secret/x.git@v1.0.0"])
+        .current_dir(d)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "direct")
+        .env("GOPRIVATE", "git.corp.test")
+        .env("GOMODCACHE", d.join("direct-cache"))
+        .env("GOPATH", d.join("gopath"))
+        .env("GOCACHE", d.join("gocache"))
+        .env("GIT_CONFIG_GLOBAL", &direct_cfg)
+        .env("GOFLAGS", "-mod=mod")
+        .env("HOME", d);
+    let out = run_ok(&mut cmd);
+    let first: serde_json::Value = serde_json::Deserializer::from_str(&out).into_iter().next().unwrap().unwrap();
+    let direct_sum = first["Sum"].as_str().unwrap().to_string();
+    let layout = d.join("direct-cache/cache/download");
+
+    // The upstream: git smart HTTP (Basic) and GOPROXY files (Bearer), both needing the
+    // credential that only OpenBao holds.
+    let port = free_port();
+    let mut up = Command::new("python3");
+    up.arg(repo_root().join("tests/peers/git_http_server.py"))
+        .args(["--port", &port.to_string(), "--user", UP_USER, "--password", UP_PASS, "--bearer", UP_TOKEN])
+        .arg("--git-root")
+        .arg(&srv)
+        .arg("--goproxy-root")
+        .arg(&layout);
+    let mut upstream = Proc::spawn("upstream", up);
+    upstream.wait_stdout("listening", Duration::from_secs(10));
+
+    let bao = OpenBao::start().await;
+    bao.api(
+        "POST",
+        "secret/data/upstreams/corp-git",
+        serde_json::json!({"data": {"username": UP_USER, "password": UP_PASS}}),
+    )
+    .await;
+    bao.api("POST", "secret/data/upstreams/athens", serde_json::json!({"data": {"token": UP_TOKEN}})).await;
+
+    // Broker: TLS (Go sends credentials only over https), alice's key, a test policy.
+    let tls = gocred::tls::ensure_dev_ca(&d.join("tls")).unwrap();
+    std::fs::create_dir_all(d.join("authorized_keys")).unwrap();
+    let key = d.join("alice");
+    ssh_keygen(&key, "ed25519", "");
+    std::fs::copy(d.join("alice.pub"), d.join("authorized_keys/alice")).unwrap();
+    let pol = d.join("policies");
+    std::fs::create_dir_all(&pol).unwrap();
+    std::fs::copy(repo_root().join("policies/gocred.cedarschema"), pol.join("gocred.cedarschema")).unwrap();
+    std::fs::copy(repo_root().join("policies/gocred.cedar"), pol.join("gocred.cedar")).unwrap();
+    std::fs::write(
+        pol.join("test.cedar"),
+        "@id(\"alice-acme\")\npermit (principal == User::\"alice\", action == Action::\"download\", resource)\nwhen { resource.path like \"git.corp.test/acme/*\" };\n",
+    )
+    .unwrap();
+    let cfg = d.join("broker.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [secrets]\nbackend = \"vault\"\n[vault]\naddress = \"{}\"\n[vault.auth]\nmethod = \"token\"\ntoken = \"root\"\n\
+             [ssh]\nauthorized_keys = \"authorized_keys\"\n[policy]\ndir = \"policies\"\n[audit]\npath = \"audit.log\"\n\
+             [[upstreams]]\nname = \"corp-git\"\nkind = \"git\"\nhosts = [\"git.corp.test\"]\nurl = \"http://127.0.0.1:{port}\"\ncredentials = \"vault:upstreams/corp-git\"\n\
+             [[upstreams]]\nname = \"athens\"\nkind = \"goproxy\"\nmodules = [\"git.corp.test\"]\nurl = \"http://127.0.0.1:{port}/mod\"\ncredentials = \"vault:upstreams/athens\"\n",
+            tls.cert.display(),
+            tls.key.display(),
+            bao.addr
+        ),
+    )
+    .unwrap();
+    let broker = Gocred::start(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    let w = World { dir, _bao: bao, upstream, broker, ca: tls.ca_cert, key, direct_sum };
+    // alice logs in once; every helper below works from this session.
+    let env = go_env(&w, "unused", &[]);
+    let e: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let (code, out, err) = Gocred::run(&["login", "--ssh", w.key.to_str().unwrap(), "--broker", &w.broker.url], &e);
+    assert_eq!(code, 0, "login: {out}{err}");
+    w
+}
+
+fn upstream_saw_secret_credentials(w: &World) {
+    // The upstream never sees the caller's token; it only ever sees the broker's credential.
+    for l in w.upstream.stderr() {
+        assert!(!l.contains("gocred") && !l.contains("~"), "{l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_downloads_private_modules_through_the_broker_every_way() {
+    let w = world().await;
+    let module = "git.corp.test/acme/lib.git";
+    let me = gocred_bin().display().to_string();
+    let goproxy = format!("{}/mod", w.broker.url);
+
+    // (a) GOPROXY protocol with GOAUTH=gocred goauth.
+    let env = go_env(&w, "cache-a", &[("GOPROXY", goproxy.clone()), ("GOAUTH", format!("{me} goauth"))]);
+    let (ok, out, sum) = go_get(&w, "a", &env, module);
+    assert!(ok, "(a) GOAUTH via /mod/: {out}");
+    assert_eq!(h1_of(&sum, module).as_deref(), Some(w.direct_sum.as_str()), "(a) hash: {sum}");
+
+    // (b) git smart HTTP via insteadOf + the git credential helper (GOPROXY=direct).
+    let gitcfg = w.dir.path().join("b.gitconfig");
+    std::fs::write(
+        &gitcfg,
+        format!(
+            "[url \"{0}/git/git.corp.test/\"]\n\tinsteadOf = https://git.corp.test/\n[credential \"{0}\"]\n\thelper = \"{me} credential\"\n",
+            w.broker.url
+        ),
+    )
+    .unwrap();
+    let env = go_env(
+        &w,
+        "cache-b",
+        &[("GOPROXY", "direct".into()), ("GOAUTH", "off".into()), ("GIT_CONFIG_GLOBAL", gitcfg.display().to_string())],
+    );
+    let (ok, out, sum) = go_get(&w, "b", &env, module);
+    assert!(ok, "(b) git credential helper via /git/: {out}");
+    assert_eq!(h1_of(&sum, module).as_deref(), Some(w.direct_sum.as_str()), "(b) hash: {sum}");
+
+    // (c) GIT_ASKPASS=gocred.
+    let gitcfg_c = w.dir.path().join("c.gitconfig");
+    std::fs::write(
+        &gitcfg_c,
+        format!("[url \"{0}/git/git.corp.test/\"]\n\tinsteadOf = https://git.corp.test/\n", w.broker.url),
+    )
+    .unwrap();
+    let env = go_env(
+        &w,
+        "cache-c",
+        &[
+            ("GOPROXY", "direct".into()),
+            ("GOAUTH", "off".into()),
+            ("GIT_CONFIG_GLOBAL", gitcfg_c.display().to_string()),
+            ("GIT_ASKPASS", me.clone()),
+            ("GIT_TERMINAL_PROMPT", "1".into()),
+        ],
+    );
+    let (ok, out, sum) = go_get(&w, "c", &env, module);
+    assert!(ok, "(c) GIT_ASKPASS: {out}");
+    assert_eq!(h1_of(&sum, module).as_deref(), Some(w.direct_sum.as_str()), "(c) hash: {sum}");
+
+    // (d) netrc only (GOAUTH defaults to netrc).
+    let env = go_env(&w, "cache-d", &[("GOPROXY", goproxy.clone())]);
+    let e: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let netrc = w.dir.path().join("home/.netrc");
+    std::fs::write(&netrc, "machine other.example login u password keep-me\n").unwrap();
+    let (code, _, err) = Gocred::run(&["netrc", "--out", netrc.to_str().unwrap()], &e);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&netrc).unwrap();
+    assert!(text.contains("keep-me"), "other entries kept: {text}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&netrc).unwrap().permissions().mode() & 0o777, 0o600);
+    let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k != "GOAUTH").collect();
+    let (ok, out, sum) = go_get(&w, "d", &env, module);
+    assert!(ok, "(d) netrc: {out}");
+    assert_eq!(h1_of(&sum, module).as_deref(), Some(w.direct_sum.as_str()), "(d) hash: {sum}");
+
+    upstream_saw_secret_credentials(&w);
+    // Audit: proxied requests with upstream, status and bytes.
+    let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap();
+    let proxied: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &serde_json::Value| l["kind"] == "proxy")
+        .collect();
+    assert!(
+        proxied.iter().any(|l| l["upstream"] == "athens" && l["status"] == 200 && l["bytes"].as_u64().unwrap() > 0),
+        "{audit}"
+    );
+    assert!(
+        proxied.iter().any(|l| l["upstream"] == "corp-git" && l["resource"] == "git.corp.test/acme/lib"),
+        "{audit}"
+    );
+    assert!(!audit.contains(UP_PASS) && !audit.contains(UP_TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denied_module_fails_go_with_the_brokers_reason_and_upstream_sees_nothing() {
+    let w = world().await;
+    let me = gocred_bin().display().to_string();
+    let before = w.upstream.stderr().len();
+    let env =
+        go_env(&w, "cache-deny", &[("GOPROXY", format!("{}/mod", w.broker.url)), ("GOAUTH", format!("{me} goauth"))]);
+    let (ok, out, _) = go_get(&w, "deny", &env, "git.corp.test/secret/x.git");
+    assert!(!ok, "{out}");
+    assert!(out.contains("no policy permits download of git.corp.test/secret/x.git for user:alice"), "{out}");
+    let after: Vec<String> = w.upstream.stderr()[before..].to_vec();
+    assert!(after.iter().all(|l| !l.contains("secret")), "upstream contacted: {after:?}");
+
+    // Without credentials: 401 and nothing upstream either.
+    let c = client(Some(&w.ca));
+    let r = c.get(format!("{}/mod/git.corp.test/acme/lib.git/@v/list", w.broker.url)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(format!("{}/git/git.corp.test/acme/lib.git/info/refs?service=git-upload-pack", w.broker.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(w.upstream.stderr().len(), before, "upstream contacted by unauthenticated requests");
+}

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Test upstream: git smart HTTP (`git http-backend` as CGI) behind HTTP Basic or Bearer auth,
+plus static GOPROXY files, for gocred's end-to-end tests. Standard library only.
+
+usage: git_http_server.py --port N [--git-root DIR] [--goproxy-root DIR]
+                          [--user U --password P] [--bearer TOKEN] [--go-import-host HOST]
+Every request is logged to stderr as `REQ <method> <path> auth=<scheme or none>` (never the
+credential itself), so tests can count what reached the upstream.
+"""
+import argparse, base64, http.server, os, subprocess, sys
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--port", type=int, required=True)
+ap.add_argument("--git-root")
+ap.add_argument("--goproxy-root")
+ap.add_argument("--user")
+ap.add_argument("--password")
+ap.add_argument("--bearer")
+ap.add_argument("--go-import-host")
+args = ap.parse_args()
+BACKEND = os.path.join(subprocess.check_output(["git", "--exec-path"], text=True).strip(), "git-http-backend")
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *a):
+        pass
+
+    def authorized(self):
+        h = self.headers.get("Authorization", "")
+        if args.bearer and h == "Bearer " + args.bearer:
+            return "bearer"
+        if args.user and h.startswith("Basic "):
+            try:
+                user, _, pw = base64.b64decode(h[6:]).decode().partition(":")
+            except Exception:
+                return None
+            if user == args.user and pw == args.password:
+                return user
+        return None
+
+    def body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def send(self, status, payload, ctype="text/plain", extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        for k, v in extra:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def handle_any(self):
+        data = self.body() if self.command == "POST" else b""
+        path, _, query = self.path.partition("?")
+        who = self.authorized()
+        scheme = self.headers.get("Authorization", "none").split(" ")[0]
+        sys.stderr.write("REQ %s %s auth=%s\n" % (self.command, self.path, scheme))
+        sys.stderr.flush()
+        if who is None:
+            return self.send(401, b"unauthorized\n", extra=[("WWW-Authenticate", 'Basic realm="upstream"')])
+        if args.go_import_host and "go-get=1" in query.split("&"):
+            parts = path.strip("/").split("/")
+            root = args.go_import_host + "/" + "/".join(parts[:2])
+            page = ('<html><head><meta name="go-import" content="%s git https://%s.git"></head></html>\n' % (root, root)).encode()
+            return self.send(200, page, "text/html")
+        if path.startswith("/mod/") and args.goproxy_root:
+            rel = os.path.normpath(path[len("/mod/"):])
+            full = os.path.join(args.goproxy_root, rel)
+            if rel.startswith("..") or not os.path.isfile(full):
+                return self.send(404, b"not found\n")
+            with open(full, "rb") as f:
+                return self.send(200, f.read(), "application/octet-stream")
+        if not args.git_root:
+            return self.send(404, b"not found\n")
+        env = dict(os.environ, GIT_PROJECT_ROOT=args.git_root, GIT_HTTP_EXPORT_ALL="1", REQUEST_METHOD=self.command,
+                   PATH_INFO=path, QUERY_STRING=query, CONTENT_TYPE=self.headers.get("Content-Type", ""),
+                   CONTENT_LENGTH=str(len(data)), REMOTE_USER=who, REMOTE_ADDR=self.client_address[0],
+                   GIT_PROTOCOL=self.headers.get("Git-Protocol", ""),
+                   HTTP_CONTENT_ENCODING=self.headers.get("Content-Encoding", ""))
+        p = subprocess.run([BACKEND], input=data, env=env, capture_output=True)
+        sep = b"\r\n\r\n" if b"\r\n\r\n" in p.stdout else b"\n\n"
+        head, _, payload = p.stdout.partition(sep)
+        status, headers = 200, []
+        for line in head.decode("latin-1").splitlines():
+            k, _, v = line.partition(":")
+            if k.lower() == "status":
+                status = int(v.split()[0])
+            elif k:
+                headers.append((k, v.strip()))
+        ctype = dict((k.lower(), v) for k, v in headers).get("content-type", "application/octet-stream")
+        self.send(status, payload, ctype, [(k, v) for k, v in headers if k.lower() != "content-type"])
+
+    do_GET = do_POST = handle_any
+
+
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+print("listening", args.port, flush=True)
+srv.serve_forever()
