@@ -221,12 +221,10 @@ const HELPER_PROOF_SECS: u64 = 540;
 /// A fresh session plus a proof for it valid at least a minute more (cached in the session).
 /// `force_refresh`: get a new token even if the current one looks fine (the broker said 401).
 pub async fn credentials(store: &Store, force_refresh: bool) -> anyhow::Result<(Session, String, u64)> {
-    if force_refresh {
-        if let Some(mut s) = store.load()? {
-            s.expires_at = 0;
-            s.proof = None;
-            store.save(&s)?;
-        }
+    if force_refresh && let Some(mut s) = store.load()? {
+        s.expires_at = 0;
+        s.proof = None;
+        store.save(&s)?;
     }
     let mut s = fresh_session(store).await?;
     let now = crate::unix_now();
