@@ -62,6 +62,10 @@ impl Proc {
         Proc { name: name.into(), child, out, err }
     }
 
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stdout(&self) -> Vec<String> {
         self.out.lock().unwrap().clone()
     }

@@ -328,3 +328,179 @@ async fn denied_module_fails_go_with_the_brokers_reason_and_upstream_sees_nothin
     assert_eq!(r.status(), 401);
     assert_eq!(w.upstream.stderr().len(), before, "upstream contacted by unauthenticated requests");
 }
+
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+}
+
+/// Token and proof for direct HTTP calls as alice.
+fn alice_auth(w: &World) -> (String, String) {
+    let env = go_env(w, "unused", &[]);
+    let (code, token, err) = Gocred::run(&["token"], &env_refs(&env));
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_string();
+    let msg = gocred::auth::proof::proof_message(&token, &format!("{}/", w.broker.url), now() + 300);
+    let sig = gocred::auth::sshsig::parse(&ssh_sign(&w.key, "gocred-proof@v1", &msg)).unwrap();
+    let proof = gocred::auth::proof::encode(
+        now() + 300,
+        &format!("{}/", w.broker.url),
+        &gocred::auth::sshsig::to_b64url(&sig).unwrap(),
+    );
+    (token, proof)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn helpers_answer_only_for_the_broker_and_fail_with_one_clear_line() {
+    let w = world().await;
+    let env = go_env(&w, "unused", &[]);
+    let e = env_refs(&env);
+    let (hp, _) =
+        w.broker.url.trim_start_matches("https://").split_once(':').map(|(h, p)| (format!("{h}:{p}"), h)).unwrap();
+
+    // GOAUTH: prefix is the broker origin only.
+    let (code, out, err) = Gocred::run(&["goauth"], &e);
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(format!("{}/", w.broker.url).as_str()));
+    assert_eq!(lines.next(), Some(""));
+    assert!(lines.next().unwrap().starts_with("Authorization: Bearer "));
+    assert!(lines.next().unwrap().starts_with("Gocred-Proof: v1."));
+    // Second call for another origin: nothing.
+    let (code, out, _) = Gocred::run(&["goauth", "https://proxy.golang.org/x/@v/list"], &e);
+    assert_eq!((code, out.as_str()), (0, ""));
+
+    // git credential helper: Bearer with authtype capability, Basic otherwise, nothing for others.
+    let run_cred = |input: &str| {
+        let mut cmd = gocred_cmd(&["credential", "get"], &e);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = run_cred(&format!("capability[]=authtype\nprotocol=https\nhost={hp}\n\n"));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("authtype=Bearer") && out.contains("credential=") && out.contains("password_expiry_utc="),
+        "{out}"
+    );
+    let (_, out) = run_cred(&format!("protocol=https\nhost={hp}\n\n"));
+    assert!(out.contains("username=gocred") && out.contains("password=") && out.contains('~'), "{out}");
+    let (code, out) = run_cred("protocol=https\nhost=github.com\n\n");
+    assert_eq!((code, out.as_str()), (0, ""), "never answers for other hosts");
+
+    // askpass: only the broker's prompts.
+    let (code, out, _) = Gocred::run(&[&format!("Username for 'https://{hp}': ")], &e);
+    assert_eq!((code, out.trim()), (0, "gocred"));
+    let (code, _, err) = Gocred::run(&["Password for 'https://gocred@github.com': "], &e);
+    assert_eq!(code, 1);
+    assert!(err.contains("not for the gocred broker"), "{err}");
+
+    // Logged out: one line, what to run, non-zero, nothing on stdout.
+    let (code, _, _) = Gocred::run(&["logout"], &e);
+    assert_eq!(code, 0);
+    for args in
+        [vec!["goauth"], vec!["netrc"], vec![&format!("Password for 'https://gocred@{hp}': ")[..]], vec!["token"]]
+    {
+        let (code, out, err) = Gocred::run(&args, &e);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(out.is_empty(), "{args:?} printed a partial credential: {out}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(lines[0].contains("gocred login"), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_down_is_a_quick_502_naming_it_and_rotated_credentials_are_picked_up() {
+    let mut w = world().await;
+    let (token, proof) = alice_auth(&w);
+    let c = client(Some(&w.ca));
+    let get =
+        |path: &str| c.get(format!("{}{path}", w.broker.url)).bearer_auth(&token).header("Gocred-Proof", &proof).send();
+    let r = get("/mod/git.corp.test/acme/lib.git/@v/list").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("v1.0.0"));
+
+    // Rotate the upstream credential: new password at the upstream and in OpenBao. The broker's
+    // cached credential gets a 401, is read again once, and the request succeeds.
+    let port: u16 = w.upstream.stdout()[0].split_whitespace().nth(1).unwrap().parse().unwrap();
+    w.upstream.kill();
+    let srv = w.dir.path().join("srv");
+    let layout = w.dir.path().join("direct-cache/cache/download");
+    let mut up = Command::new("python3");
+    up.arg(repo_root().join("tests/peers/git_http_server.py"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--user",
+            UP_USER,
+            "--password",
+            "rotated-pass",
+            "--bearer",
+            "rotated-token",
+        ])
+        .arg("--git-root")
+        .arg(&srv)
+        .arg("--goproxy-root")
+        .arg(&layout);
+    let mut up2 = Proc::spawn("upstream2", up);
+    up2.wait_stdout("listening", Duration::from_secs(10));
+    w._bao.api("POST", "secret/data/upstreams/athens", serde_json::json!({"data": {"token": "rotated-token"}})).await;
+    let r = get("/mod/git.corp.test/acme/lib.git/@v/v1.0.0.info").await.unwrap();
+    assert_eq!(r.status(), 200, "rotated credential picked up: {}", r.text().await.unwrap());
+    let auth_lines: Vec<String> = up2.stderr().into_iter().filter(|l| l.contains("v1.0.0.info")).collect();
+    assert_eq!(auth_lines.len(), 2, "one 401 with the old credential, one retry: {auth_lines:?}");
+
+    // Upstream gone: a 502 naming the upstream, quickly, as one plain-text line for go.
+    up2.kill();
+    let started = std::time::Instant::now();
+    let r = get("/mod/git.corp.test/acme/lib.git/@v/list").await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let body = r.text().await.unwrap();
+    assert!(body.contains("upstream athens") && body.contains("unreachable"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zip_of_200_mb_streams_with_flat_broker_memory() {
+    let w = world().await;
+    // A 200 MB version in the upstream's GOPROXY layout.
+    let vdir = w.dir.path().join("direct-cache/cache/download/git.corp.test/acme/lib.git/@v");
+    let big = vdir.join("v9.9.9.zip");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(200 * 1024 * 1024).unwrap();
+    let (token, proof) = alice_auth(&w);
+    let broker_pid = w.broker.proc.id();
+    let rss = || {
+        let s = std::fs::read_to_string(format!("/proc/{broker_pid}/status")).unwrap();
+        let kb = |k: &str| {
+            s.lines().find(|l| l.starts_with(k)).unwrap().split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+        };
+        (kb("VmRSS:"), kb("VmHWM:"))
+    };
+    let (_, hwm_before) = rss();
+    let c = client(Some(&w.ca));
+    let mut r = c
+        .get(format!("{}/mod/git.corp.test/acme/lib.git/@v/v9.9.9.zip", w.broker.url))
+        .bearer_auth(&token)
+        .header("Gocred-Proof", &proof)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut total = 0u64;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        total += chunk.len() as u64;
+    }
+    assert_eq!(total, 200 * 1024 * 1024);
+    let (_, hwm_after) = rss();
+    let grew_mb = (hwm_after.saturating_sub(hwm_before)) / 1024;
+    assert!(grew_mb < 40, "broker peak RSS grew by {grew_mb} MB for a 200 MB body");
+    let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap();
+    assert!(audit.contains(&format!("\"bytes\":{}", 200 * 1024 * 1024)), "audit has the byte count");
+}
