@@ -267,7 +267,12 @@ pub async fn credentials(
 pub async fn well_known(State(state): State<AppState>) -> impl IntoResponse {
     let ups: Vec<&crate::config::Upstream> =
         state.proxy.as_ref().map(|p| p.upstreams().iter().collect()).unwrap_or_default();
-    let modules: Vec<String> = ups.iter().flat_map(|u| u.modules.clone()).collect();
+    let mut modules: Vec<String> = Vec::new();
+    for m in ups.iter().flat_map(|u| u.modules.iter()) {
+        if !modules.contains(m) {
+            modules.push(m.clone());
+        }
+    }
     let git_hosts: Vec<serde_json::Value> = ups
         .iter()
         .filter(|u| u.kind == crate::config::UpstreamKind::Git && u.mode == crate::config::UpstreamMode::Proxy)

@@ -166,6 +166,12 @@ async fn world() -> World {
     )
     .await;
     bao.api("POST", "secret/data/upstreams/athens", serde_json::json!({"data": {"token": UP_TOKEN}})).await;
+    bao.api(
+        "POST",
+        "secret/data/upstreams/vend",
+        serde_json::json!({"data": {"username": "x-access-token", "password": "ghs_vended_secret"}}),
+    )
+    .await;
 
     // Broker: TLS (Go sends credentials only over https), alice's key, a test policy.
     let tls = gocred::tls::ensure_dev_ca(&d.join("tls")).unwrap();
@@ -179,7 +185,8 @@ async fn world() -> World {
     std::fs::copy(repo_root().join("policies/gocred.cedar"), pol.join("gocred.cedar")).unwrap();
     std::fs::write(
         pol.join("test.cedar"),
-        "@id(\"alice-acme\")\npermit (principal == User::\"alice\", action == Action::\"download\", resource)\nwhen { resource.path like \"git.corp.test/acme/*\" };\n",
+        "@id(\"alice-acme\")\npermit (principal == User::\"alice\", action == Action::\"download\", resource)\nwhen { resource.path like \"git.corp.test/acme/*\" };\n\
+         @id(\"alice-vend\")\npermit (principal == User::\"alice\", action == Action::\"credentials\", resource)\nwhen { resource.path like \"vend.example/acme/*\" };\n",
     )
     .unwrap();
     let cfg = d.join("broker.toml");
@@ -190,7 +197,8 @@ async fn world() -> World {
              [secrets]\nbackend = \"vault\"\n[vault]\naddress = \"{}\"\n[vault.auth]\nmethod = \"token\"\ntoken = \"root\"\n\
              [ssh]\nauthorized_keys = \"authorized_keys\"\n[policy]\ndir = \"policies\"\n[audit]\npath = \"audit.log\"\n\
              [[upstreams]]\nname = \"corp-git\"\nkind = \"git\"\nhosts = [\"git.corp.test\"]\nurl = \"http://127.0.0.1:{port}\"\ncredentials = \"vault:upstreams/corp-git\"\n\
-             [[upstreams]]\nname = \"athens\"\nkind = \"goproxy\"\nmodules = [\"git.corp.test\"]\nurl = \"http://127.0.0.1:{port}/mod\"\ncredentials = \"vault:upstreams/athens\"\n",
+             [[upstreams]]\nname = \"athens\"\nkind = \"goproxy\"\nmodules = [\"git.corp.test\"]\nurl = \"http://127.0.0.1:{port}/mod\"\ncredentials = \"vault:upstreams/athens\"\n\
+             [[upstreams]]\nname = \"vend\"\nkind = \"git\"\nhosts = [\"vend.example\"]\nurl = \"https://vend.example\"\ncredentials = \"vault:upstreams/vend\"\nmode = \"vend\"\n",
             tls.cert.display(),
             tls.key.display(),
             bao.addr
@@ -503,4 +511,83 @@ async fn zip_of_200_mb_streams_with_flat_broker_memory() {
     assert!(grew_mb < 40, "broker peak RSS grew by {grew_mb} MB for a 200 MB body");
     let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap();
     assert!(audit.contains(&format!("\"bytes\":{}", 200 * 1024 * 1024)), "audit has the byte count");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vend_mode_returns_the_credential_only_where_policy_allows() {
+    let w = world().await;
+    let (token, proof) = alice_auth(&w);
+    let c = client(Some(&w.ca));
+    let get = |url: &str| {
+        c.get(format!("{}/v1/credentials", w.broker.url))
+            .query(&[("url", url)])
+            .bearer_auth(&token)
+            .header("Gocred-Proof", &proof)
+            .send()
+    };
+    let r = get("https://vend.example/acme/tool.git").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["username"], "x-access-token");
+    assert_eq!(v["password"], "ghs_vended_secret");
+    assert!(v["expires_at"].as_u64().unwrap() > now());
+    let r = get("https://vend.example/other/tool").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("credentials of vend.example/other/tool"), "{body}");
+    assert!(!body.contains("ghs_vended_secret"));
+    let r = get("https://git.corp.test/acme/lib").await.unwrap();
+    assert_eq!(r.status(), 404, "proxied hosts are not vended");
+    // Proxying a vend-only host is refused.
+    let r = c
+        .get(format!("{}/git/vend.example/acme/tool.git/info/refs?service=git-upload-pack", w.broker.url))
+        .bearer_auth(&token)
+        .header("Gocred-Proof", &proof)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 200);
+    let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap();
+    assert!(!audit.contains("ghs_vended_secret"));
+    assert!(audit.contains("\"action\":\"credentials\""), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_configures_go_and_git_idempotently_and_plain_go_then_works() {
+    let w = world().await;
+    let home = w.dir.path().join("home");
+    let goenv = home.join("go.env");
+    let gitcfg = home.join("gitconfig");
+    let base = go_env(
+        &w,
+        "cache-setup",
+        &[("GOENV", goenv.display().to_string()), ("GIT_CONFIG_GLOBAL", gitcfg.display().to_string())],
+    );
+    // A user's environment has none of the Go variables set: setup writes them to GOENV.
+    let env: Vec<(String, String)> = base
+        .into_iter()
+        .filter(|(k, _)| !["GOPRIVATE", "GONOSUMDB", "GONOPROXY", "GOPROXY", "GOAUTH"].contains(&k.as_str()))
+        .collect();
+    let e = env_refs(&env);
+    let (code, out, err) = Gocred::run(&["setup", "--dry-run"], &e);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("go env -w GOPRIVATE=git.corp.test,vend.example")
+            && out.contains("GOAUTH=")
+            && out.contains("insteadOf"),
+        "{out}"
+    );
+    assert!(!goenv.exists() && !gitcfg.exists(), "dry run changed nothing");
+    let (code, out, err) = Gocred::run(&["setup"], &e);
+    assert_eq!(code, 0, "{out}{err}");
+    let first = (std::fs::read_to_string(&goenv).unwrap(), std::fs::read_to_string(&gitcfg).unwrap());
+    let (code, _, err) = Gocred::run(&["setup"], &e);
+    assert_eq!(code, 0, "{err}");
+    let second = (std::fs::read_to_string(&goenv).unwrap(), std::fs::read_to_string(&gitcfg).unwrap());
+    assert_eq!(first, second, "setup is idempotent");
+    assert!(second.1.contains(&format!("{}/git/git.corp.test/", w.broker.url)), "{}", second.1);
+    // Plain `go get` with nothing but what setup wrote.
+    let (ok, out, sum) = go_get(&w, "setup", &env, "git.corp.test/acme/lib.git");
+    assert!(ok, "go after setup: {out}");
+    assert_eq!(h1_of(&sum, "git.corp.test/acme/lib.git").as_deref(), Some(w.direct_sum.as_str()));
 }
