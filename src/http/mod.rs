@@ -99,8 +99,9 @@ async fn outer(State(state): State<AppState>, mut req: Request, next: Next) -> R
     };
     let path = req.uri().path();
     // go and git show text/plain error bodies to their users; API clients get JSON.
-    let plain =
-        path.starts_with("/mod/") || path.starts_with("/git/") || proxy::routed_host(&state, req.headers()).is_some();
+    let plain = path.starts_with("/mod/")
+        || path.starts_with("/git/")
+        || proxy::routed_host(&state, req.uri(), req.headers()).is_some();
     req.extensions_mut().insert(id.clone());
     let resp = next.run(req).await;
     let mut resp = error::render(resp, &id, plain);

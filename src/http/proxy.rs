@@ -157,21 +157,25 @@ pub async fn git(
     forward(state.clone(), a, t, parts.method, parts.headers, body).await
 }
 
-/// The configured git upstream named by the `Host` header, if any.
-pub fn routed_host(state: &AppState, headers: &HeaderMap) -> Option<(usize, String)> {
+/// The configured git upstream named by the request's host (HTTP/1 `Host` header, or the
+/// HTTP/2 `:authority`, which hyper puts in the URI), if any.
+pub fn routed_host(state: &AppState, uri: &axum::http::Uri, headers: &HeaderMap) -> Option<(usize, String)> {
     let p = state.proxy.as_ref()?;
-    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let host = match uri.authority() {
+        Some(a) => a.as_str().to_string(),
+        None => headers.get(header::HOST)?.to_str().ok()?.to_string(),
+    };
     let name = host
         .rsplit_once(':')
         .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
         .map(|(h, _)| h)
-        .unwrap_or(host);
+        .unwrap_or(&host);
     route::git_upstream(p.upstreams(), name).map(|i| (i, name.to_ascii_lowercase()))
 }
 
 /// Fallback for everything no route matched: host-routed git hosts, else 404.
 pub async fn host_routed(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let Some((idx, host)) = routed_host(&state, req.headers()) else {
+    let Some((idx, host)) = routed_host(&state, req.uri(), req.headers()) else {
         return Err(ApiError::NotFound);
     };
     let (mut parts, body) = req.into_parts();

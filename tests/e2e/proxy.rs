@@ -591,3 +591,148 @@ async fn setup_configures_go_and_git_idempotently_and_plain_go_then_works() {
     assert!(ok, "go after setup: {out}");
     assert_eq!(h1_of(&sum, "git.corp.test/acme/lib.git").as_deref(), Some(w.direct_sum.as_str()));
 }
+
+/// A CA and a server certificate for the IP address `ip`, written to `dir`; returns
+/// (ca.pem, cert.pem, key.pem).
+fn ip_cert(dir: &Path, ip: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_kp = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "e2e host CA");
+    let ca_cert = ca_params.self_signed(&ca_kp).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_kp);
+    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.subject_alt_names.push(rcgen::SanType::IpAddress(ip.parse().unwrap()));
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, ip);
+    let leaf_kp = rcgen::KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_kp, &issuer).unwrap();
+    let (ca, cert, key) = (dir.join("host-ca.pem"), dir.join("host.pem"), dir.join("host.key"));
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    std::fs::write(&cert, leaf_cert.pem()).unwrap();
+    std::fs::write(&key, leaf_kp.serialize_pem()).unwrap();
+    (ca, cert, key)
+}
+
+/// (e) Host-routed: the module `127.0.0.2/ip/lib` is named after the broker's own address (a
+/// host name without DNS, PEERS.md option 2), served over TLS on 127.0.0.2:443. The broker
+/// answers `?go-get=1` with go-import meta pointing back at itself (root taken from the
+/// upstream's own go-get answer) and serves git smart HTTP for that host.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_routed_go_import_and_git_over_tls() {
+    let w = world().await;
+    let d = w.dir.path();
+    let ip = "127.0.0.2";
+    let srv2 = d.join("srv2");
+    make_repo(&srv2, "ip/lib", "127.0.0.2/ip/lib");
+    let (host_ca, cert, key) = ip_cert(d, ip);
+    let bundle = d.join("bundle.pem");
+    std::fs::write(&bundle, std::fs::read_to_string(&host_ca).unwrap() + &std::fs::read_to_string(&w.ca).unwrap())
+        .unwrap();
+
+    // Direct download, the reference hash: the upstream itself on 127.0.0.2:443 over TLS, with
+    // its credential in a netrc (go-get and git both read it).
+    let mut up = Command::new("python3");
+    up.arg(repo_root().join("tests/peers/git_http_server.py"))
+        .args(["--bind", ip, "--port", "443", "--user", UP_USER, "--password", UP_PASS, "--go-import-host", ip])
+        .arg("--git-root")
+        .arg(&srv2)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key);
+    let mut direct_up = Proc::spawn("direct-upstream", up);
+    direct_up.wait_stdout("listening", Duration::from_secs(10));
+    let dhome = d.join("direct-home");
+    std::fs::create_dir_all(&dhome).unwrap();
+    std::fs::write(dhome.join(".netrc"), format!("machine {ip} login {UP_USER} password {UP_PASS}\n")).unwrap();
+    let mut cmd = Command::new(go_bin());
+    cmd.args(["mod", "download", "-json", "127.0.0.2/ip/lib@v1.0.0"])
+        .current_dir(d)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &dhome)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "direct")
+        .env("GOPRIVATE", ip)
+        .env("GOMODCACHE", d.join("direct-cache2"))
+        .env("GOPATH", d.join("gopath"))
+        .env("GOCACHE", d.join("gocache"))
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("SSL_CERT_FILE", &bundle)
+        .env("GIT_SSL_CAINFO", &bundle)
+        .env("GIT_TERMINAL_PROMPT", "0");
+    let out = run_ok(&mut cmd);
+    let direct: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let direct_sum = direct["Sum"].as_str().unwrap().to_string();
+    direct_up.kill();
+
+    // The same upstream, plain HTTP on a free port, behind a second broker on 127.0.0.2:443.
+    let port = free_port();
+    let mut up = Command::new("python3");
+    up.arg(repo_root().join("tests/peers/git_http_server.py"))
+        .args(["--port", &port.to_string(), "--user", UP_USER, "--password", UP_PASS, "--go-import-host", ip])
+        .arg("--git-root")
+        .arg(&srv2);
+    let mut upstream = Proc::spawn("upstream-ip", up);
+    upstream.wait_stdout("listening", Duration::from_secs(10));
+    std::fs::write(
+        d.join("policies/ip.cedar"),
+        "@id(\"alice-ip\")\npermit (principal == User::\"alice\", action == Action::\"download\", resource)\nwhen { resource.path like \"127.0.0.2/ip/*\" };\n",
+    )
+    .unwrap();
+    let cfg = d.join("broker-ip.toml");
+    let bao_addr = std::fs::read_to_string(d.join("broker.toml"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("address = "))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"{ip}:443\"\npublic_url = \"https://{ip}\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [secrets]\nbackend = \"vault\"\nprefix = \"gocred-ip\"\n[vault]\n{bao_addr}\n[vault.auth]\nmethod = \"token\"\ntoken = \"root\"\n\
+             [ssh]\nauthorized_keys = \"authorized_keys\"\n[policy]\ndir = \"policies\"\n[audit]\npath = \"audit-ip.log\"\n\
+             [[upstreams]]\nname = \"ip-git\"\nkind = \"git\"\nhosts = [\"{ip}\"]\nurl = \"http://127.0.0.1:{port}\"\ncredentials = \"vault:upstreams/corp-git\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let broker = Gocred::start(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(broker.url, format!("https://{ip}:443"));
+
+    let me = gocred_bin().display().to_string();
+    let gitcfg = d.join("ip.gitconfig");
+    std::fs::write(&gitcfg, format!("[credential \"https://{ip}\"]\n\thelper = \"{me} credential\"\n")).unwrap();
+    let env = go_env(
+        &w,
+        "cache-ip",
+        &[
+            ("XDG_CACHE_HOME", d.join("ip-cache").display().to_string()),
+            ("GOPROXY", "direct".into()),
+            ("GOPRIVATE", ip.into()),
+            ("GONOSUMDB", ip.into()),
+            ("GOAUTH", format!("{me} goauth")),
+            ("SSL_CERT_FILE", bundle.display().to_string()),
+            ("GIT_SSL_CAINFO", bundle.display().to_string()),
+            ("GIT_CONFIG_GLOBAL", gitcfg.display().to_string()),
+        ],
+    );
+    let (code, out, err) = Gocred::run(
+        &["login", "--ssh", w.key.to_str().unwrap(), "--broker", &format!("https://{ip}")],
+        &env_refs(&env),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (ok, out, sum) = go_get(&w, "ip", &env, "127.0.0.2/ip/lib");
+    assert!(ok, "(e) host-routed: {out}");
+    assert_eq!(h1_of(&sum, "127.0.0.2/ip/lib").as_deref(), Some(direct_sum.as_str()), "(e) hash: {sum}");
+    let audit = std::fs::read_to_string(d.join("audit-ip.log")).unwrap();
+    assert!(audit.contains("\"upstream\":\"ip-git\"") && audit.contains("127.0.0.2/ip/lib"), "{audit}");
+    // The broker fetched the upstream's own go-get answer with the upstream credential.
+    assert!(
+        upstream.stderr().iter().any(|l| l.contains("go-get=1") && l.contains("auth=Basic")),
+        "{:#?}",
+        upstream.stderr()
+    );
+}

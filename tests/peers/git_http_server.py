@@ -2,8 +2,9 @@
 """Test upstream: git smart HTTP (`git http-backend` as CGI) behind HTTP Basic or Bearer auth,
 plus static GOPROXY files, for gocred's end-to-end tests. Standard library only.
 
-usage: git_http_server.py --port N [--git-root DIR] [--goproxy-root DIR]
-                          [--user U --password P] [--bearer TOKEN] [--go-import-host HOST]
+usage: git_http_server.py --port N [--bind ADDR] [--tls-cert C --tls-key K] [--git-root DIR]
+                          [--goproxy-root DIR] [--user U --password P] [--bearer TOKEN]
+                          [--go-import-host HOST]
 Every request is logged to stderr as `REQ <method> <path> auth=<scheme or none>` (never the
 credential itself), so tests can count what reached the upstream.
 """
@@ -17,6 +18,9 @@ ap.add_argument("--user")
 ap.add_argument("--password")
 ap.add_argument("--bearer")
 ap.add_argument("--go-import-host")
+ap.add_argument("--bind", default="127.0.0.1")
+ap.add_argument("--tls-cert")
+ap.add_argument("--tls-key")
 args = ap.parse_args()
 BACKEND = os.path.join(subprocess.check_output(["git", "--exec-path"], text=True).strip(), "git-http-backend")
 
@@ -106,6 +110,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = handle_any
 
 
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+srv = http.server.ThreadingHTTPServer((args.bind, args.port), Handler)
+if args.tls_cert:
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 print("listening", args.port, flush=True)
 srv.serve_forever()
