@@ -210,13 +210,27 @@ impl Broker {
         let result = match &self.config.server.tls {
             Some(t) => {
                 let cfg = crate::tls::server_config(&t.cert, &t.key).map_err(ServerError::Tls)?;
-                axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(cfg))
+                // TCP_NODELAY: responses are written as headers then body chunks; without it
+                // small answers wait for delayed ACKs (tens of ms each).
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(
+                    axum_server::tls_rustls::RustlsConfig::from_config(cfg),
+                )
+                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+                axum_server::from_tcp(listener)
                     .map_err(ServerError::Serve)?
+                    .acceptor(acceptor)
                     .handle(handle)
                     .serve(service)
                     .await
             }
-            None => axum_server::from_tcp(listener).map_err(ServerError::Serve)?.handle(handle).serve(service).await,
+            None => {
+                axum_server::from_tcp(listener)
+                    .map_err(ServerError::Serve)?
+                    .acceptor(axum_server::accept::NoDelayAcceptor::new())
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            }
         };
         tasks.abort_all();
         result.map_err(ServerError::Serve)

@@ -27,6 +27,7 @@ BACKEND = os.path.join(subprocess.check_output(["git", "--exec-path"], text=True
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes
 
     def log_message(self, fmt, *a):
         pass
