@@ -50,6 +50,20 @@ pub struct Event {
     pub reason: String,
 }
 
+impl Event {
+    /// An event of `kind` about an authenticated principal (its name, method and key filled in).
+    pub fn about(kind: &'static str, request_id: &str, p: &crate::auth::Principal) -> Event {
+        Event {
+            kind,
+            request_id: request_id.to_string(),
+            principal: Some(p.display()),
+            auth_method: Some(p.auth_method.clone()),
+            key_fingerprint: Some(p.key_fingerprint.clone()),
+            ..Default::default()
+        }
+    }
+}
+
 pub struct Audit {
     sink: Mutex<Box<dyn Write + Send>>,
 }

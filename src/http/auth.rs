@@ -154,17 +154,12 @@ pub fn authorize(
 ) -> Result<(), ApiError> {
     let d = state.policy.decide(principal, action, resource);
     state.audit.record(&Event {
-        kind: "authz",
-        request_id: request_id.into(),
-        principal: Some(principal.display()),
-        auth_method: Some(principal.auth_method.clone()),
-        key_fingerprint: Some(principal.key_fingerprint.clone()),
         action: action.as_str().into(),
         resource: resource.display(),
         decision: if d.allowed { "allow" } else { "deny" },
         policy_ids: d.policy_ids.clone(),
         reason: d.reason.clone(),
-        ..Default::default()
+        ..Event::about("authz", request_id, principal)
     });
     if d.allowed { Ok(()) } else { Err(ApiError::Forbidden(d.reason)) }
 }

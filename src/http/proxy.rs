@@ -74,24 +74,18 @@ async fn forward(
         return Err(ApiError::BadRequest(format!("upstream {} is vend-only: use GET /v1/credentials", upstream.name)));
     }
     let started = Instant::now();
+    let base = Event {
+        action: action.as_str().into(),
+        resource: t.module.clone(),
+        upstream: Some(upstream.name.clone()),
+        ..Event::about("proxy", &a.request_id, &a.principal)
+    };
     let req_body =
         if method == Method::POST { Some(reqwest::Body::wrap_stream(body.into_data_stream())) } else { None };
     let resp = match p.forward(t.upstream, method, &t.upstream_path, &headers, req_body).await {
         Ok(r) => r,
         Err(e) => {
-            state.audit.record(&Event {
-                kind: "proxy",
-                request_id: a.request_id.clone(),
-                principal: Some(a.principal.display()),
-                auth_method: Some(a.principal.auth_method.clone()),
-                key_fingerprint: Some(a.principal.key_fingerprint.clone()),
-                action: action.as_str().into(),
-                resource: t.module.clone(),
-                upstream: Some(upstream.name.clone()),
-                decision: "error",
-                reason: e.to_string(),
-                ..Default::default()
-            });
+            state.audit.record(&Event { decision: "error", reason: e.to_string(), ..base });
             return Err(e.into());
         }
     };
@@ -100,19 +94,7 @@ async fn forward(
     let bytes = Arc::new(AtomicU64::new(0));
     let finish = Finish {
         state: state.clone(),
-        ev: Event {
-            kind: "proxy",
-            request_id: a.request_id.clone(),
-            principal: Some(a.principal.display()),
-            auth_method: Some(a.principal.auth_method.clone()),
-            key_fingerprint: Some(a.principal.key_fingerprint.clone()),
-            action: action.as_str().into(),
-            resource: t.module.clone(),
-            upstream: Some(upstream.name.clone()),
-            status: Some(status.as_u16()),
-            decision: "allow",
-            ..Default::default()
-        },
+        ev: Event { status: Some(status.as_u16()), decision: "allow", ..base },
         bytes: bytes.clone(),
         started,
     };

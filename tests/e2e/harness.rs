@@ -487,18 +487,15 @@ impl SshBroker {
         Gocred::run(args, &e)
     }
 
+    /// A login challenge for `user`.
+    pub async fn api_challenge(&self, user: &str) -> serde_json::Value {
+        challenge(&self.g.url, user).await
+    }
+
     /// Log in over the raw API with `ssh-keygen -Y sign`; returns the JSON answer and status.
     pub async fn api_login(&self, user: &str, key: &Path) -> (u16, serde_json::Value) {
         let c = client(None);
-        let ch: serde_json::Value = c
-            .post(format!("{}/v1/login/ssh/challenge", self.g.url))
-            .json(&serde_json::json!({ "user": user }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ch = self.api_challenge(user).await;
         let sig = ssh_sign(key, "gocred-login@v1", ch["message"].as_str().unwrap());
         let r = c
             .post(format!("{}/v1/login/ssh", self.g.url))
@@ -532,4 +529,17 @@ impl SshBroker {
 
 pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// `POST /v1/login/ssh/challenge` on the broker at `url`.
+pub async fn challenge(url: &str, user: &str) -> serde_json::Value {
+    client(None)
+        .post(format!("{url}/v1/login/ssh/challenge"))
+        .json(&serde_json::json!({ "user": user }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }

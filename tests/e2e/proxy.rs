@@ -373,6 +373,25 @@ async fn helpers_answer_only_for_the_broker_and_fail_with_one_clear_line() {
     assert_eq!(lines.next(), Some(""));
     assert!(lines.next().unwrap().starts_with("Authorization: Bearer "));
     assert!(lines.next().unwrap().starts_with("Gocred-Proof: v1."));
+    // Go's second call after a 401 (URL as argument, response head on stdin): a new token.
+    let token_before = out.lines().nth(2).unwrap().to_string();
+    let mut cmd = gocred_cmd(&["goauth", &format!("{}/mod/git.corp.test/acme/lib.git/@v/list", w.broker.url)], &e);
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"HTTP/1.1 401 Unauthorized\r\nWww-Authenticate: Bearer realm=\"gocred\"\r\n\r\n")
+            .unwrap();
+    }
+    let second = child.wait_with_output().unwrap();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let second = String::from_utf8_lossy(&second.stdout).into_owned();
+    assert!(second.starts_with(&format!("{}/\n\nAuthorization: Bearer ", w.broker.url)), "{second}");
+    assert_ne!(second.lines().nth(2).unwrap(), token_before, "a 401 makes goauth fetch a new token");
     // Second call for another origin: nothing.
     let (code, out, _) = Gocred::run(&["goauth", "https://proxy.golang.org/x/@v/list"], &e);
     assert_eq!((code, out.as_str()), (0, ""));

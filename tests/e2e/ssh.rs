@@ -152,15 +152,7 @@ async fn login_negatives_unknown_key_other_users_key_replay_expiry_namespace_ban
     assert!(body["message"].as_str().unwrap().contains("not authorized for user alice"));
 
     // Replayed challenge: the same signed answer twice.
-    let ch: serde_json::Value = c
-        .post(format!("{}/v1/login/ssh/challenge", b.g.url))
-        .json(&serde_json::json!({"user": "alice"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ch = b.api_challenge("alice").await;
     let sig = ssh_sign(&alice, "gocred-login@v1", ch["message"].as_str().unwrap());
     let answer = serde_json::json!({"user": "alice", "challenge": ch["challenge"], "signature": sig});
     let r1 = c.post(format!("{}/v1/login/ssh", b.g.url)).json(&answer).send().await.unwrap();
@@ -172,15 +164,7 @@ async fn login_negatives_unknown_key_other_users_key_replay_expiry_namespace_ban
     b.audit_has("replay", |l| l["reason"].as_str().unwrap().contains("already used"));
 
     // Expired challenge (challenge_ttl = 1s).
-    let ch: serde_json::Value = c
-        .post(format!("{}/v1/login/ssh/challenge", b.g.url))
-        .json(&serde_json::json!({"user": "alice"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ch = b.api_challenge("alice").await;
     let sig = ssh_sign(&alice, "gocred-login@v1", ch["message"].as_str().unwrap());
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let r = c
@@ -195,15 +179,7 @@ async fn login_negatives_unknown_key_other_users_key_replay_expiry_namespace_ban
     b.audit_has("expired challenge", |l| l["reason"].as_str().unwrap().contains("challenge expired"));
 
     // Wrong signature namespace.
-    let ch: serde_json::Value = c
-        .post(format!("{}/v1/login/ssh/challenge", b.g.url))
-        .json(&serde_json::json!({"user": "alice"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ch = b.api_challenge("alice").await;
     let sig = ssh_sign(&alice, "git", ch["message"].as_str().unwrap());
     let r = c
         .post(format!("{}/v1/login/ssh", b.g.url))
@@ -479,15 +455,7 @@ async fn revocation_on_one_broker_is_honoured_by_another_within_10s_with_keys_fr
     let b = Gocred::start(&["serve", "--config", cfg.to_str().unwrap()], &[]);
     let c = client(None);
     // Log in on A (challenge from A, answer to B: the challenge key is shared too).
-    let ch: serde_json::Value = c
-        .post(format!("{}/v1/login/ssh/challenge", a.url))
-        .json(&serde_json::json!({"user": "alice"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ch = challenge(&a.url, "alice").await;
     let sig = ssh_sign(&key, "gocred-login@v1", ch["message"].as_str().unwrap());
     let r = c
         .post(format!("{}/v1/login/ssh", b.url))
