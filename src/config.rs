@@ -839,6 +839,15 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
         if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains(char::is_whitespace) {
             return Err(err(&key("url"), format!("`{}` must be an http(s) URL", u.url)));
         }
+        // No credentials, query or fragment in the URL: credentials live in the secrets backend,
+        // and the URL may appear in the broker's log.
+        let authority = url.split_once("://").map(|(_, r)| r.split('/').next().unwrap_or("")).unwrap_or("");
+        if authority.is_empty() || authority.contains('@') || url.contains(['?', '#']) {
+            return Err(err(
+                &key("url"),
+                "must be scheme://host[:port][/path] without user info, query or fragment".into(),
+            ));
+        }
         for h in &u.hosts {
             if h.is_empty() || h.contains(['/', ' ', ':']) {
                 return Err(err(&key("hosts"), format!("`{h}` must be a bare host name")));

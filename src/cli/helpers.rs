@@ -107,7 +107,7 @@ pub async fn askpass(prompt: String) -> anyhow::Result<()> {
     };
     let (hp, _) = host_port(&origin(&session));
     let scheme = origin(&session).split("://").next().unwrap_or("https").to_string();
-    let ours = prompt.contains(&format!("{scheme}://{hp}'")) || prompt.contains(&format!("@{hp}'"));
+    let ours = askpass_prompt_is_for(&prompt, &scheme, &hp);
     if !ours {
         bail!("askpass: the prompt is not for the gocred broker {}: {}", origin(&session), prompt.trim());
     }
@@ -127,34 +127,68 @@ pub struct NetrcArgs {
     pub out: Option<PathBuf>,
 }
 
-/// Remove the `machine NAME ...` entries for `names` from netrc text, keeping everything else.
-pub fn netrc_without(text: &str, names: &[&str]) -> String {
-    let tokens: Vec<&str> = text.split_whitespace().collect();
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    let mut current: Vec<&str> = Vec::new();
-    let mut skip = false;
-    let flush = |current: &mut Vec<&str>, skip: bool, out: &mut Vec<String>| {
-        if !current.is_empty() && !skip {
-            out.push(current.join(" "));
-        }
-        current.clear();
+/// Is git's prompt exactly `Username for '<scheme>://[user@]<host:port>': ` (or `Password ...`)?
+/// A substring match would also accept `https://evil.example/x@<host:port>`.
+pub fn askpass_prompt_is_for(prompt: &str, scheme: &str, hp: &str) -> bool {
+    let p = prompt.trim_end();
+    let Some(rest) = p.strip_prefix("Username for '").or_else(|| p.strip_prefix("Password for '")) else {
+        return false;
     };
-    while i < tokens.len() {
-        let t = tokens[i];
-        if t == "machine" || t == "default" {
-            flush(&mut current, skip, &mut out);
-            skip = t == "machine" && tokens.get(i + 1).is_some_and(|n| names.contains(n));
+    let Some(url) = rest.strip_suffix("':") else { return false };
+    let Some(authority) = url.strip_prefix(&format!("{scheme}://")) else { return false };
+    if authority.contains(['/', '\\', '\'']) {
+        return false;
+    }
+    let host = match authority.rsplit_once('@') {
+        Some((user, h)) if !user.contains('@') => h,
+        Some(_) => return false,
+        None => authority,
+    };
+    host == hp
+}
+
+/// netrc text without the `machine NAME` entries for `names`, and with `ours` inserted before any
+/// `default` entry (which would otherwise shadow it). Works line by line: comments, other
+/// entries and `macdef` bodies (up to their blank line) are kept as they are.
+pub fn netrc_with(text: &str, names: &[&str], ours: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    let mut in_macdef = false;
+    let mut inserted = false;
+    for line in text.lines() {
+        if in_macdef {
+            // A macdef belongs to the entry before it: kept or dropped with it.
+            if !skipping {
+                out.push_str(line);
+                out.push('\n');
+            }
+            if line.trim().is_empty() {
+                in_macdef = false;
+            }
+            continue;
         }
-        current.push(t);
-        i += 1;
+        let mut tokens = line.split_whitespace();
+        match tokens.next() {
+            Some("machine") => skipping = tokens.next().is_some_and(|n| names.contains(&n)),
+            Some("default") => {
+                skipping = false;
+                if !inserted {
+                    out.push_str(ours);
+                    inserted = true;
+                }
+            }
+            Some("macdef") => in_macdef = true,
+            _ => {}
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
     }
-    flush(&mut current, skip, &mut out);
-    let mut s = out.join("\n");
-    if !s.is_empty() {
-        s.push('\n');
+    if !inserted {
+        out.push_str(ours);
     }
-    s
+    out
 }
 
 pub async fn netrc(args: NetrcArgs) -> anyhow::Result<()> {
@@ -174,7 +208,7 @@ pub async fn netrc(args: NetrcArgs) -> anyhow::Result<()> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
                 Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
             };
-            let text = zeroize::Zeroizing::new(netrc_without(&existing, &[hp.as_str(), host.as_str()]) + &ours);
+            let text = zeroize::Zeroizing::new(netrc_with(&existing, &[hp.as_str(), host.as_str()], &ours));
             crate::fsutil::write_private_atomic(&path, text.as_bytes())
                 .with_context(|| format!("cannot write {}", path.display()))?;
             eprintln!(
@@ -217,6 +251,13 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
         .as_array()
         .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
+    // Only what this broker can legitimately ask for: module prefixes, its own /mod and /git URLs.
+    if let Some(bad) = modules.iter().find(|m| !crate::proxy::route::clean_path(m)) {
+        bail!("the broker's metadata lists a malformed module pattern `{bad}`; not configuring anything");
+    }
+    if meta["goproxy"].as_str().is_some_and(|gp| gp != format!("{broker}/mod")) {
+        bail!("the broker's metadata names a GOPROXY other than {broker}/mod; not configuring anything");
+    }
     let mut go_env: Vec<(String, String)> = Vec::new();
     if !modules.is_empty() {
         go_env.push(("GOPRIVATE".into(), modules.join(",")));
@@ -230,6 +271,10 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     let mut git: Vec<(String, String)> = vec![(format!("credential.{broker}.helper"), format!("{me} credential"))];
     for g in meta["git"].as_array().into_iter().flatten() {
         if let (Some(host), Some(url)) = (g["host"].as_str(), g["url"].as_str()) {
+            let bare = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            if !bare || url != format!("{broker}/git/{host}/") {
+                bail!("the broker's metadata has an unexpected git entry for `{host}`; not configuring anything");
+            }
             git.push((format!("url.{url}.insteadOf"), format!("https://{host}/")));
         }
     }
@@ -270,12 +315,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn netrc_keeps_other_machines() {
-        let t = "machine a.example login x password y\nmachine 127.0.0.1:8443 login gocred password old\ndefault login anon password z\n";
-        let out = netrc_without(t, &["127.0.0.1:8443", "127.0.0.1"]);
+    fn netrc_keeps_other_machines_comments_and_macdefs() {
+        let t = "# machine commented.example login c password d\nmachine a.example login x password y\n\
+                 macdef init\nmachine inside-macdef\n\nmachine 127.0.0.1:8443 login gocred password old\n\
+                 default login anon password z\n";
+        let out = netrc_with(t, &["127.0.0.1:8443", "127.0.0.1"], "machine 127.0.0.1:8443 login gocred password new\n");
+        assert!(out.contains("# machine commented.example login c password d"), "{out}");
         assert!(out.contains("machine a.example login x password y"));
-        assert!(out.contains("default login anon password z"));
+        assert!(out.contains("macdef init\nmachine inside-macdef\n\n"), "{out}");
         assert!(!out.contains("old"));
+        let new_at = out.find("password new").unwrap();
+        assert!(new_at < out.find("default").unwrap(), "inserted before default: {out}");
+    }
+
+    #[test]
+    fn askpass_matches_the_whole_prompt() {
+        assert!(askpass_prompt_is_for("Username for 'https://127.0.0.1:8443': ", "https", "127.0.0.1:8443"));
+        assert!(askpass_prompt_is_for("Password for 'https://gocred@127.0.0.1:8443': ", "https", "127.0.0.1:8443"));
+        assert!(!askpass_prompt_is_for(
+            "Password for 'https://evil.example/x@127.0.0.1:8443': ",
+            "https",
+            "127.0.0.1:8443"
+        ));
+        assert!(!askpass_prompt_is_for(
+            "Password for 'https://127.0.0.1:8443.evil.example': ",
+            "https",
+            "127.0.0.1:8443"
+        ));
+        assert!(!askpass_prompt_is_for("Password for 'http://127.0.0.1:8443': ", "https", "127.0.0.1:8443"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the broker (HTTPS API, JWKS, health, metrics).
+    /// Run the broker: SSH login, key-bound tokens, the GOPROXY/git proxy, JWKS, health, metrics.
     Serve(serve::ServeArgs),
     /// Log in to a broker and keep the session in ~/.cache/gocred.
     Login(session::LoginArgs),

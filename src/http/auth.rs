@@ -255,7 +255,10 @@ pub async fn ssh_login(
     });
     authorize(&state, &rid.0, p, Action::Login, &Resource::Broker)?;
     let minted = state.tokens.mint(p, now, outcome.not_after).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    Ok(axum::Json(token_response(&minted, now, minted.claims.session_end)))
+    Ok((
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        axum::Json(token_response(&minted, now, minted.claims.session_end)),
+    ))
 }
 
 pub async fn whoami(a: Authed) -> impl IntoResponse {
@@ -307,7 +310,10 @@ pub async fn token(
         .tokens
         .refresh(&a.claims, principal.groups.clone(), now)
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    Ok(axum::Json(token_response(&minted, now, a.claims.session_end)))
+    Ok((
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        axum::Json(token_response(&minted, now, a.claims.session_end)),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -12,7 +12,7 @@ use crate::policy::{Action, Resource};
 use crate::proxy::route::{self, GitOp, Target};
 use crate::proxy::{Proxy, ProxyError};
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -26,7 +26,12 @@ impl From<ProxyError> for ApiError {
             ProxyError::BadPath(m) => ApiError::BadRequest(m),
             ProxyError::NoUpstream(m) => ApiError::NotFoundMsg(format!("no upstream serves {m}")),
             e @ ProxyError::Timeout { .. } => ApiError::GatewayTimeout(e.to_string()),
-            e @ (ProxyError::Unreachable { .. } | ProxyError::Rejected { .. } | ProxyError::Credential { .. }) => {
+            ProxyError::Unreachable { ref upstream, ref url, ref reason } => {
+                // Details (internal address, transport error) stay in the broker's log.
+                tracing::warn!(%upstream, %url, %reason, "upstream unreachable");
+                ApiError::BadGateway(e.to_string())
+            }
+            e @ (ProxyError::Rejected { .. } | ProxyError::Credential { .. } | ProxyError::Redirected { .. }) => {
                 ApiError::BadGateway(e.to_string())
             }
             ProxyError::Client { .. } => ApiError::Internal(e.to_string()),
@@ -67,6 +72,10 @@ async fn forward(
     body: Body,
 ) -> Result<Response, ApiError> {
     let p = proxy(&state)?.clone();
+    let method_ok = if t.post { method == Method::POST } else { method == Method::GET || method == Method::HEAD };
+    if !method_ok {
+        return Err(ApiError::MethodNotAllowed);
+    }
     let upstream = p.upstreams()[t.upstream].clone();
     let action = if t.git_op == Some(GitOp::Write) { Action::Push } else { Action::Download };
     authorize(&state, &a.request_id, &a.principal, action, &Resource::module(&t.module, &upstream.name))?;
@@ -114,27 +123,23 @@ async fn forward(
 }
 
 /// `/mod/<module>/@v/...` — GOPROXY protocol.
-pub async fn goproxy(
-    State(state): State<AppState>,
-    Path(rest): Path<String>,
-    a: Authed,
-    req: Request,
-) -> Result<Response, ApiError> {
+/// Routing works on the raw (still percent-encoded) path, never on decoded captures: a `%23`
+/// or `%3F` must not become a `#`/`?` between what the policy sees and what is sent upstream.
+pub async fn goproxy(State(state): State<AppState>, a: Authed, req: Request) -> Result<Response, ApiError> {
     let p = proxy(&state)?;
+    let rest = req.uri().path().strip_prefix("/mod/").unwrap_or_default().to_string();
     let t = route::resolve_mod(p.upstreams(), &rest, req.uri().query())?;
     let (parts, body) = req.into_parts();
     forward(state.clone(), a, t, parts.method, parts.headers, body).await
 }
 
 /// `/git/<host>/<repo>/...` — git smart HTTP.
-pub async fn git(
-    State(state): State<AppState>,
-    Path((host, rest)): Path<(String, String)>,
-    a: Authed,
-    req: Request,
-) -> Result<Response, ApiError> {
+pub async fn git(State(state): State<AppState>, a: Authed, req: Request) -> Result<Response, ApiError> {
     let p = proxy(&state)?;
-    let t = route::resolve_git(p.upstreams(), &host, &rest, req.uri().query())?;
+    let raw = req.uri().path().strip_prefix("/git/").unwrap_or_default();
+    let (host, rest) =
+        raw.split_once('/').ok_or_else(|| ApiError::BadRequest("expected /git/<host>/<repo>/...".into()))?;
+    let t = route::resolve_git(p.upstreams(), host, rest, req.uri().query())?;
     let (parts, body) = req.into_parts();
     forward(state.clone(), a, t, parts.method, parts.headers, body).await
 }
@@ -239,14 +244,17 @@ pub async fn credentials(
     use secrecy::ExposeSecret;
     let expires_at =
         crate::unix_now() + crate::proxy::CRED_TTL.as_secs().saturating_sub(cred.fetched.elapsed().as_secs());
-    Ok(axum::Json(serde_json::json!({
-        "upstream": u.name,
-        "host": host,
-        "username": cred.username.clone().unwrap_or_else(|| "x-access-token".into()),
-        "password": cred.secret.expose_secret(),
-        "expires_at": expires_at,
-    }))
-    .into_response())
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(serde_json::json!({
+            "upstream": u.name,
+            "host": host,
+            "username": cred.username.clone().unwrap_or_else(|| "x-access-token".into()),
+            "password": cred.secret.expose_secret(),
+            "expires_at": expires_at,
+        })),
+    )
+        .into_response())
 }
 
 /// `/.well-known/gocred`: what clients need to configure themselves.

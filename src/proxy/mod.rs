@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 /// How long an upstream credential is used before it is read again from the backend.
 pub const CRED_TTL: Duration = Duration::from_secs(300);
+/// A cached credential younger than this is not re-read even after an upstream 401.
+pub const FORCED_REFRESH_MIN_AGE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -25,12 +27,15 @@ pub enum ProxyError {
     NoUpstream(String),
     #[error("upstream {upstream}: credential unavailable: {reason}")]
     Credential { upstream: String, reason: String },
-    #[error("upstream {upstream} ({url}) unreachable: {reason}")]
+    /// `url`/`reason` are for the broker's log; callers see the upstream's name only.
+    #[error("upstream {upstream} unreachable")]
     Unreachable { upstream: String, url: String, reason: String },
-    #[error("upstream {upstream} ({url}) did not answer within {secs}s")]
+    #[error("upstream {upstream} did not answer within {secs}s")]
     Timeout { upstream: String, url: String, secs: u64 },
     #[error("upstream {upstream} rejected the broker's credential (HTTP {status})")]
     Rejected { upstream: String, status: u16 },
+    #[error("upstream {upstream} answered with a redirect (HTTP {status}), which is not followed")]
+    Redirected { upstream: String, status: u16 },
     #[error("cannot build the HTTP client for upstream {upstream}: {reason}")]
     Client { upstream: String, reason: String },
 }
@@ -51,24 +56,19 @@ impl std::fmt::Debug for UpstreamCredential {
     }
 }
 
-/// Hop-by-hop and credential headers never forwarded upstream.
-const STRIP_REQUEST: &[&str] = &[
-    "authorization",
-    "gocred-proof",
-    "cookie",
-    "proxy-authorization",
-    "host",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
+/// The only request headers passed upstream (an allowlist: reverse-proxy identity headers such
+/// as `X-Webauth-User`, `Sudo` or `X-Http-Method-Override` never reach an upstream that might
+/// trust them).
+const PASS_REQUEST: &[&str] = &[
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "content-type",
+    "content-encoding",
+    "git-protocol",
+    "user-agent",
+    "if-none-match",
+    "if-modified-since",
 ];
 /// Response headers never passed back to the caller.
 const STRIP_RESPONSE: &[&str] = &[
@@ -121,9 +121,11 @@ impl Proxy {
     /// The upstream's credential (cached), or `None` when it needs none.
     pub async fn credential(&self, u: &Upstream, force: bool) -> Result<Option<UpstreamCredential>, ProxyError> {
         let Some(path) = &u.credentials else { return Ok(None) };
-        if !force
-            && let Some(c) = self.creds.lock().expect("credential cache poisoned").get(&u.name)
-            && c.fetched.elapsed() < CRED_TTL
+        // A forced refresh (after an upstream 401) reads the backend at most every few seconds
+        // per upstream, whatever callers provoke.
+        let fresh_for = if force { FORCED_REFRESH_MIN_AGE } else { CRED_TTL };
+        if let Some(c) = self.creds.lock().expect("credential cache poisoned").get(&u.name)
+            && c.fetched.elapsed() < fresh_for
         {
             return Ok(Some(c.clone()));
         }
@@ -175,10 +177,29 @@ impl Proxy {
         body: Option<reqwest::Body>,
     ) -> Result<reqwest::Response, ProxyError> {
         let u = &self.upstreams[idx];
+        if !matches!(method, http::Method::GET | http::Method::HEAD | http::Method::POST) {
+            return Err(ProxyError::BadPath(format!("method {method} is not forwarded")));
+        }
+        // The URL sent is exactly base + path (+ the fixed query): no fragment, no other query.
         let url = format!("{}{upstream_path}", u.url);
-        let mut h = headers.clone();
-        for name in STRIP_REQUEST {
-            h.remove(*name);
+        let parsed = reqwest::Url::parse(&url).map_err(|_| ProxyError::BadPath("malformed upstream path".into()))?;
+        let (want_path, want_query) = match upstream_path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (upstream_path, None),
+        };
+        let base_path =
+            reqwest::Url::parse(&u.url).map(|b| b.path().trim_end_matches('/').to_string()).unwrap_or_default();
+        if parsed.fragment().is_some()
+            || parsed.query() != want_query
+            || parsed.path() != format!("{base_path}{want_path}")
+        {
+            return Err(ProxyError::BadPath("malformed upstream path".into()));
+        }
+        let mut h = http::HeaderMap::new();
+        for (name, value) in headers {
+            if PASS_REQUEST.contains(&name.as_str()) {
+                h.append(name.clone(), value.clone());
+            }
         }
         let retryable = body.is_none();
         let mut body = body;
@@ -212,6 +233,11 @@ impl Proxy {
                 }
             })?;
             let status = resp.status().as_u16();
+            if resp.status().is_redirection() {
+                // Not followed, and not passed on: a Location would reveal (and send git to) the
+                // upstream's internal address.
+                return Err(ProxyError::Redirected { upstream: u.name.clone(), status });
+            }
             if status == 401 && cred.is_some() {
                 if attempt == 0 && retryable {
                     force = true;

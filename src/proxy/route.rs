@@ -23,6 +23,9 @@ pub struct Target {
     /// Path (and query) to append to the upstream base URL, starting with `/`.
     pub upstream_path: String,
     pub git_op: Option<GitOp>,
+    /// The only methods this request may use: GET/HEAD for `info/refs`, GOPROXY and go-get,
+    /// POST for `git-upload-pack`/`git-receive-pack`.
+    pub post: bool,
 }
 
 /// GOPROXY case-encoding: `!x` stands for `X` (module paths are case-sensitive, URLs are not).
@@ -50,11 +53,14 @@ pub fn unescape_module(escaped: &str) -> Result<String, ProxyError> {
     Ok(out)
 }
 
-/// A path made of plain elements: no empty, `.` or `..` segments, no control characters.
+/// A path made of plain elements in the module-path character set (`A-Z a-z 0-9 . _ ~ + ! @ -`
+/// and `/` between non-empty elements other than `.` and `..`). Everything else — `%`, `?`,
+/// `#`, `\\`, quotes, whitespace — is refused, so the path the policy sees is byte for byte the
+/// path sent upstream.
 pub fn clean_path(p: &str) -> bool {
     !p.is_empty()
         && p.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
-        && !p.chars().any(|c| c.is_control() || c == '\\' || c == '%' || c.is_whitespace())
+        && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '+' | '!' | '@' | '-' | '/'))
 }
 
 /// `/mod/<rest>` → the goproxy upstream serving the module.
@@ -85,7 +91,7 @@ pub fn resolve_mod(upstreams: &[Upstream], rest: &str, query: Option<&str>) -> R
         .iter()
         .position(|u| u.kind == UpstreamKind::Goproxy && u.serves(&module))
         .ok_or_else(|| ProxyError::NoUpstream(module.clone()))?;
-    Ok(Target { upstream, module, upstream_path: format!("/{escaped}{tail}"), git_op: None })
+    Ok(Target { upstream, module, upstream_path: format!("/{escaped}{tail}"), git_op: None, post: false })
 }
 
 /// Split a git smart-HTTP path `<repo>/info/refs` | `<repo>/git-upload-pack` | `<repo>/git-receive-pack`.
@@ -93,17 +99,21 @@ fn split_git(path: &str, query: Option<&str>) -> Result<(String, GitOp, String),
     let service = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("service=")));
     let (repo, op, suffix) = if let Some(r) = path.strip_suffix("/info/refs") {
         match service {
-            Some("git-upload-pack") => (r, GitOp::Read, "/info/refs?service=git-upload-pack"),
-            Some("git-receive-pack") => (r, GitOp::Write, "/info/refs?service=git-receive-pack"),
+            Some("git-upload-pack") if query == Some("service=git-upload-pack") => {
+                (r, GitOp::Read, "/info/refs?service=git-upload-pack")
+            }
+            Some("git-receive-pack") if query == Some("service=git-receive-pack") => {
+                (r, GitOp::Write, "/info/refs?service=git-receive-pack")
+            }
             _ => {
                 return Err(ProxyError::BadPath(
                     "only the smart HTTP protocol is served (service=git-upload-pack)".into(),
                 ));
             }
         }
-    } else if let Some(r) = path.strip_suffix("/git-upload-pack") {
+    } else if let Some(r) = path.strip_suffix("/git-upload-pack").filter(|_| query.is_none()) {
         (r, GitOp::Read, "/git-upload-pack")
-    } else if let Some(r) = path.strip_suffix("/git-receive-pack") {
+    } else if let Some(r) = path.strip_suffix("/git-receive-pack").filter(|_| query.is_none()) {
         (r, GitOp::Write, "/git-receive-pack")
     } else {
         return Err(ProxyError::BadPath("not a git smart-HTTP path (info/refs, git-upload-pack)".into()));
@@ -123,8 +133,13 @@ pub fn git_upstream(upstreams: &[Upstream], host: &str) -> Option<usize> {
 pub fn resolve_git(upstreams: &[Upstream], host: &str, path: &str, query: Option<&str>) -> Result<Target, ProxyError> {
     let upstream = git_upstream(upstreams, host).ok_or_else(|| ProxyError::NoUpstream(host.to_string()))?;
     let (repo, op, suffix) = split_git(path, query)?;
-    let module = format!("{host}/{}", repo.strip_suffix(".git").unwrap_or(&repo));
-    Ok(Target { upstream, module, upstream_path: format!("/{repo}{suffix}"), git_op: Some(op) })
+    // The configured spelling of the host, and a lower-cased repository path: git servers
+    // commonly treat repository paths case-insensitively, so policies see one canonical name.
+    let canonical =
+        upstreams[upstream].hosts.iter().find(|h| h.eq_ignore_ascii_case(host)).cloned().unwrap_or_default();
+    let module = format!("{canonical}/{}", repo.strip_suffix(".git").unwrap_or(&repo).to_ascii_lowercase());
+    let post = !suffix.starts_with("/info/refs");
+    Ok(Target { upstream, module, upstream_path: format!("/{repo}{suffix}"), git_op: Some(op), post })
 }
 
 #[cfg(test)]
@@ -185,5 +200,25 @@ mod tests {
         assert!(resolve_git(&ups(), "git.corp.test", "acme/../x/info/refs", Some("service=git-upload-pack")).is_err());
         assert!(resolve_git(&ups(), "git.corp.test", "acme/lib.git/objects/pack/x.pack", None).is_err());
         assert!(resolve_git(&ups(), "other.test", "a/b/info/refs", Some("service=git-upload-pack")).is_err());
+        // Decoded `#`/`?` smuggled into a segment (the receive-pack-as-read trick) is refused.
+        assert!(resolve_git(&ups(), "git.corp.test", "acme/lib.git/git-receive-pack#/git-upload-pack", None).is_err());
+        assert!(
+            resolve_git(
+                &ups(),
+                "git.corp.test",
+                "acme/lib.git/info/refs?service=git-receive-pack#/info/refs",
+                Some("service=git-upload-pack")
+            )
+            .is_err()
+        );
+        assert!(resolve_mod(&ups(), "mods.corp.test/!acme/lib/@latest#/x/@v/list", None).is_err());
+        // One canonical module name whatever the case the caller used.
+        let t =
+            resolve_git(&ups(), "GIT.corp.TEST", "Acme/Lib.git/info/refs", Some("service=git-upload-pack")).unwrap();
+        assert_eq!(t.module, "git.corp.test/acme/lib");
+        assert!(
+            resolve_git(&ups(), "git.corp.test", "acme/lib.git/info/refs", Some("service=git-upload-pack&x=1"))
+                .is_err()
+        );
     }
 }

@@ -324,6 +324,36 @@ async fn denied_module_fails_go_with_the_brokers_reason_and_upstream_sees_nothin
     let after: Vec<String> = w.upstream.stderr()[before..].to_vec();
     assert!(after.iter().all(|l| !l.contains("secret")), "upstream contacted: {after:?}");
 
+    // Path tricks: a decoded `#`/`?` would split what the policy sees from what is fetched
+    // (receive-pack authorized as a read). Refused before anything reaches the upstream.
+    let (token, proof) = alice_auth(&w);
+    let c = client(Some(&w.ca));
+    for (method, path) in [
+        ("POST", "/git/git.corp.test/acme/lib.git/git-receive-pack%23/git-upload-pack"),
+        (
+            "GET",
+            "/git/git.corp.test/acme/lib.git/info/refs%3Fservice=git-receive-pack%23/info/refs?service=git-upload-pack",
+        ),
+        ("GET", "/mod/git.corp.test/secret/x.git/@latest%23/x/@v/list"),
+        ("GET", "/git/git.corp.test/acme/lib.git/git-upload-pack"),
+        ("DELETE", "/git/git.corp.test/acme/lib.git/info/refs?service=git-upload-pack"),
+    ] {
+        let r = c
+            .request(method.parse().unwrap(), format!("{}{path}", w.broker.url))
+            .bearer_auth(&token)
+            .header("Gocred-Proof", &proof)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{method} {path}: {}", r.status());
+    }
+    assert_eq!(
+        w.upstream.stderr().len(),
+        before,
+        "upstream contacted by a path trick: {:?}",
+        &w.upstream.stderr()[before..]
+    );
+
     // Without credentials: 401 and nothing upstream either.
     let c = client(Some(&w.ca));
     let r = c.get(format!("{}/mod/git.corp.test/acme/lib.git/@v/list", w.broker.url)).send().await.unwrap();
@@ -477,6 +507,8 @@ async fn upstream_down_is_a_quick_502_naming_it_and_rotated_credentials_are_pick
     let mut up2 = Proc::spawn("upstream2", up);
     up2.wait_stdout("listening", Duration::from_secs(10));
     w._bao.api("POST", "secret/data/upstreams/athens", serde_json::json!({"data": {"token": "rotated-token"}})).await;
+    // A forced re-read happens at most every FORCED_REFRESH_MIN_AGE (5 s) per upstream.
+    tokio::time::sleep(Duration::from_millis(5200)).await;
     let r = get("/mod/git.corp.test/acme/lib.git/@v/v1.0.0.info").await.unwrap();
     assert_eq!(r.status(), 200, "rotated credential picked up: {}", r.text().await.unwrap());
     let auth_lines: Vec<String> = up2.stderr().into_iter().filter(|l| l.contains("v1.0.0.info")).collect();
