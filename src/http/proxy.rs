@@ -6,7 +6,7 @@
 
 use super::auth::{Authed, authorize};
 use super::error::ApiError;
-use super::{AppState, RequestId};
+use super::AppState;
 use crate::audit::Event;
 use crate::policy::{Action, Resource};
 use crate::proxy::route::{self, GitOp, Target};
@@ -285,9 +285,4 @@ pub async fn well_known(State(state): State<AppState>) -> impl IntoResponse {
         "proof": { "namespace": crate::auth::proof::PROOF_NAMESPACE, "prefix": format!("{}/", state.origin), "max_lifetime": crate::auth::proof::MAX_PROOF_LIFETIME_SECS },
         "login": ["ssh"],
     }))
-}
-
-/// Request-id extension accessor for handlers that need it.
-pub fn rid(req: &Request) -> String {
-    req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default()
 }
