@@ -4,9 +4,9 @@
 //! (token + proof), authorized (Cedar `download`/`push` on the module path) and audited with
 //! its status, bytes and duration once the body has been streamed.
 
+use super::AppState;
 use super::auth::{Authed, authorize};
 use super::error::ApiError;
-use super::AppState;
 use crate::audit::Event;
 use crate::policy::{Action, Resource};
 use crate::proxy::route::{self, GitOp, Target};

@@ -108,6 +108,10 @@ impl Proxy {
             }
             if u.url.starts_with("http://") {
                 b = b.tls_certs_only(Vec::new());
+                let host = u.url.trim_start_matches("http://").split(['/', ':']).next().unwrap_or("");
+                if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
+                    tracing::warn!(upstream = %u.name, "upstream URL is plain http: its credential travels unencrypted");
+                }
             }
             clients.push(b.build().map_err(|e| fail(e.to_string()))?);
         }

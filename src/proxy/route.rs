@@ -138,6 +138,9 @@ pub fn resolve_git(upstreams: &[Upstream], host: &str, path: &str, query: Option
     let canonical =
         upstreams[upstream].hosts.iter().find(|h| h.eq_ignore_ascii_case(host)).cloned().unwrap_or_default();
     let module = format!("{canonical}/{}", repo.strip_suffix(".git").unwrap_or(&repo).to_ascii_lowercase());
+    if !upstreams[upstream].serves(&module) {
+        return Err(ProxyError::NoUpstream(module));
+    }
     let post = !suffix.starts_with("/info/refs");
     Ok(Target { upstream, module, upstream_path: format!("/{repo}{suffix}"), git_op: Some(op), post })
 }

@@ -713,3 +713,39 @@ async fn dev_broker_lets_the_local_user_log_in_over_https() {
     let audit = std::fs::read_to_string(data.join("audit.log")).unwrap();
     assert!(audit.contains("\"principal\":\"user:devuser\"") && audit.contains("\"decision\":\"allow\""), "{audit}");
 }
+
+/// An upstream that accepts connections but never answers: a 504 naming it, within its timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_upstream_is_a_504_within_its_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().take(8) {
+            held.push(s); // accept, never answer
+        }
+    });
+    let b = SshBroker::start_with(
+        "",
+        &format!(
+            "[[upstreams]]\nname = \"slow\"\nkind = \"goproxy\"\nmodules = [\"git.corp.example\"]\nurl = \"http://127.0.0.1:{port}\"\ntimeout = \"1s\""
+        ),
+    );
+    let alice = b.add_user_key("alice", "alice", "ed25519");
+    let (_, login) = b.api_login("alice", &alice).await;
+    let token = login["access_token"].as_str().unwrap().to_string();
+    let proof = b.proof(&token, &alice, &format!("{}/", b.g.url), now() + 300);
+    let started = std::time::Instant::now();
+    let r = client(None)
+        .get(format!("{}/mod/git.corp.example/acme/lib/@v/list", b.g.url))
+        .bearer_auth(&token)
+        .header("Gocred-Proof", proof)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("upstream slow did not answer within 1s"), "{body}");
+    assert!(!body.contains(&port.to_string()), "internal address not shown: {body}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
