@@ -22,6 +22,7 @@
 //! | [`config`]  | TOML + `GOCRED_...` env → validated, immutable [`config::Config`]    | do I/O beyond reading the config file |
 //! | [`tls`]     | rustls server config, the `--dev` self-signed CA                     | choose what to serve                  |
 //! | [`metrics`] | Prometheus counters/histograms and their text rendering              | know about axum                       |
+//! | [`ratelimit`] | per-client token buckets for unauthenticated costly routes            | know about HTTP                       |
 //! | [`fsutil`]  | atomic 0600 file writes                                              |                                       |
 //! | [`cli`]     | the `gocred` command line (the only place, with `main.rs`, using anyhow) |                                   |
 //!
@@ -41,6 +42,7 @@ pub mod keys;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod revocation;
 pub mod secrets;
 pub mod server;

@@ -56,6 +56,7 @@ pub struct Broker {
     pub policy: Arc<PolicyEngine>,
     pub audit: Arc<Audit>,
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
+    pub login_limit: Arc<crate::ratelimit::RateLimiter>,
 }
 
 /// Load the configured policy set.
@@ -117,7 +118,23 @@ impl Broker {
                 "tokens.require_proof = false: tokens alone authenticate (bearer tokens); use only for legacy tools"
             );
         }
-        Ok(Broker { config, origin, store, keys, readiness, metrics, tokens, login, proofs, policy, audit, proxy })
+        // 20 login requests per second per client address, bursts of 60 (a login is two).
+        let login_limit = Arc::new(crate::ratelimit::RateLimiter::new(20.0, 60.0));
+        Ok(Broker {
+            config,
+            origin,
+            store,
+            keys,
+            readiness,
+            metrics,
+            tokens,
+            login,
+            proofs,
+            policy,
+            audit,
+            proxy,
+            login_limit,
+        })
     }
 
     /// The router state for this broker.
@@ -135,6 +152,7 @@ impl Broker {
             require_proof: self.config.tokens.require_proof,
             max_session_secs: self.config.tokens.max_session.as_secs(),
             proxy: self.proxy.clone(),
+            login_limit: self.login_limit.clone(),
         }
     }
 
@@ -206,7 +224,8 @@ impl Broker {
                 handle.graceful_shutdown(Some(grace));
             });
         }
-        let service = router.into_make_service();
+        // Client addresses feed the login rate limit.
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let result = match &self.config.server.tls {
             Some(t) => {
                 let cfg = crate::tls::server_config(&t.cert, &t.key).map_err(ServerError::Tls)?;

@@ -31,6 +31,8 @@ pub enum ApiError {
     BadGateway(String),
     #[error("{0}")]
     GatewayTimeout(String),
+    #[error("{0}")]
+    TooManyRequests(String),
     /// Detail is logged, never returned.
     #[error("internal error")]
     Internal(String),
@@ -57,6 +59,7 @@ impl ApiError {
             ApiError::NotFoundMsg(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

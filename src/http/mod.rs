@@ -38,6 +38,8 @@ pub struct AppState {
     pub max_session_secs: u64,
     /// The forwarding half of the proxy, when upstreams are configured.
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
+    /// Per-client limit on SSH login requests (each costs a signature check).
+    pub login_limit: Arc<crate::ratelimit::RateLimiter>,
 }
 
 /// A per-request id, in request extensions and the `x-request-id` response header.
@@ -55,8 +57,14 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/.well-known/jwks.json", get(jwks))
-        .route("/v1/login/ssh/challenge", post(auth::ssh_challenge))
-        .route("/v1/login/ssh", post(auth::ssh_login))
+        .route(
+            "/v1/login/ssh/challenge",
+            post(auth::ssh_challenge).route_layer(middleware::from_fn_with_state(state.clone(), limit_login)),
+        )
+        .route(
+            "/v1/login/ssh",
+            post(auth::ssh_login).route_layer(middleware::from_fn_with_state(state.clone(), limit_login)),
+        )
         .route("/v1/whoami", get(auth::whoami))
         .route("/v1/token", post(auth::token))
         .route("/v1/revoke", post(auth::revoke))
@@ -71,6 +79,19 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), outer))
         .with_state(state)
+}
+
+/// 429 when a client address exceeds its login budget (no address: tests calling the router
+/// without a socket are not limited).
+async fn limit_login(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(axum::extract::ConnectInfo(addr)) =
+        req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        && !state.login_limit.allow(addr.ip())
+    {
+        return ApiError::TooManyRequests("too many login attempts from this address; wait a moment".into())
+            .into_response();
+    }
+    next.run(req).await
 }
 
 async fn tag_route(req: Request, next: Next) -> Response {

@@ -749,3 +749,26 @@ async fn silent_upstream_is_a_504_within_its_timeout() {
     assert!(!body.contains(&port.to_string()), "internal address not shown: {body}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_requests_are_rate_limited_per_client() {
+    let b = SshBroker::start();
+    let c = client(None);
+    let mut limited = 0;
+    for _ in 0..150 {
+        let r = c
+            .post(format!("{}/v1/login/ssh/challenge", b.g.url))
+            .json(&serde_json::json!({"user": "alice"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "rate_limited");
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "150 rapid login requests were never limited");
+    // Other routes are not affected.
+    assert_eq!(b.g.get(&c, "/healthz").await.0, 200);
+}
