@@ -537,6 +537,17 @@ impl SshBroker {
         (r.status().as_u16(), r.json().await.unwrap())
     }
 
+    /// Answer challenge `ch` for `user` with `signature`; (status, JSON body).
+    pub async fn answer_login(&self, user: &str, ch: &serde_json::Value, signature: &str) -> (u16, serde_json::Value) {
+        let r = client(None)
+            .post(format!("{}/v1/login/ssh", self.g.url))
+            .json(&serde_json::json!({ "user": user, "challenge": ch["challenge"], "signature": signature }))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
     /// A proof for `token` made with `ssh-keygen -Y sign` by `key`.
     pub fn proof(&self, token: &str, key: &Path, prefix: &str, exp: u64) -> String {
         let msg = gocred::auth::proof::proof_message(token, prefix, exp);

@@ -167,28 +167,16 @@ async fn login_negatives_unknown_key_other_users_key_replay_expiry_namespace_ban
     let ch = b.api_challenge("alice").await;
     let sig = ssh_sign(&alice, "gocred-login@v1", ch["message"].as_str().unwrap());
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let r = c
-        .post(format!("{}/v1/login/ssh", b.g.url))
-        .json(&serde_json::json!({"user": "alice", "challenge": ch["challenge"], "signature": sig}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let (st, body) = b.answer_login("alice", &ch, &sig).await;
+    assert_eq!(st, 401);
     assert!(body["message"].as_str().unwrap().contains("challenge expired"), "{body}");
     b.audit_has("expired challenge", |l| l["reason"].as_str().unwrap().contains("challenge expired"));
 
     // Wrong signature namespace.
     let ch = b.api_challenge("alice").await;
     let sig = ssh_sign(&alice, "git", ch["message"].as_str().unwrap());
-    let r = c
-        .post(format!("{}/v1/login/ssh", b.g.url))
-        .json(&serde_json::json!({"user": "alice", "challenge": ch["challenge"], "signature": sig}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let (st, body) = b.answer_login("alice", &ch, &sig).await;
+    assert_eq!(st, 401);
     assert!(body["message"].as_str().unwrap().contains("namespace is `git`"), "{body}");
     b.audit_has("namespace", |l| l["reason"].as_str().unwrap().contains("namespace"));
 
