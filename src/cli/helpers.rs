@@ -84,8 +84,6 @@ pub async fn credential(args: CredentialArgs) -> anyhow::Result<()> {
     if !scheme_ok || attr("host").as_deref() != Some(hp.as_str()) {
         return Ok(()); // another host: answer nothing, git asks the next helper
     }
-    drop(store);
-    let store = Store::lock()?;
     let (s, proof, proof_exp) = credentials(&store, false).await?;
     let mut out = String::new();
     if capabilities.contains(&"authtype") {

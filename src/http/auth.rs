@@ -106,6 +106,7 @@ impl FromRequestParts<AppState> for Authed {
         }
         let (token, proof) = credentials(&parts.headers).map_err(|e| deny(e.to_string(), None))?;
         let claims = state.tokens.verify(&token, now).map_err(|e| deny(e.to_string(), None))?;
+        let proved = proof.is_some();
         match proof {
             Some(proof) => {
                 let url = format!("{}{}", state.origin, path);
@@ -119,16 +120,11 @@ impl FromRequestParts<AppState> for Authed {
         }
         let principal = claims.principal();
         state.audit.record(&Event {
-            kind: "authn",
-            request_id: request_id.clone(),
-            principal: Some(principal.display()),
-            auth_method: Some(principal.auth_method.clone()),
-            key_fingerprint: Some(principal.key_fingerprint.clone()),
             action: "authenticate".into(),
             resource: path,
             decision: "allow",
-            reason: "valid token and proof".into(),
-            ..Default::default()
+            reason: if proved { "valid token and proof" } else { "valid token (proofs not required)" }.into(),
+            ..Event::about("authn", &request_id, &principal)
         });
         Ok(Authed { principal, claims, token, request_id })
     }
