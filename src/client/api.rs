@@ -55,13 +55,7 @@ impl BrokerClient {
     }
 
     fn net(&self, e: reqwest::Error) -> ClientError {
-        let mut reason = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            reason = format!("{reason}: {s}");
-            src = s.source();
-        }
-        ClientError::Broker { url: self.url.clone(), reason }
+        ClientError::Broker { url: self.url.clone(), reason: crate::error_chain(&e) }
     }
 
     async fn decode<T: serde::de::DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, ClientError> {

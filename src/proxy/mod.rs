@@ -227,13 +227,11 @@ impl Proxy {
                 if e.is_timeout() {
                     ProxyError::Timeout { upstream: u.name.clone(), url: url.clone(), secs: u.timeout.as_secs() }
                 } else {
-                    let mut reason = e.to_string();
-                    let mut src = std::error::Error::source(&e);
-                    while let Some(s) = src {
-                        reason = format!("{reason}: {s}");
-                        src = s.source();
+                    ProxyError::Unreachable {
+                        upstream: u.name.clone(),
+                        url: url.clone(),
+                        reason: crate::error_chain(&e),
                     }
-                    ProxyError::Unreachable { upstream: u.name.clone(), url: url.clone(), reason }
                 }
             })?;
             let status = resp.status().as_u16();

@@ -34,17 +34,7 @@ fn reason(e: &ClientError) -> String {
     if let ClientError::APIError { code, errors } = e {
         return if errors.is_empty() { format!("HTTP {code}") } else { format!("HTTP {code}: {}", errors.join("; ")) };
     }
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = inner.source();
-    }
-    s.replace('\n', " ")
+    crate::error_chain(e)
 }
 
 impl VaultStore {
