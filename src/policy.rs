@@ -770,6 +770,7 @@ mod tests {
                 ("kind".to_owned(), "ci".to_owned()),
                 ("repository_owner".to_owned(), owner.to_owned()),
                 ("repository".to_owned(), format!("{owner}/api")),
+                ("ref".to_owned(), "refs/heads/main".to_owned()),
                 ("issuer".to_owned(), "https://ci.example".to_owned()),
                 // Not in the schema: must be ignored, not rejected.
                 ("job_workflow_ref".to_owned(), "x".to_owned()),
@@ -852,7 +853,7 @@ mod tests {
         let own = Resource::module("git.corp.example/acme/api", "corp");
         let d = p.decide(&ci("acme"), Action::Download, &own);
         assert!(d.allowed, "{d:?}");
-        assert_eq!(d.policy_ids, ["ci-download-own-org"]);
+        assert_eq!(d.policy_ids, ["ci-download-own-org-main"]);
 
         let other = Resource::module("git.corp.example/other/x", "corp");
         let d = p.decide(&ci("acme"), Action::Download, &other);
@@ -869,6 +870,31 @@ mod tests {
         // A module path without an org element.
         let bare = Resource::module("git.corp.example", "corp");
         assert!(!p.decide(&ci("acme"), Action::Download, &bare).allowed);
+        // A feature branch of the same repository gets nothing.
+        let mut feature = ci("acme");
+        feature.attrs.insert("ref".to_owned(), "refs/heads/feature".to_owned());
+        assert!(!p.decide(&feature, Action::Download, &own).allowed);
+        // Only acme/api main reaches the platform modules.
+        let platform = Resource::module("git.corp.example/platform/log", "corp");
+        assert!(p.decide(&ci("acme"), Action::Download, &platform).allowed);
+        assert!(!p.decide(&ci("other"), Action::Download, &platform).allowed);
+        assert!(!p.decide(&feature, Action::Download, &platform).allowed);
+    }
+
+    #[test]
+    fn kubernetes_namespace_builds_only() {
+        let p = shipped();
+        let mut k8s = ci("acme");
+        k8s.attrs = BTreeMap::from([
+            ("kind".to_owned(), "kubernetes".to_owned()),
+            ("namespace".to_owned(), "builds".to_owned()),
+            ("service_account".to_owned(), "builder".to_owned()),
+        ]);
+        let m = Resource::module("git.corp.example/acme/lib", "corp");
+        let d = p.decide(&k8s, Action::Download, &m);
+        assert_eq!(d.policy_ids, ["k8s-builds-download-corp"], "{d:?}");
+        k8s.attrs.insert("namespace".to_owned(), "sandbox".to_owned());
+        assert!(!p.decide(&k8s, Action::Download, &m).allowed);
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub enum ServerError {
     SetupLogin(crate::auth::AuthError),
     #[error(transparent)]
     SetupProxy(crate::proxy::ProxyError),
+    #[error("oidc issuers: {0}")]
+    SetupOidc(#[source] crate::auth::oidc::OidcError),
     #[error(transparent)]
     OpenSecrets(SecretsError),
     #[error(transparent)]
@@ -57,6 +59,7 @@ pub struct Broker {
     pub audit: Arc<Audit>,
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
     pub login_limit: Arc<crate::ratelimit::RateLimiter>,
+    pub oidc: Arc<crate::auth::oidc::OidcVerifier>,
 }
 
 /// Load the configured policy set.
@@ -120,6 +123,7 @@ impl Broker {
         }
         // 20 login requests per second per client address, bursts of 60 (a login is two).
         let login_limit = Arc::new(crate::ratelimit::RateLimiter::new(20.0, 60.0));
+        let oidc = Arc::new(crate::auth::oidc::OidcVerifier::new(&config.oidc).map_err(ServerError::SetupOidc)?);
         Ok(Broker {
             config,
             origin,
@@ -134,6 +138,7 @@ impl Broker {
             audit,
             proxy,
             login_limit,
+            oidc,
         })
     }
 
@@ -153,6 +158,7 @@ impl Broker {
             max_session_secs: self.config.tokens.max_session.as_secs(),
             proxy: self.proxy.clone(),
             login_limit: self.login_limit.clone(),
+            oidc: self.oidc.clone(),
         }
     }
 

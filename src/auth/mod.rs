@@ -5,6 +5,7 @@
 //! Must not: decide authorization (that is `policy`), choose HTTP status codes (that is `http`),
 //! or put a signature, token or key in an error message.
 
+pub mod oidc;
 pub mod proof;
 pub mod ssh;
 pub mod sshsig;

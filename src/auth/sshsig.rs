@@ -89,3 +89,20 @@ pub fn verify(sig: &SshSig, namespace: &'static str, msg: &[u8]) -> Result<Signe
     PublicKey::from(key.clone()).verify(namespace, msg, &plain).map_err(|_| AuthError::BadSignature)?;
     Ok(Signer { key, certificate })
 }
+
+/// Keys a token may be bound to: Ed25519, ECDSA (NIST curves), RSA of at least 2048 bits; not a
+/// certificate (bind the plain key).
+pub fn check_key_strength(key: &KeyData) -> Result<(), AuthError> {
+    match key {
+        KeyData::Ed25519(_) | KeyData::Ecdsa(_) => Ok(()),
+        KeyData::Rsa(rsa) => {
+            let bits = rsa.key_size();
+            if bits >= 2048 {
+                Ok(())
+            } else {
+                Err(AuthError::MalformedSignature(format!("RSA key of {bits} bits is too small (at least 2048)")))
+            }
+        }
+        _ => Err(AuthError::MalformedSignature("key type not accepted (use Ed25519, ECDSA or RSA)".into())),
+    }
+}

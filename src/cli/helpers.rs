@@ -34,7 +34,7 @@ pub async fn goauth(url: Option<String>) -> anyhow::Result<()> {
     let store = Store::lock()?;
     let mut force = false;
     if let Some(u) = &url {
-        let session = store.load()?.ok_or(crate::client::ClientError::NotLoggedIn)?;
+        let session = super::session::current_session(&store).await?;
         if !u.starts_with(&format!("{}/", origin(&session))) {
             return Ok(()); // not ours: no credentials for other origins
         }
@@ -76,9 +76,7 @@ pub async fn credential(args: CredentialArgs) -> anyhow::Result<()> {
         other => bail!("unknown credential operation `{other}` (expected get, store or erase)"),
     }
     let store = Store::lock()?;
-    let Some(session) = store.load()? else {
-        bail!("not logged in: run gocred login");
-    };
+    let session = super::session::current_session(&store).await?;
     let (hp, _) = host_port(&origin(&session));
     let scheme_ok = attr("protocol").as_deref() == Some(origin(&session).split("://").next().unwrap_or("https"));
     if !scheme_ok || attr("host").as_deref() != Some(hp.as_str()) {
@@ -100,9 +98,7 @@ pub async fn credential(args: CredentialArgs) -> anyhow::Result<()> {
 /// GIT_ASKPASS: git asks for the username, then the password, for `https://host[:port]`.
 pub async fn askpass(prompt: String) -> anyhow::Result<()> {
     let store = Store::lock()?;
-    let Some(session) = store.load()? else {
-        bail!("not logged in: run gocred login");
-    };
+    let session = super::session::current_session(&store).await?;
     let (hp, _) = host_port(&origin(&session));
     let scheme = origin(&session).split("://").next().unwrap_or("https").to_string();
     let ours = askpass_prompt_is_for(&prompt, &scheme, &hp);

@@ -15,10 +15,27 @@ const REFRESH_MARGIN_SECS: u64 = 120;
 const PROOF_SECS: u64 = 300;
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("method").required(true).args(["ssh", "oidc", "device"])))]
 pub struct LoginArgs {
     /// Log in with an SSH key: ssh-agent first, then KEY (default ~/.ssh/id_ed25519, id_ecdsa, id_rsa).
-    #[arg(long, value_name = "KEY", num_args = 0..=1, default_missing_value = "", required = true)]
+    #[arg(long, value_name = "KEY", num_args = 0..=1, default_missing_value = "")]
     pub ssh: Option<String>,
+    /// Log in with SSO in a browser (authorization code + PKCE, redirect to 127.0.0.1).
+    #[arg(long)]
+    pub oidc: bool,
+    /// Log in with SSO on another device (RFC 8628: prints a URL and a code).
+    #[arg(long)]
+    pub device: bool,
+    /// First loopback port tried for the browser redirect (the next ones if it is taken).
+    #[arg(long, value_name = "PORT", default_value_t = 18600)]
+    pub port: u16,
+    /// Command that opens the login URL (given as its last argument). Default: $BROWSER, then
+    /// xdg-open / open. The URL is printed either way.
+    #[arg(long, value_name = "CMD", env = "GOCRED_BROWSER")]
+    pub browser_command: Option<String>,
+    /// Only print the login URL; do not try to open a browser.
+    #[arg(long)]
+    pub no_browser: bool,
     /// Broker URL (remembered for later commands).
     #[arg(long, value_name = "URL", env = "GOCRED_BROKER")]
     pub broker: Option<String>,
@@ -59,6 +76,8 @@ fn session_from(broker: &BrokerClient, ca: Option<PathBuf>, signer: &Signer, t: 
         groups: t.groups,
         proof: None,
         proof_exp: 0,
+        method: "ssh".into(),
+        idp: None,
     }
 }
 
@@ -104,6 +123,9 @@ fn candidates(ssh: &str) -> Vec<Candidate> {
 }
 
 pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
+    if args.oidc || args.device {
+        return login_sso(args).await;
+    }
     let store = Store::lock()?;
     let prev = store.load().unwrap_or(None);
     let broker_url = args
@@ -185,10 +207,188 @@ pub async fn status() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Name of the ephemeral key file (in the state dir) SSO sessions are bound to.
+pub const SSO_KEY: &str = "sso_ed25519";
+/// Name of the ephemeral key file workload (ambient) sessions are bound to.
+pub const WORKLOAD_KEY: &str = "workload_ed25519";
+
+/// Open `url` with the configured browser command (or the platform's), without waiting.
+fn open_browser(url: &str, command: Option<&str>) -> bool {
+    let cmd = command.map(str::to_string).or_else(|| std::env::var("BROWSER").ok().filter(|b| !b.is_empty()));
+    let candidates: Vec<String> = match cmd {
+        Some(c) => vec![c],
+        None => vec!["xdg-open".into(), "open".into()],
+    };
+    for c in candidates {
+        let mut parts = c.split_whitespace();
+        let Some(prog) = parts.next() else { continue };
+        let spawned = std::process::Command::new(prog)
+            .args(parts)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Ok(mut child) = spawned {
+            // Reap it in the background; its exit status does not matter.
+            std::thread::spawn(move || child.wait());
+            return true;
+        }
+    }
+    false
+}
+
+/// `gocred login --oidc` / `--device`: SSO at the broker's identity provider, then an RFC 8693
+/// exchange binding the broker token to an ephemeral key kept in the state dir.
+async fn login_sso(args: LoginArgs) -> anyhow::Result<()> {
+    let asked_at = crate::unix_now();
+    // Single flight: a second `gocred login` waits here, then finds the first one's session.
+    let store = Store::lock()?;
+    let prev = store.load().unwrap_or(None);
+    if let Some(p) = &prev
+        && p.method == "oidc"
+        && p.obtained_at >= asked_at
+        && p.expires_at > crate::unix_now() + 60
+    {
+        println!("gocred: already logged in to {} as {} (a concurrent login just finished)", p.broker, p.user);
+        return Ok(());
+    }
+    let broker_url = args
+        .broker
+        .clone()
+        .or_else(|| prev.as_ref().map(|p| p.broker.clone()))
+        .context("which broker? pass --broker URL (or set GOCRED_BROKER)")?;
+    let ca = args
+        .ca_cert
+        .clone()
+        .or_else(|| prev.as_ref().filter(|p| p.broker == broker_url).and_then(|p| p.ca_cert.clone()));
+    let client = BrokerClient::new(&broker_url, ca.as_deref())?;
+    let meta = client.metadata().await?;
+    let oidc = meta.get("oidc").filter(|o| !o.is_null()).with_context(|| {
+        format!("broker {} has no SSO issuer configured (no [[oidc.issuers]] with kind = \"human\"); use --ssh", client.url)
+    })?;
+    let issuer = oidc["issuer"].as_str().context("broker metadata: oidc.issuer missing")?;
+    let client_id = oidc["client_id"].as_str().context("broker metadata: oidc.client_id missing")?;
+    let scopes: Vec<String> = oidc["scopes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_else(|| vec!["openid".into()]);
+    let provider = crate::client::oidc::Provider::discover(issuer, client_id, scopes, ca.as_deref()).await?;
+    let tokens = if args.device {
+        let d = provider.device_start().await?;
+        eprintln!("gocred: to sign in, open {} and enter the code {}", d.verification_uri, d.user_code);
+        if let Some(full) = &d.verification_uri_complete {
+            eprintln!("gocred: (or open {full})");
+        }
+        eprintln!("gocred: waiting for approval (the code expires in {}s)...", d.expires_in);
+        provider.device_poll(&d, |i| eprintln!("gocred: the provider asked to slow down; polling every {i}s")).await?
+    } else {
+        let (listener, port) = crate::client::oidc::bind_loopback(args.port).await?;
+        let redirect = format!("http://127.0.0.1:{port}/callback");
+        let pkce = crate::client::oidc::Pkce::new();
+        let url = provider.authorization_url(&pkce, &redirect)?;
+        let opened = !args.no_browser && open_browser(&url, args.browser_command.as_deref());
+        if opened {
+            eprintln!("gocred: opened your browser to sign in; if it did not open, visit:\n{url}");
+        } else {
+            eprintln!("gocred: to sign in, open this URL in a browser on this machine:\n{url}");
+        }
+        let code =
+            crate::client::oidc::wait_for_code(&listener, &pkce.state, std::time::Duration::from_secs(300)).await?;
+        provider.exchange_code(&code, &pkce, &redirect).await?
+    };
+    let key = store.ephemeral_key(SSO_KEY)?;
+    let signer = Signer::file(&key, false)?;
+    let t = client.exchange(&tokens.id_token, &signer).await?;
+    let mut s = session_from(&client, ca, &signer, t);
+    s.method = "oidc".into();
+    s.idp = Some(crate::client::state::IdpState {
+        issuer: provider.issuer.clone(),
+        client_id: provider.client_id.clone(),
+        token_endpoint: provider.token_endpoint.clone(),
+        refresh_token: tokens.refresh_token,
+    });
+    store.save(&s)?;
+    println!(
+        "gocred: logged in to {} as {} via {} (key {}); token valid until {}",
+        s.broker,
+        s.user,
+        provider.issuer,
+        s.key_fingerprint,
+        time_str(s.expires_at)
+    );
+    Ok(())
+}
+
+/// Exchange the ambient workload token for a new session.
+async fn ambient_session(
+    store: &Store,
+    source: &crate::client::ambient::Source,
+    broker: &str,
+    ca: Option<PathBuf>,
+) -> anyhow::Result<Session> {
+    let client = BrokerClient::new(broker, ca.as_deref())?;
+    let key = store.ephemeral_key(WORKLOAD_KEY)?;
+    let signer = Signer::file(&key, false)?;
+    let subject = source.token().await?;
+    let t = client.exchange(&subject, &signer).await.with_context(|| format!("exchanging the {}", source.describe()))?;
+    let mut s = session_from(&client, ca, &signer, t);
+    s.method = "ambient".into();
+    store.save(&s)?;
+    Ok(s)
+}
+
+/// Ambient workload configuration given on the command line (`gocred agent`), which wins over
+/// the environment for this process.
+#[derive(Debug, Clone)]
+pub struct AmbientOverride {
+    pub source: crate::client::ambient::Source,
+    pub broker: String,
+    pub ca: Option<PathBuf>,
+}
+
+static AMBIENT_OVERRIDE: std::sync::OnceLock<AmbientOverride> = std::sync::OnceLock::new();
+
+pub fn set_ambient_override(o: AmbientOverride) {
+    let _ = AMBIENT_OVERRIDE.set(o);
+}
+
+/// Ambient workload configuration: (source, broker, CA), from `gocred agent`'s flags or the
+/// environment (`GOCRED_BROKER` plus a token source).
+pub fn ambient_from_env() -> Option<(crate::client::ambient::Source, String, Option<PathBuf>)> {
+    if let Some(o) = AMBIENT_OVERRIDE.get() {
+        return Some((o.source.clone(), o.broker.clone(), o.ca.clone()));
+    }
+    let source = crate::client::ambient::Source::detect(None, None)?;
+    let broker = std::env::var("GOCRED_BROKER").ok().filter(|b| !b.is_empty())?;
+    let ca = std::env::var_os("GOCRED_CA_CERT").filter(|v| !v.is_empty()).map(PathBuf::from);
+    Some((source, broker, ca))
+}
+
+/// The stored session (maybe stale), or a new one from the ambient workload token.
+pub async fn current_session(store: &Store) -> anyhow::Result<Session> {
+    if let Some(s) = store.load()? {
+        return Ok(s);
+    }
+    match ambient_from_env() {
+        Some((source, broker, ca)) => ambient_session(store, &source, &broker, ca).await,
+        None => Err(anyhow::anyhow!("not logged in: run gocred login (or configure a workload token: GOCRED_TOKEN_FILE and GOCRED_BROKER)")),
+    }
+}
+
 /// A session whose token is good for at least the refresh margin: refreshed with a proof, or
-/// re-logged-in with the session's key when refresh is no longer possible.
+/// renewed the way it was obtained (SSH login with the session key, the IdP's refresh token, or
+/// the ambient workload token) when refresh is no longer possible. With no session at all, an
+/// ambient workload token (see [`crate::client::ambient`]) starts one.
 pub async fn fresh_session(store: &Store) -> anyhow::Result<Session> {
-    let s = store.load()?.ok_or(ClientError::NotLoggedIn)?;
+    let ambient = ambient_from_env();
+    let s = match store.load()? {
+        Some(s) => s,
+        None => match &ambient {
+            Some((source, broker, ca)) => return ambient_session(store, source, broker, ca.clone()).await,
+            None => return Err(ClientError::NotLoggedIn.into()),
+        },
+    };
     let now = crate::unix_now();
     let margin = REFRESH_MARGIN_SECS.min(s.expires_at.saturating_sub(s.obtained_at) / 4);
     if s.expires_at > now + margin {
@@ -206,11 +406,46 @@ pub async fn fresh_session(store: &Store) -> anyhow::Result<Session> {
     };
     let t = match refreshed {
         Some(t) => t,
-        None => {
-            client.login_ssh(&s.user, &signer).await.context("token expired and login with the session key failed")?
-        }
+        None => match s.method.as_str() {
+            "oidc" => {
+                let idp = s.idp.as_ref().context("SSO session without provider state: run gocred login --oidc")?;
+                let refresh_token = idp
+                    .refresh_token
+                    .as_deref()
+                    .context("SSO session expired and the provider gave no refresh token: run gocred login --oidc")?;
+                let provider = crate::client::oidc::Provider::discover(
+                    &idp.issuer,
+                    &idp.client_id,
+                    Vec::new(),
+                    s.ca_cert.as_deref(),
+                )
+                .await?;
+                let tokens = provider
+                    .refresh(refresh_token)
+                    .await
+                    .context("SSO session expired and the provider refused the refresh: run gocred login --oidc")?;
+                let t = client.exchange(&tokens.id_token, &signer).await?;
+                let mut next = session_from(&client, s.ca_cert.clone(), &signer, t);
+                next.method = "oidc".into();
+                next.idp = Some(crate::client::state::IdpState { refresh_token: tokens.refresh_token, ..idp.clone() });
+                store.save(&next)?;
+                return Ok(next);
+            }
+            "ambient" => {
+                let (source, broker, ca) = ambient.context(
+                    "workload session expired and no workload token is configured (GOCRED_TOKEN_FILE, GOCRED_BROKER, ...)",
+                )?;
+                return ambient_session(store, &source, &broker, ca).await;
+            }
+            _ => client
+                .login_ssh(&s.user, &signer)
+                .await
+                .context("token expired and login with the session key failed")?,
+        },
     };
-    let next = session_from(&client, s.ca_cert.clone(), &signer, t);
+    let mut next = session_from(&client, s.ca_cert.clone(), &signer, t);
+    next.method = s.method.clone();
+    next.idp = s.idp.clone();
     store.save(&next)?;
     Ok(next)
 }

@@ -108,6 +108,23 @@ impl BrokerClient {
         req.bearer_auth(token).header("Gocred-Proof", proof)
     }
 
+    /// RFC 8693: trade an OIDC subject token for a broker token bound to `signer`'s key.
+    pub async fn exchange(&self, subject_token: &str, signer: &Signer) -> Result<TokenResponse, ClientError> {
+        let public_key = ssh_key::PublicKey::from(signer.public_key())
+            .to_openssh()
+            .map_err(|e| ClientError::Sign(e.to_string()))?;
+        let form = [
+            ("grant_type", crate::http::auth::EXCHANGE_GRANT),
+            ("subject_token", subject_token),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("requested_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("public_key", public_key.as_str()),
+        ];
+        let resp =
+            self.http.post(format!("{}/v1/token", self.url)).form(&form).send().await.map_err(|e| self.net(e))?;
+        self.decode(resp).await
+    }
+
     /// A new token for the same session.
     pub async fn refresh(&self, token: &str, proof: &str) -> Result<TokenResponse, ClientError> {
         let req =

@@ -1,12 +1,15 @@
 //! The client side of gocred (what `gocred login`, `status`, `token`, `logout` and the helpers
 //! use): talking to ssh-agent ([`agent`]), signing with agent or key-file keys ([`signer`]), the
 //! broker API ([`api`]) and the local session state ([`state`]: XDG dirs, 0600 files, one
-//! refresh at a time under a file lock).
+//! refresh at a time under a file lock), SSO with the identity provider ([`oidc`]) and ambient
+//! workload tokens ([`ambient`]: Kubernetes projected tokens, GitHub Actions, GitLab).
 //!
 //! Must not: print to the terminal (the CLI decides what to say) or log a token or proof.
 
 pub mod agent;
+pub mod ambient;
 pub mod api;
+pub mod oidc;
 pub mod signer;
 pub mod state;
 
@@ -30,4 +33,10 @@ pub enum ClientError {
     NotLoggedIn,
     #[error("no usable SSH key: {0}")]
     NoKey(String),
+    /// The identity provider (SSO) failed or refused.
+    #[error("identity provider {issuer}: {reason}")]
+    Idp { issuer: String, reason: String },
+    /// An ambient workload credential could not be read.
+    #[error("workload token ({source_name}): {reason}")]
+    Ambient { source_name: String, reason: String },
 }

@@ -28,6 +28,37 @@ pub struct Session {
     pub proof: Option<String>,
     #[serde(default)]
     pub proof_exp: u64,
+    /// How the session was obtained: `ssh`, `oidc` (SSO login) or `ambient` (workload token
+    /// exchanged without a login step). Decides how it is renewed once refresh is impossible.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// The identity provider's refresh token and endpoints (`oidc` sessions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp: Option<IdpState>,
+}
+
+fn default_method() -> String {
+    "ssh".into()
+}
+
+/// What an SSO session needs to get a new ID token without the user.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct IdpState {
+    pub issuer: String,
+    pub client_id: String,
+    pub token_endpoint: String,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+impl std::fmt::Debug for IdpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdpState")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[REDACTED]"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -42,8 +73,11 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// `$XDG_CACHE_HOME/gocred` or `~/.cache/gocred`.
+/// `$GOCRED_STATE_DIR`, else `$XDG_CACHE_HOME/gocred` or `~/.cache/gocred`.
 pub fn cache_dir() -> Result<PathBuf, ClientError> {
+    if let Some(d) = std::env::var_os("GOCRED_STATE_DIR").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
     std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -84,6 +118,28 @@ impl Store {
 
     fn path(&self) -> PathBuf {
         self.dir.join("session.json")
+    }
+
+    /// The state directory (0700).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The ephemeral Ed25519 key (OpenSSH format, 0600) that OIDC and workload tokens are bound
+    /// to: `<state>/<name>`, created on first use.
+    pub fn ephemeral_key(&self, name: &str) -> Result<PathBuf, ClientError> {
+        let path = self.dir.join(name);
+        let err = |reason: String| ClientError::State { path: path.display().to_string(), reason };
+        if path.exists() {
+            return Ok(path);
+        }
+        let seed = zeroize::Zeroizing::new(crate::random_bytes::<32>());
+        let keypair = ssh_key::private::Ed25519Keypair::from_seed(&seed);
+        let key = ssh_key::PrivateKey::new(ssh_key::private::KeypairData::Ed25519(keypair), "gocred ephemeral key")
+            .map_err(|e| err(e.to_string()))?;
+        let pem = key.to_openssh(ssh_key::LineEnding::LF).map_err(|e| err(e.to_string()))?;
+        crate::fsutil::write_private_atomic(&path, pem.as_bytes()).map_err(|e| err(e.to_string()))?;
+        Ok(path)
     }
 
     pub fn load(&self) -> Result<Option<Session>, ClientError> {

@@ -272,28 +272,126 @@ pub async fn whoami(a: Authed) -> impl IntoResponse {
     }))
 }
 
+/// RFC 8693 token exchange.
+pub const EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Subject token types accepted by the exchange.
+pub const SUBJECT_TOKEN_TYPES: [&str; 2] = ["urn:ietf:params:oauth:token-type:id_token", "urn:ietf:params:oauth:token-type:jwt"];
+
 #[derive(Deserialize)]
 struct TokenReq {
     grant_type: String,
+    #[serde(default)]
+    subject_token: Option<String>,
+    #[serde(default)]
+    subject_token_type: Option<String>,
+    #[serde(default)]
+    requested_token_type: Option<String>,
+    /// The OpenSSH public key (`ssh-ed25519 AAAA...`) the new token is bound to.
+    #[serde(default)]
+    public_key: Option<String>,
 }
 
+/// `POST /v1/token`: RFC 8693 exchange of an OIDC subject token (no broker credentials needed),
+/// or refresh of a broker token (token + proof).
 pub async fn token(
     State(state): State<AppState>,
-    a: Authed,
-    headers: HeaderMap,
-    bytes: axum::body::Bytes,
-) -> Result<impl IntoResponse, ApiError> {
-    let req: TokenReq = body(&headers, &bytes)?;
-    if req.grant_type != REFRESH_GRANT {
-        return Err(ApiError::BadRequest(format!(
-            "unsupported grant_type `{}` (supported: {REFRESH_GRANT})",
-            req.grant_type
-        )));
+    axum::Extension(rid): axum::Extension<RequestId>,
+    req: axum::extract::Request,
+) -> Result<axum::response::Response, ApiError> {
+    let (mut parts, body_stream) = req.into_parts();
+    let bytes = axum::body::to_bytes(body_stream, 64 * 1024)
+        .await
+        .map_err(|_| ApiError::BadRequest("request body too large or unreadable".into()))?;
+    let req: TokenReq = body(&parts.headers, &bytes)?;
+    match req.grant_type.as_str() {
+        REFRESH_GRANT => {
+            let a = Authed::from_request_parts(&mut parts, &state).await?;
+            refresh(state, a).await.map(IntoResponse::into_response)
+        }
+        EXCHANGE_GRANT => exchange(state, rid.0, req).await.map(IntoResponse::into_response),
+        other => Err(ApiError::BadRequest(format!(
+            "unsupported grant_type `{}` (supported: {EXCHANGE_GRANT}, {REFRESH_GRANT})",
+            other.chars().take(100).collect::<String>()
+        ))),
     }
+}
+
+async fn exchange(state: AppState, request_id: String, req: TokenReq) -> Result<impl IntoResponse, ApiError> {
+    let subject = req.subject_token.filter(|t| !t.is_empty()).ok_or_else(|| {
+        ApiError::BadRequest("subject_token is required (an OIDC ID token, Kubernetes or CI token)".into())
+    })?;
+    match req.subject_token_type.as_deref() {
+        Some(t) if SUBJECT_TOKEN_TYPES.contains(&t) => {}
+        Some(t) => {
+            return Err(ApiError::BadRequest(format!(
+                "subject_token_type `{}` is not supported (supported: {})",
+                t.chars().take(100).collect::<String>(),
+                SUBJECT_TOKEN_TYPES.join(", ")
+            )));
+        }
+        None => return Err(ApiError::BadRequest("subject_token_type is required".into())),
+    }
+    if let Some(t) = req.requested_token_type.as_deref()
+        && t != "urn:ietf:params:oauth:token-type:jwt"
+        && t != "urn:ietf:params:oauth:token-type:access_token"
+    {
+        return Err(ApiError::BadRequest("requested_token_type must be urn:ietf:params:oauth:token-type:jwt".into()));
+    }
+    let key_text = req.public_key.filter(|k| !k.trim().is_empty()).ok_or_else(|| {
+        ApiError::BadRequest("public_key is required: the OpenSSH public key the token is bound to".into())
+    })?;
+    let key = ssh_key::PublicKey::from_openssh(key_text.trim())
+        .map_err(|_| ApiError::BadRequest("public_key is not an OpenSSH public key".into()))?;
+    crate::auth::sshsig::check_key_strength(key.key_data())
+        .map_err(|e| ApiError::BadRequest(format!("public_key: {e}")))?;
+    let fingerprint = crate::auth::sshsig::fingerprint(key.key_data());
+    let now = crate::unix_now();
+    let deny = |reason: String| {
+        state.audit.record(&Event {
+            kind: "authn",
+            request_id: request_id.clone(),
+            auth_method: Some("oidc".into()),
+            key_fingerprint: Some(fingerprint.clone()),
+            action: "login".into(),
+            resource: "broker".into(),
+            decision: "deny",
+            reason,
+            ..Default::default()
+        });
+    };
+    let identity = match state.oidc.verify(&subject, now).await {
+        Ok(i) => i,
+        Err(e) => {
+            deny(e.to_string());
+            return Err(ApiError::from(e));
+        }
+    };
+    let principal = identity.principal(&fingerprint);
+    state.audit.record(&Event {
+        action: "login".into(),
+        resource: "broker".into(),
+        decision: "allow",
+        reason: format!("subject token from issuer `{}` verified", identity.issuer),
+        ..Event::about("authn", &request_id, &principal)
+    });
+    authorize(&state, &request_id, &principal, Action::Login, &Resource::Broker)?;
+    // A workload's session never outlives the token that proved its identity; people keep
+    // theirs up to tokens.max_session (refreshing with their bound key).
+    let not_after = match identity.kind {
+        crate::auth::PrincipalKind::Workload => Some(identity.exp.max(now + 60)),
+        crate::auth::PrincipalKind::User => None,
+    };
+    let minted = state.tokens.mint(&principal, now, not_after).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    let mut body = token_response(&minted, now, minted.claims.session_end);
+    body["principal"] = serde_json::Value::String(principal.display());
+    Ok(([(axum::http::header::CACHE_CONTROL, "no-store")], axum::Json(body)))
+}
+
+async fn refresh(state: AppState, a: Authed) -> Result<impl IntoResponse, ApiError> {
     // The key must still be authorized (groups as configured now), and a banned user cannot
     // keep refreshing.
     let mut principal = a.principal.clone();
-    if principal.kind == crate::auth::PrincipalKind::User {
+    if principal.kind == crate::auth::PrincipalKind::User && principal.auth_method.starts_with("ssh") {
         principal.groups = match state.login.recheck(&principal).await {
             Ok(g) => g,
             Err(AuthError::KeySource(e)) => return Err(ApiError::Internal(e)),

@@ -258,6 +258,17 @@ pub async fn credentials(
 }
 
 /// `/.well-known/gocred`: what clients need to configure themselves.
+fn login_methods(state: &AppState) -> Vec<&'static str> {
+    let mut m = vec!["ssh"];
+    if state.oidc.human_issuer().is_some() {
+        m.extend(["oidc", "device"]);
+    }
+    if !state.oidc.is_empty() {
+        m.push("token-exchange");
+    }
+    m
+}
+
 pub async fn well_known(State(state): State<AppState>) -> impl IntoResponse {
     let ups: Vec<&crate::config::Upstream> =
         state.proxy.as_ref().map(|p| p.upstreams().iter().collect()).unwrap_or_default();
@@ -283,6 +294,12 @@ pub async fn well_known(State(state): State<AppState>) -> impl IntoResponse {
         "git": git_hosts,
         "vend_hosts": ups.iter().filter(|u| u.mode == crate::config::UpstreamMode::Vend).flat_map(|u| u.hosts.clone()).collect::<Vec<_>>(),
         "proof": { "namespace": crate::auth::proof::PROOF_NAMESPACE, "prefix": format!("{}/", state.origin), "max_lifetime": crate::auth::proof::MAX_PROOF_LIFETIME_SECS },
-        "login": ["ssh"],
+        "login": login_methods(&state),
+        "oidc": state.oidc.human_issuer().map(|i| serde_json::json!({
+            "issuer": i.issuer,
+            "client_id": i.client_id,
+            "scopes": i.scopes,
+        })),
+        "token_endpoint": format!("{}/v1/token", state.origin),
     }))
 }

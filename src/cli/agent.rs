@@ -1,0 +1,224 @@
+//! `gocred agent`: workload mode. Exchanges the ambient workload token (Kubernetes projected
+//! token, GitHub Actions, GitLab `id_tokens`) for a broker session and keeps it fresh; with
+//! `--out DIR` also writes a ready bundle (netrc, gitconfig, env file) for tools that cannot call
+//! a helper. `--install DIR` is what the Kubernetes webhook's init container runs: it copies this
+//! binary, a gitconfig and the broker's CA into the pod's shared volume.
+//!
+//! Must not: print a token or proof (the bundle files are 0600 and written atomically).
+
+use super::session::{AmbientOverride, credentials, set_ambient_override};
+use crate::client::ambient::Source;
+use crate::client::state::{Session, Store};
+use anyhow::{Context, bail};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Broker URL.
+    #[arg(long, value_name = "URL", env = "GOCRED_BROKER")]
+    pub broker: Option<String>,
+    /// PEM CA bundle to trust for the broker.
+    #[arg(long, value_name = "FILE", env = "GOCRED_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Read the workload token from FILE on every exchange (e.g. a Kubernetes projected token).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Read the workload token from environment variable VAR (e.g. a GitLab `id_tokens` entry).
+    #[arg(long, value_name = "VAR")]
+    pub token_env: Option<String>,
+    /// Exchange (and write the bundle) once, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Write netrc, gitconfig and env into DIR (0600, atomic), renewed before they expire.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Install the helper into DIR (bin/gocred, gitconfig, ca.pem): the webhook's init
+    /// container. Reads GOCRED_BROKER, GOCRED_MODULES, GOCRED_INJECT_MODE, GOCRED_CA_PEM.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["once", "out", "token_file", "token_env"])]
+    pub install: Option<PathBuf>,
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.install {
+        return install(dir, args.broker.as_deref());
+    }
+    let source = Source::detect(args.token_file.clone(), args.token_env.clone()).context(
+        "no workload token: pass --token-file FILE or --token-env VAR, or run where GOCRED_TOKEN_FILE, \
+         GOCRED_ID_TOKEN or GitHub Actions' ACTIONS_ID_TOKEN_REQUEST_URL is set",
+    )?;
+    let broker = args.broker.clone().context("which broker? pass --broker URL (or set GOCRED_BROKER)")?;
+    let broker = broker.trim_end_matches('/').to_string();
+    set_ambient_override(AmbientOverride { source: source.clone(), broker: broker.clone(), ca: args.ca_cert.clone() });
+    loop {
+        let (session, proof, proof_exp) = {
+            let store = Store::lock()?;
+            // A session for another broker or from a login is not ours to reuse.
+            if let Some(s) = store.load()?
+                && (s.broker != broker || s.method != "ambient")
+            {
+                store.remove()?;
+            }
+            credentials(&store, false).await?
+        };
+        let until = session.expires_at.min(proof_exp);
+        if let Some(dir) = &args.out {
+            write_bundle(dir, &session, &proof, until, args.ca_cert.as_deref()).await?;
+            eprintln!(
+                "gocred: agent: wrote {} for {} ({}), valid for {}s",
+                dir.display(),
+                session.user,
+                source.describe(),
+                until.saturating_sub(crate::unix_now())
+            );
+        } else {
+            eprintln!(
+                "gocred: agent: session for {} at {} ({}), token valid for {}s",
+                session.user,
+                broker,
+                source.describe(),
+                session.expires_at.saturating_sub(crate::unix_now())
+            );
+        }
+        if args.once {
+            return Ok(());
+        }
+        // Renew at two thirds of what is left (at least every 10 s, at most every 5 min).
+        let left = until.saturating_sub(crate::unix_now());
+        let wait = (left * 2 / 3).clamp(10, 300);
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// netrc + gitconfig + env file for tools that cannot run a helper.
+async fn write_bundle(dir: &Path, s: &Session, proof: &str, until: u64, ca: Option<&Path>) -> anyhow::Result<()> {
+    crate::fsutil::ensure_private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let origin = s.broker.trim_end_matches('/').to_string();
+    let hp = origin.split_once("://").map(|(_, r)| r).unwrap_or(&origin).to_string();
+    let host = hp.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_else(|| hp.clone());
+    let secret = zeroize::Zeroizing::new(format!("{}~{proof}", s.token));
+    let mut netrc = zeroize::Zeroizing::new(format!("machine {hp} login gocred password {}\n", secret.as_str()));
+    if host != hp {
+        netrc.push_str(&format!("machine {host} login gocred password {}\n", secret.as_str()));
+    }
+    let client = crate::client::api::BrokerClient::new(&origin, ca)?;
+    let meta = client.metadata().await?;
+    let modules: Vec<String> = meta["modules"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if let Some(bad) = modules.iter().find(|m| !crate::proxy::route::clean_path(m)) {
+        bail!("the broker's metadata lists a malformed module pattern `{bad}`");
+    }
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("gocred:{}", secret.as_str()));
+    let mut gitconfig = zeroize::Zeroizing::new(format!(
+        "# Written by gocred agent; valid until {until} (Unix time), renewed by the agent.\n\
+         [http \"{origin}/\"]\n\textraHeader = Authorization: Basic {basic}\n"
+    ));
+    for g in meta["git"].as_array().into_iter().flatten() {
+        if let (Some(h), Some(url)) = (g["host"].as_str(), g["url"].as_str())
+            && url == format!("{origin}/git/{h}/")
+            && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        {
+            gitconfig.push_str(&format!("[url \"{url}\"]\n\tinsteadOf = https://{h}/\n"));
+        }
+    }
+    let mut env = String::new();
+    if !modules.is_empty() {
+        env.push_str(&format!("GOPRIVATE={}\nGONOSUMDB={}\n", modules.join(","), modules.join(",")));
+    }
+    if meta["goproxy"].as_str() == Some(format!("{origin}/mod").as_str()) {
+        env.push_str(&format!("GOPROXY={origin}/mod,https://proxy.golang.org,direct\nGONOPROXY=none\n"));
+    }
+    env.push_str(&format!(
+        "GOAUTH=netrc\nNETRC={}\nGIT_CONFIG_GLOBAL={}\nGOCRED_EXPIRES_AT={until}\n",
+        dir.join("netrc").display(),
+        dir.join("gitconfig").display()
+    ));
+    let write = |name: &str, data: &[u8]| {
+        crate::fsutil::write_private_atomic(&dir.join(name), data)
+            .with_context(|| format!("cannot write {}", dir.join(name).display()))
+    };
+    write("netrc", netrc.as_bytes())?;
+    write("gitconfig", gitconfig.as_bytes())?;
+    write("env", env.as_bytes())?;
+    Ok(())
+}
+
+/// The init container's job: `DIR/bin/gocred`, `DIR/gitconfig`, `DIR/ca.pem`.
+fn install(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
+    let broker = broker.context("GOCRED_BROKER is not set")?.trim_end_matches('/').to_string();
+    if !(broker.starts_with("https://") || broker.starts_with("http://")) || broker.contains(char::is_whitespace) {
+        bail!("GOCRED_BROKER `{broker}` is not an http(s) URL");
+    }
+    let modules: Vec<String> = std::env::var("GOCRED_MODULES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_string)
+        .collect();
+    let mode = std::env::var("GOCRED_INJECT_MODE").unwrap_or_else(|_| "goproxy".into());
+    if mode != "goproxy" && mode != "git" {
+        bail!("GOCRED_INJECT_MODE `{mode}` must be goproxy or git");
+    }
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
+    let me = std::env::current_exe().context("cannot find the gocred binary")?;
+    let tmp = bin.join(".gocred.tmp");
+    std::fs::copy(&me, &tmp).with_context(|| format!("cannot copy {} to {}", me.display(), tmp.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, bin.join("gocred"))?;
+    let helper = bin.join("gocred");
+    let mut gitconfig = format!(
+        "# Written by gocred agent --install.\n[credential \"{broker}\"]\n\thelper =\n\thelper = {} credential\n",
+        helper.display()
+    );
+    if mode == "git" {
+        let mut hosts: Vec<String> = Vec::new();
+        for m in &modules {
+            let host = m.split('/').next().unwrap_or("").trim_end_matches('*');
+            if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+                bail!("GOCRED_MODULES: `{m}` does not start with a host name");
+            }
+            if !hosts.iter().any(|h| h == host) {
+                hosts.push(host.to_string());
+            }
+        }
+        for h in hosts {
+            gitconfig.push_str(&format!("[url \"{broker}/git/{h}/\"]\n\tinsteadOf = https://{h}/\n"));
+        }
+    }
+    let write = |name: &str, data: &[u8]| {
+        crate::fsutil::write_private_atomic(&dir.join(name), data)
+            .with_context(|| format!("cannot write {}", dir.join(name).display()))
+    };
+    write("gitconfig", gitconfig.as_bytes())?;
+    if let Ok(pem) = std::env::var("GOCRED_CA_PEM")
+        && !pem.trim().is_empty()
+    {
+        // The broker's CA in addition to the image's system roots (SSL_CERT_FILE replaces them).
+        let mut bundle = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        if !bundle.is_empty() && !bundle.ends_with('\n') {
+            bundle.push('\n');
+        }
+        bundle.push_str(pem.trim());
+        bundle.push('\n');
+        write("ca.pem", bundle.as_bytes())?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.join("ca.pem"), std::fs::Permissions::from_mode(0o644))?;
+    }
+    // `state/` is created by the first helper run in the build container, as its own user.
+    // The files are read by the build containers, which may run as another user of the pod.
+    std::fs::set_permissions(dir.join("gitconfig"), std::fs::Permissions::from_mode(0o644))?;
+    println!("gocred: installed {} (mode {mode}, broker {broker})", helper.display());
+    Ok(())
+}
