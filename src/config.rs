@@ -51,10 +51,12 @@ struct RawConfig {
     secrets: RawSecrets,
     vault: Option<RawVault>,
     ssh: Option<RawSsh>,
+    oidc: Option<RawOidc>,
     #[serde(default)]
     upstreams: Vec<RawUpstream>,
     policy: Option<RawPolicy>,
     audit: Option<RawAudit>,
+    webhook: Option<RawWebhook>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +68,34 @@ struct RawSsh {
     #[serde(default)]
     groups: std::collections::BTreeMap<String, Vec<String>>,
     challenge_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    #[serde(default)]
+    issuers: Vec<RawIssuer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    name: String,
+    issuer: String,
+    kind: IssuerKind,
+    #[serde(default)]
+    audiences: Vec<String>,
+    client_id: Option<String>,
+    subject_claim: Option<String>,
+    groups_claim: Option<String>,
+    #[serde(default)]
+    claims: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    discovery_url: Option<String>,
+    ca_cert: Option<PathBuf>,
+    leeway: Option<String>,
+    max_token_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +112,24 @@ struct RawUpstream {
     mode: Option<UpstreamMode>,
     ca_cert: Option<PathBuf>,
     timeout: Option<String>,
+}
+
+/// `[webhook]`: the Kubernetes mutating admission webhook (`POST /v1/admission`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    #[serde(default)]
+    enabled: bool,
+    image: Option<String>,
+    broker_url: Option<String>,
+    modules: Option<Vec<String>>,
+    mode: Option<String>,
+    goproxy_fallback: Option<String>,
+    token_audience: Option<String>,
+    token_expiration: Option<String>,
+    ca_file: Option<PathBuf>,
+    on_malformed: Option<String>,
+    init_resources: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +202,8 @@ struct RawVault {
 enum RawAuthMethod {
     Token,
     Approle,
+    Kubernetes,
+    Jwt,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +216,8 @@ struct RawVaultAuth {
     role_id: Option<String>,
     secret_id: Option<String>,
     secret_id_file: Option<PathBuf>,
+    role: Option<String>,
+    jwt_file: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -181,9 +233,13 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub secrets: SecretsConfig,
     pub ssh: SshConfig,
+    /// Trusted OIDC issuers (`[[oidc.issuers]]`): SSO for people, workload identity tokens.
+    pub oidc: Vec<OidcIssuer>,
     pub upstreams: Vec<Upstream>,
     pub policy: PolicyConfig,
     pub audit: AuditConfig,
+    /// The admission webhook's injection settings; `None`: `POST /v1/admission` is not served.
+    pub webhook: Option<crate::webhook::InjectSettings>,
     /// Set by `serve --dev`: loopback only, embedded defaults.
     pub dev: bool,
 }
@@ -210,6 +266,58 @@ pub struct SshConfig {
     pub groups: std::collections::BTreeMap<String, Vec<String>>,
     /// How long a login challenge may be answered (default 60s).
     pub challenge_ttl: Duration,
+}
+
+/// Who an OIDC issuer's tokens speak for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IssuerKind {
+    /// People signing in with SSO (`gocred login --oidc` / `--device`): principals are `User`s.
+    Human,
+    /// Kubernetes service-account tokens: principals are `Workload`s.
+    Kubernetes,
+    /// CI ID tokens (GitHub Actions, GitLab CI, ...): principals are `Workload`s.
+    Ci,
+}
+
+impl IssuerKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            IssuerKind::Human => "human",
+            IssuerKind::Kubernetes => "kubernetes",
+            IssuerKind::Ci => "ci",
+        }
+    }
+}
+
+/// A trusted OIDC issuer.
+#[derive(Debug, Clone)]
+pub struct OidcIssuer {
+    /// Short name, used in messages and as the principal's `issuer` attribute.
+    pub name: String,
+    /// The `iss` value, exactly as in the tokens.
+    pub issuer: String,
+    pub kind: IssuerKind,
+    /// Accepted `aud` values (a token must name at least one).
+    pub audiences: Vec<String>,
+    /// Public client id for `gocred login` (human issuers).
+    pub client_id: Option<String>,
+    /// Scopes `gocred login` asks for.
+    pub scopes: Vec<String>,
+    /// Claim naming the principal (default `sub`).
+    pub subject_claim: String,
+    /// Claim holding the groups (a string array or a string), if any.
+    pub groups_claim: Option<String>,
+    /// Principal attribute → claim (a top-level claim name, or a JSON pointer such as
+    /// `/kubernetes.io/namespace`). Every mapped claim must be present in a token.
+    pub claims: std::collections::BTreeMap<String, String>,
+    /// Where the discovery document is (default `<issuer>/.well-known/openid-configuration`).
+    pub discovery_url: String,
+    pub ca_cert: Option<PathBuf>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
+    /// Tokens issued longer ago than this are refused, whatever their `exp`.
+    pub max_token_age: Option<Duration>,
 }
 
 /// What an upstream speaks.
@@ -340,6 +448,25 @@ pub struct VaultConfig {
 pub enum VaultAuth {
     Token(SecretSource),
     AppRole { mount: String, role_id: String, secret_id: SecretSource },
+    /// Vault's `kubernetes` auth method: the service-account token in `jwt_file` (re-read at
+    /// every login: kubelet rotates projected tokens), reviewed by Vault via TokenReview.
+    Kubernetes { mount: String, role: String, jwt_file: PathBuf },
+    /// Vault's `jwt` auth method (`auth/<mount>/login`): any JWT from an issuer the mount trusts
+    /// (a projected SA token, a CI ID token), re-read from `jwt_file` at every login.
+    /// `role: None` uses the mount's `default_role`.
+    Jwt { mount: String, role: Option<String>, jwt_file: PathBuf },
+}
+
+impl VaultAuth {
+    /// The method's name as written in `vault.auth.method`.
+    pub fn method(&self) -> &'static str {
+        match self {
+            VaultAuth::Token(_) => "token",
+            VaultAuth::AppRole { .. } => "approle",
+            VaultAuth::Kubernetes { .. } => "kubernetes",
+            VaultAuth::Jwt { .. } => "jwt",
+        }
+    }
 }
 
 impl std::fmt::Debug for VaultAuth {
@@ -352,6 +479,16 @@ impl std::fmt::Debug for VaultAuth {
                 .field("role_id", role_id)
                 .field("secret_id", secret_id)
                 .finish(),
+            // Only the token's path, never its content.
+            VaultAuth::Kubernetes { mount, role, jwt_file } => f
+                .debug_struct("Kubernetes")
+                .field("mount", mount)
+                .field("role", role)
+                .field("jwt_file", jwt_file)
+                .finish(),
+            VaultAuth::Jwt { mount, role, jwt_file } => {
+                f.debug_struct("Jwt").field("mount", mount).field("role", role).field("jwt_file", jwt_file).finish()
+            }
         }
     }
 }
@@ -525,12 +662,270 @@ impl Config {
                 groups: std::collections::BTreeMap::new(),
                 challenge_ttl: Duration::from_secs(60),
             },
+            oidc: Vec::new(),
             upstreams: Vec::new(),
             policy: PolicyConfig::Dev { user: dev.user.clone() },
             audit: AuditConfig::File(data_dir.join("audit.log")),
+            webhook: None,
             dev: true,
         })
     }
+}
+
+/// Default claim mappings per issuer kind (Kubernetes service-account tokens, GitHub-style CI tokens).
+fn default_claims(kind: IssuerKind) -> &'static [(&'static str, &'static str)] {
+    match kind {
+        IssuerKind::Human => &[],
+        IssuerKind::Kubernetes => {
+            &[("namespace", "/kubernetes.io/namespace"), ("service_account", "/kubernetes.io/serviceaccount/name")]
+        }
+        IssuerKind::Ci => &[("repository", "repository"), ("repository_owner", "repository_owner"), ("ref", "ref")],
+    }
+}
+
+/// Principal attributes a claim may be mapped to (the schema's optional workload attributes).
+pub const MAPPABLE_ATTRS: [&str; 5] = ["namespace", "service_account", "repository", "repository_owner", "ref"];
+
+fn validate_oidc(
+    raw: Option<RawOidc>,
+    origin: &str,
+    rel: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Vec<OidcIssuer>, ConfigError> {
+    let err =
+        |key: &str, message: String| ConfigError::Key { origin: origin.to_string(), key: key.to_string(), message };
+    let mut out: Vec<OidcIssuer> = Vec::new();
+    for (i, r) in raw.map(|o| o.issuers).unwrap_or_default().into_iter().enumerate() {
+        let key = |k: &str| format!("oidc.issuers[{i}].{k}");
+        if r.name.is_empty() || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(err(&key("name"), format!("`{}` must be letters, digits, - or _", r.name)));
+        }
+        if out.iter().any(|o| o.name == r.name) {
+            return Err(err(&key("name"), format!("`{}` is used by two issuers", r.name)));
+        }
+        let url_ok = |u: &str| {
+            (u.starts_with("https://") || u.starts_with("http://"))
+                && !u.contains(char::is_whitespace)
+                && !u.contains(['?', '#', '@'])
+        };
+        if !url_ok(&r.issuer) {
+            return Err(err(&key("issuer"), format!("`{}` must be an http(s) URL without query or user info", r.issuer)));
+        }
+        if out.iter().any(|o| o.issuer == r.issuer) {
+            return Err(err(&key("issuer"), format!("`{}` is configured twice", r.issuer)));
+        }
+        if r.audiences.is_empty() || r.audiences.iter().any(String::is_empty) {
+            return Err(err(&key("audiences"), "required: the `aud` values this broker accepts, e.g. [\"gocred\"]".into()));
+        }
+        if r.kind == IssuerKind::Human && r.client_id.as_deref().is_none_or(str::is_empty) {
+            return Err(err(&key("client_id"), "required for kind = \"human\" (the public client `gocred login` uses)".into()));
+        }
+        let mut claims: std::collections::BTreeMap<String, String> =
+            default_claims(r.kind).iter().map(|(a, c)| (a.to_string(), c.to_string())).collect();
+        for (attr, claim) in r.claims {
+            if !MAPPABLE_ATTRS.contains(&attr.as_str()) {
+                return Err(err(
+                    &key(&format!("claims.{attr}")),
+                    format!("unknown principal attribute (known: {})", MAPPABLE_ATTRS.join(", ")),
+                ));
+            }
+            if claim.is_empty() {
+                claims.remove(&attr);
+            } else {
+                claims.insert(attr, claim);
+            }
+        }
+        let discovery_url = match r.discovery_url {
+            Some(u) if url_ok(&u) => u,
+            Some(u) => return Err(err(&key("discovery_url"), format!("`{u}` must be an http(s) URL"))),
+            None => format!("{}/.well-known/openid-configuration", r.issuer.trim_end_matches('/')),
+        };
+        let leeway = duration(origin, &key("leeway"), r.leeway.as_deref(), Duration::from_secs(30))?;
+        if leeway > Duration::from_secs(300) {
+            return Err(err(&key("leeway"), "must be at most 5m".into()));
+        }
+        let max_token_age = match r.max_token_age {
+            None => None,
+            Some(v) => Some(duration(origin, &key("max_token_age"), Some(&v), Duration::ZERO)?),
+        };
+        let default_groups = if r.kind == IssuerKind::Human { Some("groups".to_string()) } else { None };
+        out.push(OidcIssuer {
+            name: r.name,
+            issuer: r.issuer,
+            kind: r.kind,
+            audiences: r.audiences,
+            client_id: r.client_id,
+            scopes: if r.scopes.is_empty() {
+                vec!["openid".into(), "email".into(), "groups".into(), "offline_access".into()]
+            } else {
+                r.scopes
+            },
+            subject_claim: r.subject_claim.filter(|s| !s.is_empty()).unwrap_or_else(|| "sub".into()),
+            groups_claim: match r.groups_claim {
+                Some(g) if g.is_empty() => None,
+                Some(g) => Some(g),
+                None => default_groups,
+            },
+            claims,
+            discovery_url,
+            ca_cert: r.ca_cert.map(rel),
+            leeway,
+            max_token_age,
+        });
+    }
+    Ok(out)
+}
+
+/// `[webhook]` → the injection settings (`None` unless `enabled = true`; the other keys are
+/// validated either way, so `--check` catches mistakes before the webhook is switched on).
+fn validate_webhook(
+    raw: Option<RawWebhook>,
+    origin: &str,
+    rel: &dyn Fn(PathBuf) -> PathBuf,
+    public_url: Option<&str>,
+    upstreams: &[Upstream],
+) -> Result<Option<crate::webhook::InjectSettings>, ConfigError> {
+    use crate::webhook::{InjectMode, InjectSettings, OnMalformed};
+    let err =
+        |key: &str, message: String| ConfigError::Key { origin: origin.to_string(), key: key.to_string(), message };
+    let Some(w) = raw else { return Ok(None) };
+    let needed = |key: &str, hint: &str| err(key, format!("required key is missing (webhook.enabled = true): {hint}"));
+    let image = match w.image {
+        Some(i) if i.is_empty() || i.contains(char::is_whitespace) => {
+            return Err(err("webhook.image", format!("`{i}` is not an image reference")));
+        }
+        i => i,
+    };
+    // The public URL is only a default: checked when the webhook is on.
+    let broker_url = match w.broker_url.as_deref().or(public_url.filter(|_| w.enabled)) {
+        None => None,
+        Some(u) => {
+            let trimmed = u.trim_end_matches('/');
+            let authority = trimmed.strip_prefix("https://").map(|r| r.split('/').next().unwrap_or(""));
+            if authority.is_none_or(|a| a.is_empty() || a.contains('@'))
+                || trimmed.contains(char::is_whitespace)
+                || trimmed.contains(['?', '#'])
+            {
+                let (key, hint) = if w.broker_url.is_some() {
+                    ("webhook.broker_url", "")
+                } else {
+                    ("server.public_url", " (the default of webhook.broker_url; set that instead)")
+                };
+                return Err(err(
+                    key,
+                    format!(
+                        "`{u}` must be an https:// URL pods reach the broker at{hint}: Go sends credentials only over HTTPS"
+                    ),
+                ));
+            }
+            Some(trimmed.to_string())
+        }
+    };
+    let modules = match w.modules {
+        Some(m) => {
+            if m.is_empty() {
+                return Err(err("webhook.modules", "must name at least one module pattern".into()));
+            }
+            for p in &m {
+                crate::webhook::validate_module_pattern(p).map_err(|e| err("webhook.modules", e))?;
+            }
+            m
+        }
+        None => {
+            let mut m: Vec<String> = Vec::new();
+            for p in upstreams.iter().flat_map(|u| &u.modules) {
+                if !m.contains(p) {
+                    m.push(p.clone());
+                }
+            }
+            m
+        }
+    };
+    let mode = match w.mode.as_deref() {
+        None => InjectMode::Goproxy,
+        Some(s) => {
+            InjectMode::parse(s).ok_or_else(|| err("webhook.mode", format!("`{s}` must be \"goproxy\" or \"git\"")))?
+        }
+    };
+    let goproxy_fallback = w.goproxy_fallback.unwrap_or_else(|| crate::webhook::DEFAULT_GOPROXY_FALLBACK.into());
+    let fallback_ok = !goproxy_fallback.is_empty()
+        && goproxy_fallback.split([',', '|']).all(|e| {
+            e == "direct"
+                || e == "off"
+                || e.starts_with("https://")
+                || e.starts_with("http://")
+                || e.starts_with("file://")
+        })
+        && !goproxy_fallback.contains(char::is_whitespace);
+    if !fallback_ok {
+        return Err(err(
+            "webhook.goproxy_fallback",
+            format!(
+                "`{goproxy_fallback}` must be a GOPROXY list like \"https://proxy.golang.org,direct\" (or \"off\")"
+            ),
+        ));
+    }
+    let token_audience = w.token_audience.unwrap_or_else(|| crate::webhook::DEFAULT_TOKEN_AUDIENCE.into());
+    if token_audience.is_empty() || token_audience.contains(char::is_whitespace) {
+        return Err(err("webhook.token_audience", format!("`{token_audience}` must be a non-empty audience")));
+    }
+    let expiration = duration(
+        origin,
+        "webhook.token_expiration",
+        w.token_expiration.as_deref(),
+        Duration::from_secs(crate::webhook::DEFAULT_TOKEN_EXPIRATION_SECONDS as u64),
+    )?;
+    // Kubernetes' own bounds for a projected token's expirationSeconds.
+    if expiration < Duration::from_secs(600) || expiration > Duration::from_secs(1 << 32) {
+        return Err(err("webhook.token_expiration", "must be between 10m (the Kubernetes minimum) and 2^32 s".into()));
+    }
+    let ca_pem = match w.ca_file.map(rel) {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| err("webhook.ca_file", format!("cannot read {}: {e}", p.display())))?;
+            if !text.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(err("webhook.ca_file", format!("{} holds no PEM certificate", p.display())));
+            }
+            if text.contains("PRIVATE KEY-----") {
+                return Err(err(
+                    "webhook.ca_file",
+                    format!(
+                        "{} contains a private key; it is sent to every injected pod: give only the CA certificates",
+                        p.display()
+                    ),
+                ));
+            }
+            Some(text)
+        }
+    };
+    let on_malformed = match w.on_malformed.as_deref() {
+        None | Some("deny") => OnMalformed::Deny,
+        Some("allow") => OnMalformed::Allow,
+        Some(s) => return Err(err("webhook.on_malformed", format!("`{s}` must be \"deny\" or \"allow\""))),
+    };
+    let init_resources = match w.init_resources.as_deref() {
+        None => None,
+        Some(s) => Some(crate::webhook::parse_resources(s).map_err(|e| err("webhook.init_resources", e))?),
+    };
+    if !w.enabled {
+        return Ok(None);
+    }
+    let image = image
+        .ok_or_else(|| needed("webhook.image", "the init container image, e.g. \"ghcr.io/gocred/gocred:0.1.0\""))?;
+    let broker_url = broker_url
+        .ok_or_else(|| needed("webhook.broker_url", "the URL pods reach the broker at (or set server.public_url)"))?;
+    if modules.is_empty() {
+        return Err(needed("webhook.modules", "module patterns to inject (no [[upstreams]] to take them from)"));
+    }
+    let mut s = InjectSettings::new(image, broker_url, modules);
+    s.mode = mode;
+    s.goproxy_fallback = goproxy_fallback;
+    s.token_audience = token_audience;
+    s.token_expiration_seconds = expiration.as_secs() as i64;
+    s.ca_pem = ca_pem;
+    s.on_malformed = on_malformed;
+    s.init_resources = init_resources;
+    Ok(Some(s))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -726,32 +1121,54 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
                         (None, None) => Err(err(key, format!("required key is missing (set {key} or {key}_file)"))),
                     }
                 };
+            let method = match a.method {
+                RawAuthMethod::Token => "token",
+                RawAuthMethod::Approle => "approle",
+                RawAuthMethod::Kubernetes => "kubernetes",
+                RawAuthMethod::Jwt => "jwt",
+            };
+            // Each key belongs to some methods; setting it for another is an error naming them.
+            for (k, set, used_by) in [
+                ("token", a.token.is_some(), &["token"][..]),
+                ("token_file", a.token_file.is_some(), &["token"][..]),
+                ("role_id", a.role_id.is_some(), &["approle"][..]),
+                ("secret_id", a.secret_id.is_some(), &["approle"][..]),
+                ("secret_id_file", a.secret_id_file.is_some(), &["approle"][..]),
+                ("mount", a.mount.is_some(), &["approle", "kubernetes", "jwt"][..]),
+                ("role", a.role.is_some(), &["kubernetes", "jwt"][..]),
+                ("jwt_file", a.jwt_file.is_some(), &["kubernetes", "jwt"][..]),
+            ] {
+                if set && !used_by.contains(&method) {
+                    let with: Vec<String> = used_by.iter().map(|m| format!("method = \"{m}\"")).collect();
+                    return Err(err(&format!("vault.auth.{k}"), format!("only used with {}", with.join(" or "))));
+                }
+            }
             let auth = match a.method {
-                RawAuthMethod::Token => {
-                    for (k, set) in [
-                        ("role_id", a.role_id.is_some()),
-                        ("secret_id", a.secret_id.is_some()),
-                        ("secret_id_file", a.secret_id_file.is_some()),
-                        ("mount", a.mount.is_some()),
-                    ] {
-                        if set {
-                            return Err(err(&format!("vault.auth.{k}"), "only used with method = \"approle\"".into()));
-                        }
-                    }
-                    VaultAuth::Token(secret(a.token, a.token_file, "vault.auth.token")?)
-                }
-                RawAuthMethod::Approle => {
-                    if a.token.is_some() || a.token_file.is_some() {
-                        return Err(err("vault.auth.token", "only used with method = \"token\"".into()));
-                    }
-                    VaultAuth::AppRole {
-                        mount: a.mount.unwrap_or_else(|| "approle".into()),
-                        role_id: a.role_id.ok_or_else(|| {
-                            err("vault.auth.role_id", "required key is missing (method = \"approle\")".into())
-                        })?,
-                        secret_id: secret(a.secret_id, a.secret_id_file, "vault.auth.secret_id")?,
-                    }
-                }
+                RawAuthMethod::Token => VaultAuth::Token(secret(a.token, a.token_file, "vault.auth.token")?),
+                RawAuthMethod::Approle => VaultAuth::AppRole {
+                    mount: a.mount.unwrap_or_else(|| "approle".into()),
+                    role_id: a.role_id.ok_or_else(|| {
+                        err("vault.auth.role_id", "required key is missing (method = \"approle\")".into())
+                    })?,
+                    secret_id: secret(a.secret_id, a.secret_id_file, "vault.auth.secret_id")?,
+                },
+                RawAuthMethod::Kubernetes => VaultAuth::Kubernetes {
+                    mount: a.mount.unwrap_or_else(|| "kubernetes".into()),
+                    role: a.role.ok_or_else(|| {
+                        err("vault.auth.role", "required key is missing (method = \"kubernetes\")".into())
+                    })?,
+                    jwt_file: a
+                        .jwt_file
+                        .map(rel)
+                        .unwrap_or_else(|| PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")),
+                },
+                RawAuthMethod::Jwt => VaultAuth::Jwt {
+                    mount: a.mount.unwrap_or_else(|| "jwt".into()),
+                    role: a.role,
+                    jwt_file: a.jwt_file.map(rel).ok_or_else(|| {
+                        err("vault.auth.jwt_file", "required key is missing (method = \"jwt\")".into())
+                    })?,
+                },
             };
             BackendConfig::Vault(VaultConfig {
                 address: addr,
@@ -816,6 +1233,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
             SshConfig { authorized_keys, trusted_user_ca_keys: cas, groups: r.groups, challenge_ttl }
         }
     };
+    let oidc = validate_oidc(raw.oidc, origin, &rel)?;
     let policy = match raw.policy {
         Some(p) => PolicyConfig::Dir(rel(p.dir)),
         None => PolicyConfig::None,
@@ -891,15 +1309,18 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
             timeout: duration(origin, &key("timeout"), u.timeout.as_deref(), Duration::from_secs(30))?,
         });
     }
+    let webhook = validate_webhook(raw.webhook, origin, &rel, server.public_url.as_deref(), &upstreams)?;
     Ok(Config {
         source: file.map(Path::to_path_buf),
         server,
         tokens,
         secrets,
         ssh,
+        oidc,
         upstreams,
         policy,
         audit,
+        webhook,
         dev: false,
     })
 }
@@ -1022,6 +1443,136 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("loopback"));
+    }
+
+    #[test]
+    fn vault_kubernetes_and_jwt_auth() {
+        let base = "[server]\nlisten = \"127.0.0.1:1\"\n[secrets]\nbackend = \"vault\"\n[vault]\naddress = \"http://127.0.0.1:8200\"\n[vault.auth]\n";
+        let c = parse(&format!("{base}method = \"kubernetes\"\nrole = \"gocred\"\n"), &[]).unwrap();
+        let BackendConfig::Vault(v) = c.secrets.backend else { panic!("vault") };
+        match v.auth {
+            VaultAuth::Kubernetes { mount, role, jwt_file } => {
+                assert_eq!((mount.as_str(), role.as_str()), ("kubernetes", "gocred"));
+                assert_eq!(jwt_file, Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = parse(&format!("{base}method = \"kubernetes\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("vault.auth.role") && e.contains("missing"), "{e}");
+        let c = parse(&format!("{base}method = \"jwt\"\nrole = \"r\"\njwt_file = \"tok\"\n"), &[]).unwrap();
+        let BackendConfig::Vault(v) = c.secrets.backend else { panic!("vault") };
+        match v.auth {
+            VaultAuth::Jwt { mount, role, jwt_file } => {
+                assert_eq!((mount.as_str(), role.as_deref()), ("jwt", Some("r")));
+                assert_eq!(jwt_file, Path::new("/etc/gocred/tok"), "relative to the config file");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = parse(&format!("{base}method = \"jwt\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("vault.auth.jwt_file"), "{e}");
+        let e = parse(&format!("{base}method = \"jwt\"\njwt_file = \"t\"\nrole_id = \"x\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("vault.auth.role_id") && e.contains("approle"), "{e}");
+        let e = parse(&format!("{base}method = \"token\"\ntoken = \"t\"\nrole = \"x\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("vault.auth.role") && e.contains("kubernetes"), "{e}");
+        let e = parse(&format!("{base}method = \"ldap\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("vault.auth.method"), "{e}");
+    }
+
+    #[test]
+    fn webhook_section_defaults_validation_and_env() {
+        let up = "[[upstreams]]\nname = \"corp\"\nkind = \"git\"\nhosts = [\"git.corp.test\"]\nurl = \"https://127.0.0.1:1\"\n\
+                  [[upstreams]]\nname = \"mods\"\nkind = \"goproxy\"\nmodules = [\"mods.corp.test/team\", \"git.corp.test\"]\nurl = \"https://127.0.0.1:2\"\n";
+        let base = format!(
+            "{MIN}{up}[webhook]\nimage = \"ghcr.io/gocred/gocred:0.1.0\"\nbroker_url = \"https://gocred.gocred.svc:8443/\"\n"
+        );
+        // Disabled (the default): no settings, but the keys are still checked.
+        assert!(parse(&base, &[]).unwrap().webhook.is_none());
+        let e = parse(&format!("{base}mode = \"svn\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("webhook.mode") && e.contains("svn"), "{e}");
+        let e = parse(&format!("{base}colour = \"blue\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("webhook.colour"), "{e}");
+
+        let c = parse(&base, &[("GOCRED_WEBHOOK__ENABLED", "true")]).unwrap();
+        let w = c.webhook.unwrap();
+        assert_eq!(w.broker_url, "https://gocred.gocred.svc:8443");
+        assert_eq!(w.modules, ["git.corp.test", "mods.corp.test/team"], "upstream modules, deduplicated");
+        assert_eq!(w.mode, crate::webhook::InjectMode::Goproxy);
+        assert_eq!(w.goproxy_fallback, "https://proxy.golang.org,direct");
+        assert_eq!((w.token_audience.as_str(), w.token_expiration_seconds), ("gocred", 600));
+        assert_eq!(w.on_malformed, crate::webhook::OnMalformed::Deny);
+        assert!(w.ca_pem.is_none() && w.init_resources.is_none());
+
+        let on = format!("{base}enabled = true\n");
+        let c = parse(
+            &format!(
+                "{on}modules = [\"git.corp.test/*\"]\nmode = \"git\"\ngoproxy_fallback = \"off\"\ntoken_audience = \"aud\"\n\
+                 token_expiration = \"1h\"\non_malformed = \"allow\"\ninit_resources = \"cpu=50m,memory=32Mi\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        let w = c.webhook.unwrap();
+        assert_eq!(
+            (w.modules.as_slice(), w.mode),
+            (&["git.corp.test/*".to_string()][..], crate::webhook::InjectMode::Git)
+        );
+        assert_eq!((w.goproxy_fallback.as_str(), w.token_audience.as_str()), ("off", "aud"));
+        assert_eq!(w.token_expiration_seconds, 3600);
+        assert_eq!(w.on_malformed, crate::webhook::OnMalformed::Allow);
+        assert_eq!(w.init_resources.unwrap()["memory"].0, "32Mi");
+
+        for (extra, key) in [
+            ("token_expiration = \"5m\"\n", "webhook.token_expiration"),
+            ("modules = [\"corp\"]\n", "webhook.modules"),
+            ("modules = []\n", "webhook.modules"),
+            ("on_malformed = \"ignore\"\n", "webhook.on_malformed"),
+            ("init_resources = \"cpu=fast\"\n", "webhook.init_resources"),
+            ("goproxy_fallback = \"proxy.golang.org\"\n", "webhook.goproxy_fallback"),
+            ("ca_file = \"missing-ca.pem\"\n", "webhook.ca_file"),
+        ] {
+            let e = parse(&format!("{on}{extra}"), &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e =
+            parse(&on.replace("https://gocred.gocred.svc:8443/", "http://gocred:8080"), &[]).unwrap_err().to_string();
+        assert!(e.contains("webhook.broker_url") && e.contains("https://"), "{e}");
+        let e = parse(&on.replace("image = \"ghcr.io/gocred/gocred:0.1.0\"\n", ""), &[]).unwrap_err().to_string();
+        assert!(e.contains("webhook.image") && e.contains("missing"), "{e}");
+        // broker_url defaults to server.public_url; modules are required without upstreams.
+        let no_url = format!("{MIN}[webhook]\nenabled = true\nimage = \"i:1\"\nmodules = [\"git.corp.test/*\"]\n");
+        let e = parse(&no_url, &[]).unwrap_err().to_string();
+        assert!(e.contains("webhook.broker_url"), "{e}");
+        let c =
+            parse(&no_url.replace("[server]\n", "[server]\npublic_url = \"https://gocred.corp.test\"\n"), &[]).unwrap();
+        assert_eq!(c.webhook.unwrap().broker_url, "https://gocred.corp.test");
+        let e = parse(&format!("{MIN}[webhook]\nenabled = true\nimage = \"i:1\"\nbroker_url = \"https://b\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("webhook.modules"), "{e}");
+    }
+
+    #[test]
+    fn webhook_ca_file_is_read_and_must_hold_only_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(dir.path().join("ca.pem"), pem).unwrap();
+        std::fs::write(
+            dir.path().join("key.pem"),
+            format!("{pem}-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n"),
+        )
+        .unwrap();
+        let cfg = dir.path().join("broker.toml");
+        let text = |ca: &str| {
+            format!(
+                "{MIN}[webhook]\nenabled = true\nimage = \"i:1\"\nbroker_url = \"https://b\"\nmodules = [\"a.b/*\"]\nca_file = \"{ca}\"\n"
+            )
+        };
+        std::fs::write(&cfg, text("ca.pem")).unwrap();
+        let c = Config::load(&cfg, Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!(c.webhook.unwrap().ca_pem.as_deref(), Some(pem));
+        std::fs::write(&cfg, text("key.pem")).unwrap();
+        let e = Config::load(&cfg, Vec::new(), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("webhook.ca_file") && e.contains("private key"), "{e}");
     }
 
     #[test]

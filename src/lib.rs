@@ -23,6 +23,7 @@
 //! | [`tls`]     | rustls server config, the `--dev` self-signed CA                     | choose what to serve                  |
 //! | [`metrics`] | Prometheus counters/histograms and their text rendering              | know about axum                       |
 //! | [`ratelimit`] | per-client token buckets for unauthenticated costly routes            | know about HTTP                       |
+//! | [`webhook`] | Kubernetes admission: AdmissionReview in, JSONPatch injecting token, helper and env out (pure) | do I/O, patch pods that did not ask |
 //! | [`fsutil`]  | atomic 0600 file writes                                              |                                       |
 //! | [`cli`]     | the `gocred` command line (the only place, with `main.rs`, using anyhow) |                                   |
 //!
@@ -48,6 +49,7 @@ pub mod secrets;
 pub mod server;
 pub mod tls;
 pub mod token;
+pub mod webhook;
 
 /// Seconds since the Unix epoch (the clock every expiry in gocred is measured with).
 pub fn unix_now() -> u64 {

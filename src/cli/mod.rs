@@ -3,6 +3,7 @@
 //!
 //! Must not: implement broker logic — it calls into the library.
 
+mod agent;
 mod helpers;
 mod policy;
 mod serve;
@@ -46,6 +47,9 @@ pub enum Command {
     Netrc(helpers::NetrcArgs),
     /// Configure go (GOPRIVATE, GONOSUMDB, GOPROXY, GOAUTH) and git (credential helper, insteadOf).
     Setup(helpers::SetupArgs),
+    /// Workload mode: exchange the ambient token (Kubernetes, GitHub Actions, GitLab) and keep the
+    /// session fresh; `--out DIR` writes netrc/gitconfig/env; `--install DIR` sets up a pod.
+    Agent(agent::AgentArgs),
     /// Validate Cedar policies, or explain a decision.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -65,5 +69,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Askpass { prompt } => helpers::askpass(prompt).await,
         Command::Netrc(a) => helpers::netrc(a).await,
         Command::Setup(a) => helpers::setup(a).await,
+        Command::Agent(a) => agent::run(a).await,
     }
 }

@@ -120,3 +120,11 @@ pub(super) fn render(resp: Response, id: &RequestId, plain: bool) -> Response {
     parts.headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
     Response::from_parts(parts, axum::body::Body::from(json.to_string()))
 }
+
+impl From<crate::auth::oidc::OidcError> for ApiError {
+    /// A refused subject token is the caller's 401 (the message names the failed check); an
+    /// issuer whose keys cannot be fetched is a 503.
+    fn from(e: crate::auth::oidc::OidcError) -> ApiError {
+        if e.is_unavailable() { ApiError::Unavailable(e.to_string()) } else { ApiError::Unauthorized(e.to_string()) }
+    }
+}

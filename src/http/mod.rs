@@ -40,6 +40,8 @@ pub struct AppState {
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
     /// Per-client limit on SSH login requests (each costs a signature check).
     pub login_limit: Arc<crate::ratelimit::RateLimiter>,
+    /// Trusted OIDC issuers, for `POST /v1/token` exchanges.
+    pub oidc: Arc<crate::auth::oidc::OidcVerifier>,
 }
 
 /// A per-request id, in request extensions and the `x-request-id` response header.

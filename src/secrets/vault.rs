@@ -1,4 +1,5 @@
-//! The `vault` secrets backend: Vault/OpenBao KV v2 through `vaultrs`, token or AppRole login,
+//! The `vault` secrets backend: Vault/OpenBao KV v2 through `vaultrs`; token, AppRole,
+//! Kubernetes (service-account token) or JWT login,
 //! token renewal before expiry (re-login when renewal is refused or the token's max TTL is near),
 //! check-and-set writes, a custom CA certificate.
 //!
@@ -37,6 +38,16 @@ fn reason(e: &ClientError) -> String {
     crate::error_chain(e)
 }
 
+/// A JWT (service-account or other) from `path`, read fresh; the error names the file only.
+fn read_jwt(path: &std::path::Path) -> Result<secrecy::SecretString, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read JWT file {}: {e}", path.display()))?;
+    let jwt = text.trim();
+    if jwt.is_empty() {
+        return Err(format!("JWT file {} is empty", path.display()));
+    }
+    Ok(secrecy::SecretString::from(jwt.to_string()))
+}
+
 impl VaultStore {
     pub fn address(&self) -> &str {
         &self.cfg.address
@@ -57,50 +68,59 @@ impl VaultStore {
     }
 
     /// Log in with the configured method; returns a client carrying the new token.
+    ///
+    /// Every file-held credential (token, secret id, service-account or other JWT) is read again
+    /// here, so a rotated file (kubelet rotates projected tokens) is picked up at the next login.
     async fn login(cfg: &VaultConfig) -> Result<(VaultClient, Lease), SecretsError> {
-        let fail = |method: &'static str, reason: String| SecretsError::VaultLogin {
-            address: cfg.address.clone(),
-            method,
-            reason,
-        };
-        match &cfg.auth {
+        let method = cfg.auth.method();
+        let fail = |reason: String| SecretsError::VaultLogin { address: cfg.address.clone(), method, reason };
+        let auth = match &cfg.auth {
             VaultAuth::Token(src) => {
-                let token = src.read().map_err(|e| fail("token", format!("cannot read token: {e}")))?;
+                let token = src.read().map_err(|e| fail(format!("cannot read token: {e}")))?;
                 let client = Self::build_client(cfg, token.expose_secret())?;
-                let info = vaultrs::token::lookup_self(&client).await.map_err(|e| fail("token", reason(&e)))?;
-                Ok((
-                    client,
-                    Lease {
-                        obtained: Instant::now(),
-                        ttl: Duration::from_secs(info.ttl),
-                        renewable: info.renewable.unwrap_or(false),
-                    },
-                ))
+                let info = vaultrs::token::lookup_self(&client).await.map_err(|e| fail(reason(&e)))?;
+                let lease = Lease {
+                    obtained: Instant::now(),
+                    ttl: Duration::from_secs(info.ttl),
+                    renewable: info.renewable.unwrap_or(false),
+                };
+                return Ok((client, lease));
             }
             VaultAuth::AppRole { mount, role_id, secret_id } => {
-                let secret_id = secret_id.read().map_err(|e| fail("approle", format!("cannot read secret_id: {e}")))?;
+                let secret_id = secret_id.read().map_err(|e| fail(format!("cannot read secret_id: {e}")))?;
                 let anon = Self::build_client(cfg, "")?;
-                let auth = vaultrs::auth::approle::login(&anon, mount, role_id, secret_id.expose_secret())
-                    .await
-                    .map_err(|e| fail("approle", reason(&e)))?;
-                let token = secrecy::SecretString::from(auth.client_token);
-                let client = Self::build_client(cfg, token.expose_secret())?;
-                Ok((
-                    client,
-                    Lease {
-                        obtained: Instant::now(),
-                        ttl: Duration::from_secs(auth.lease_duration),
-                        renewable: auth.renewable,
-                    },
-                ))
+                vaultrs::auth::approle::login(&anon, mount, role_id, secret_id.expose_secret()).await
+            }
+            VaultAuth::Kubernetes { mount, role, jwt_file } => {
+                let jwt = read_jwt(jwt_file).map_err(fail)?;
+                let anon = Self::build_client(cfg, "")?;
+                vaultrs::auth::kubernetes::login(&anon, mount, role, jwt.expose_secret()).await
+            }
+            VaultAuth::Jwt { mount, role, jwt_file } => {
+                let jwt = read_jwt(jwt_file).map_err(fail)?;
+                let anon = Self::build_client(cfg, "")?;
+                // vaultrs's `oidc` module is Vault's JWT/OIDC auth method; `login` is the JWT
+                // login (`POST auth/<mount>/login` with `jwt` + `role`).
+                vaultrs::auth::oidc::login(&anon, mount, jwt.expose_secret(), role.clone()).await
             }
         }
+        .map_err(|e| fail(reason(&e)))?;
+        let token = secrecy::SecretString::from(auth.client_token);
+        let client = Self::build_client(cfg, token.expose_secret())?;
+        Ok((
+            client,
+            Lease {
+                obtained: Instant::now(),
+                ttl: Duration::from_secs(auth.lease_duration),
+                renewable: auth.renewable,
+            },
+        ))
     }
 
     /// Log in and return a ready store.
     pub async fn open(cfg: &VaultConfig) -> Result<Self, SecretsError> {
         let (client, lease) = Self::login(cfg).await?;
-        tracing::info!(address = %cfg.address, ttl_s = lease.ttl.as_secs(), renewable = lease.renewable, "logged in to vault");
+        tracing::info!(address = %cfg.address, method = cfg.auth.method(), ttl_s = lease.ttl.as_secs(), renewable = lease.renewable, "logged in to vault");
         Ok(VaultStore { cfg: cfg.clone(), client: RwLock::new(Arc::new(client)), lease: Mutex::new(lease) })
     }
 
@@ -221,7 +241,11 @@ impl VaultStore {
                     *self.client.write().expect("vault client lock poisoned") = Arc::new(client);
                     *self.lease.lock().expect("lease lock poisoned") = lease;
                     metrics.inc("gocred_vault_logins_total");
-                    tracing::info!(ttl_s = lease.ttl.as_secs(), "logged in to vault again");
+                    tracing::info!(
+                        method = self.cfg.auth.method(),
+                        ttl_s = lease.ttl.as_secs(),
+                        "logged in to vault again"
+                    );
                     retry = Duration::from_secs(1);
                 }
                 Err(e) => {

@@ -1,0 +1,296 @@
+//! The Kubernetes mutating admission webhook, as pure functions: an `AdmissionReview` (JSON) in,
+//! an `AdmissionReview` with a JSONPatch out. Pods annotated `gocred.dev/inject: "true"` get a
+//! projected service-account token (audience `gocred`), an in-memory volume, the `gocred-init`
+//! init container that installs the helper, and the environment that points `go` and `git` at the
+//! broker. Everything else is allowed unchanged, and a pod is never patched twice.
+//!
+//! The names here (annotations, env variables, paths) are a contract with `gocred agent
+//! --install` and the helpers running in the pod: see the constants below.
+//!
+//! Must not: do I/O, log, import axum, or patch a pod that did not ask for it (or the broker's
+//! own pods).
+
+mod annotations;
+mod patch;
+#[cfg(test)]
+mod tests;
+
+pub use annotations::{parse_resources, validate_module_pattern};
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::{DynamicObject, Status};
+use std::collections::BTreeMap;
+
+/// `"true"` selects a pod for injection (`"false"` or absent: left alone).
+pub const ANNOTATION_INJECT: &str = "gocred.dev/inject";
+/// Set by the patch (value [`INJECTED_VERSION`]); a pod carrying it is never patched again.
+pub const ANNOTATION_INJECTED: &str = "gocred.dev/injected";
+/// Comma-separated module patterns (GOPRIVATE syntax), replacing the configured defaults.
+pub const ANNOTATION_MODULES: &str = "gocred.dev/modules";
+/// `goproxy` or `git`.
+pub const ANNOTATION_MODE: &str = "gocred.dev/mode";
+/// Comma-separated names of the containers to configure (default: all of them).
+pub const ANNOTATION_CONTAINERS: &str = "gocred.dev/containers";
+/// `cpu=50m,memory=32Mi`: requests and limits of the init container.
+pub const ANNOTATION_INIT_RESOURCES: &str = "gocred.dev/init-resources";
+/// The value of [`ANNOTATION_INJECTED`].
+pub const INJECTED_VERSION: &str = "v1";
+/// Pods with this label value under `app.kubernetes.io/name` are the broker's own: never patched.
+pub const BROKER_APP_NAME: &str = "gocred";
+
+/// The init container that installs the helper into [`SHARED_DIR`].
+pub const INIT_CONTAINER: &str = "gocred-init";
+/// The projected service-account token volume.
+pub const TOKEN_VOLUME: &str = "gocred-token";
+/// The in-memory volume shared by the init container and the workload.
+pub const SHARED_VOLUME: &str = "gocred";
+/// Where [`SHARED_VOLUME`] is mounted in every container.
+pub const SHARED_DIR: &str = "/gocred";
+/// Where [`TOKEN_VOLUME`] is mounted (read-only) in the workload containers.
+pub const TOKEN_DIR: &str = "/var/run/secrets/gocred.dev";
+/// The token file inside [`TOKEN_DIR`].
+pub const TOKEN_FILE: &str = "/var/run/secrets/gocred.dev/token";
+/// Size limit of the in-memory volume (the helper binary, git config, CA, session state).
+pub const SHARED_VOLUME_SIZE: &str = "64Mi";
+/// The init container's arguments.
+pub const INIT_ARGS: [&str; 3] = ["agent", "--install", SHARED_DIR];
+/// The user the init container runs as when the pod does not name a non-root user.
+pub const INIT_USER: i64 = 65532;
+
+/// Environment variable names and the fixed values the patch sets.
+pub mod env {
+    /// The broker's base URL (both the init container and the workload).
+    pub const BROKER: &str = "GOCRED_BROKER";
+    /// Init container: comma-separated module patterns.
+    pub const MODULES: &str = "GOCRED_MODULES";
+    /// Init container: `goproxy` or `git`.
+    pub const INJECT_MODE: &str = "GOCRED_INJECT_MODE";
+    /// Init container: the broker's CA bundle (PEM), when it is private.
+    pub const CA_PEM: &str = "GOCRED_CA_PEM";
+    pub const TOKEN_FILE: &str = "GOCRED_TOKEN_FILE";
+    pub const STATE_DIR: &str = "GOCRED_STATE_DIR";
+    pub const STATE_DIR_VALUE: &str = "/gocred/state";
+    pub const GOAUTH_VALUE: &str = "/gocred/bin/gocred goauth";
+    pub const GIT_CONFIG_GLOBAL_VALUE: &str = "/gocred/gitconfig";
+    pub const CA_FILE_VALUE: &str = "/gocred/ca.pem";
+}
+
+/// How `go` reaches private modules in an injected pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InjectMode {
+    /// `GOPROXY=<broker>/mod,<fallback>`, `GONOPROXY=none`: the broker serves the module protocol.
+    #[default]
+    Goproxy,
+    /// No GOPROXY change: `go` uses git, and the git config rewrites private hosts to the broker.
+    Git,
+}
+
+impl InjectMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InjectMode::Goproxy => "goproxy",
+            InjectMode::Git => "git",
+        }
+    }
+
+    /// `goproxy` or `git`.
+    pub fn parse(s: &str) -> Option<InjectMode> {
+        match s {
+            "goproxy" => Some(InjectMode::Goproxy),
+            "git" => Some(InjectMode::Git),
+            _ => None,
+        }
+    }
+}
+
+/// What to do with a pod that asks for injection but whose request cannot be honoured (a
+/// malformed `gocred.dev/*` annotation, a volume or mount path already in use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnMalformed {
+    /// Refuse the pod with a message naming the annotation and the bad value.
+    #[default]
+    Deny,
+    /// Admit the pod unchanged, with the message as a warning to the client.
+    Allow,
+}
+
+/// Resource quantities by name (`cpu`, `memory`, ...), used as both requests and limits.
+pub type Resources = BTreeMap<String, Quantity>;
+
+/// What to inject (from the `[webhook]` config section; annotations refine it per pod).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InjectSettings {
+    /// Image of the init container, e.g. `ghcr.io/gocred/gocred:0.1.0`.
+    pub image: String,
+    /// The broker's base URL as pods reach it, without a trailing slash.
+    pub broker_url: String,
+    /// Default module patterns (GOPRIVATE syntax), e.g. `git.corp.example/*`.
+    pub modules: Vec<String>,
+    pub mode: InjectMode,
+    /// What `go` tries after the broker for modules it does not serve.
+    pub goproxy_fallback: String,
+    /// Audience of the projected service-account token.
+    pub token_audience: String,
+    /// Lifetime of the projected token (Kubernetes requires at least 600).
+    pub token_expiration_seconds: i64,
+    /// The broker's CA bundle (public certificates, PEM) when it is not publicly trusted.
+    pub ca_pem: Option<String>,
+    pub on_malformed: OnMalformed,
+    /// Default requests/limits of the init container.
+    pub init_resources: Option<Resources>,
+}
+
+impl InjectSettings {
+    /// Settings with the documented defaults for everything but the image, URL and modules.
+    pub fn new(image: impl Into<String>, broker_url: impl Into<String>, modules: Vec<String>) -> InjectSettings {
+        InjectSettings {
+            image: image.into(),
+            broker_url: broker_url.into().trim_end_matches('/').to_string(),
+            modules,
+            mode: InjectMode::Goproxy,
+            goproxy_fallback: DEFAULT_GOPROXY_FALLBACK.into(),
+            token_audience: DEFAULT_TOKEN_AUDIENCE.into(),
+            token_expiration_seconds: DEFAULT_TOKEN_EXPIRATION_SECONDS,
+            ca_pem: None,
+            on_malformed: OnMalformed::Deny,
+            init_resources: None,
+        }
+    }
+}
+
+pub const DEFAULT_GOPROXY_FALLBACK: &str = "https://proxy.golang.org,direct";
+pub const DEFAULT_TOKEN_AUDIENCE: &str = "gocred";
+/// The Kubernetes minimum for a projected token's `expirationSeconds`.
+pub const DEFAULT_TOKEN_EXPIRATION_SECONDS: i64 = 600;
+
+/// A review that could not be answered with an `AdmissionReview` (the HTTP layer answers 400,
+/// or 500 for [`WebhookError::EncodeReview`]).
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("cannot parse the AdmissionReview: {0}")]
+    ParseReview(#[source] serde_json::Error),
+    #[error("expected an admission.k8s.io/v1 AdmissionReview, got apiVersion `{api_version}` kind `{kind}`")]
+    CheckReviewType { api_version: String, kind: String },
+    #[error("the AdmissionReview has no request")]
+    ReadRequest,
+    #[error("cannot read the Pod in the AdmissionReview: {0}")]
+    ParsePod(#[source] serde_json::Error),
+    #[error("cannot encode the AdmissionReview response: {0}")]
+    EncodeReview(#[source] serde_json::Error),
+}
+
+/// What a review did (for the broker's log and metrics; never sent to the client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not a pod creation, not asked for, already injected, or the broker's own pod.
+    Skipped,
+    /// Patched.
+    Injected,
+    /// Refused (`on_malformed = "deny"`) with this message.
+    Denied(String),
+    /// Admitted unchanged (`on_malformed = "allow"`) with this warning.
+    Warned(String),
+}
+
+/// An answered review.
+#[derive(Debug)]
+pub struct Reviewed {
+    /// The `AdmissionReview` JSON to send back.
+    pub body: Vec<u8>,
+    /// The request's uid (echoed in the response).
+    pub uid: String,
+    pub outcome: Outcome,
+}
+
+/// Answer an `AdmissionReview` (JSON) with an `AdmissionReview` (JSON) carrying the same uid.
+pub fn review(body: &[u8], settings: &InjectSettings) -> Result<Vec<u8>, WebhookError> {
+    review_detailed(body, settings).map(|r| r.body)
+}
+
+/// [`review`], also saying what was done.
+pub fn review_detailed(body: &[u8], settings: &InjectSettings) -> Result<Reviewed, WebhookError> {
+    let mut doc: serde_json::Value = serde_json::from_slice(body).map_err(WebhookError::ParseReview)?;
+    let api_version = doc.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default();
+    let kind = doc.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
+    if kind != "AdmissionReview" || api_version != kube::core::admission::META_API_VERSION_V1 {
+        return Err(WebhookError::CheckReviewType { api_version: api_version.into(), kind: kind.into() });
+    }
+    let Some(request) = doc.get_mut("request").and_then(|r| r.as_object_mut()) else {
+        return Err(WebhookError::ReadRequest);
+    };
+    let is_pod = request.get("kind").is_some_and(|k| k["group"] == "" && k["version"] == "v1" && k["kind"] == "Pod")
+        && request.get("resource").is_some_and(|r| r["resource"] == "pods")
+        && request.get("subResource").and_then(|s| s.as_str()).is_none_or(str::is_empty);
+    let (response, outcome) = if is_pod {
+        let review: AdmissionReview<Pod> = serde_json::from_value(doc).map_err(WebhookError::ParsePod)?;
+        let req: AdmissionRequest<Pod> = review.try_into().map_err(|_| WebhookError::ReadRequest)?;
+        mutate_detailed(&req, settings)
+    } else {
+        // Not a pod: its object is irrelevant (and need not parse as anything in particular).
+        request.remove("object");
+        request.remove("oldObject");
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(doc).map_err(WebhookError::ParseReview)?;
+        let req: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| WebhookError::ReadRequest)?;
+        (AdmissionResponse::from(&req), Outcome::Skipped)
+    };
+    let uid = response.uid.clone();
+    // kube serializes the patch bytes as a JSON array of numbers; the API documents (and
+    // kube-apiserver writes) a base64 string, as Go encodes `[]byte`.
+    let mut response = response;
+    let patch = response.patch.take();
+    let mut out = serde_json::to_value(response.into_review()).map_err(WebhookError::EncodeReview)?;
+    if let Some(p) = patch {
+        out["response"]["patch"] = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(p));
+    }
+    let body = serde_json::to_vec(&out).map_err(WebhookError::EncodeReview)?;
+    Ok(Reviewed { body, uid, outcome })
+}
+
+/// The response to one pod admission request: allowed unchanged, allowed with a JSONPatch, or
+/// denied (a malformed request with `on_malformed = "deny"`).
+pub fn mutate(req: &AdmissionRequest<Pod>, settings: &InjectSettings) -> AdmissionResponse {
+    mutate_detailed(req, settings).0
+}
+
+fn mutate_detailed(req: &AdmissionRequest<Pod>, settings: &InjectSettings) -> (AdmissionResponse, Outcome) {
+    let resp = AdmissionResponse::from(req);
+    // Containers and volumes of an existing pod cannot change: only creations are patched.
+    let (Operation::Create, Some(pod)) = (&req.operation, &req.object) else {
+        return (resp, Outcome::Skipped);
+    };
+    let refusal = match annotations::wanted(pod, settings) {
+        Ok(None) => return (resp, Outcome::Skipped),
+        Ok(Some(wanted)) => match patch::build(pod, settings, &wanted) {
+            Ok(ops) => {
+                return match resp.with_patch(ops) {
+                    Ok(r) => (r, Outcome::Injected),
+                    Err(e) => {
+                        let msg = format!("gocred: cannot encode the patch: {e}");
+                        (deny(AdmissionResponse::from(req), &msg), Outcome::Denied(msg))
+                    }
+                };
+            }
+            Err(conflict) => conflict,
+        },
+        Err(malformed) => malformed,
+    };
+    let msg = format!("gocred: {refusal}");
+    match settings.on_malformed {
+        OnMalformed::Deny => (deny(resp, &msg), Outcome::Denied(msg)),
+        OnMalformed::Allow => {
+            let mut r = resp;
+            let warning = format!("{msg}; the pod was admitted without gocred injection");
+            r.warnings = Some(vec![warning.clone()]);
+            (r, Outcome::Warned(warning))
+        }
+    }
+}
+
+fn deny(resp: AdmissionResponse, msg: &str) -> AdmissionResponse {
+    let mut r = resp.deny(msg);
+    r.result = Status::failure(msg, "BadRequest").with_code(400);
+    r
+}
