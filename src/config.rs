@@ -448,12 +448,12 @@ pub struct VaultConfig {
 pub enum VaultAuth {
     Token(SecretSource),
     AppRole { mount: String, role_id: String, secret_id: SecretSource },
-    /// Vault's `kubernetes` auth method: the service-account token in `jwt_file` (re-read at
-    /// every login: kubelet rotates projected tokens), reviewed by Vault via TokenReview.
+    // Vault's `kubernetes` auth method: the service-account token in `jwt_file` (re-read at
+    // every login: kubelet rotates projected tokens), reviewed by Vault via TokenReview.
     Kubernetes { mount: String, role: String, jwt_file: PathBuf },
-    /// Vault's `jwt` auth method (`auth/<mount>/login`): any JWT from an issuer the mount trusts
-    /// (a projected SA token, a CI ID token), re-read from `jwt_file` at every login.
-    /// `role: None` uses the mount's `default_role`.
+    // Vault's `jwt` auth method (`auth/<mount>/login`): any JWT from an issuer the mount trusts
+    // (a projected SA token, a CI ID token), re-read from `jwt_file` at every login.
+    // `role: None` uses the mount's `default_role`.
     Jwt { mount: String, role: Option<String>, jwt_file: PathBuf },
 }
 
@@ -708,16 +708,25 @@ fn validate_oidc(
                 && !u.contains(['?', '#', '@'])
         };
         if !url_ok(&r.issuer) {
-            return Err(err(&key("issuer"), format!("`{}` must be an http(s) URL without query or user info", r.issuer)));
+            return Err(err(
+                &key("issuer"),
+                format!("`{}` must be an http(s) URL without query or user info", r.issuer),
+            ));
         }
         if out.iter().any(|o| o.issuer == r.issuer) {
             return Err(err(&key("issuer"), format!("`{}` is configured twice", r.issuer)));
         }
         if r.audiences.is_empty() || r.audiences.iter().any(String::is_empty) {
-            return Err(err(&key("audiences"), "required: the `aud` values this broker accepts, e.g. [\"gocred\"]".into()));
+            return Err(err(
+                &key("audiences"),
+                "required: the `aud` values this broker accepts, e.g. [\"gocred\"]".into(),
+            ));
         }
         if r.kind == IssuerKind::Human && r.client_id.as_deref().is_none_or(str::is_empty) {
-            return Err(err(&key("client_id"), "required for kind = \"human\" (the public client `gocred login` uses)".into()));
+            return Err(err(
+                &key("client_id"),
+                "required for kind = \"human\" (the public client `gocred login` uses)".into(),
+            ));
         }
         let mut claims: std::collections::BTreeMap<String, String> =
             default_claims(r.kind).iter().map(|(a, c)| (a.to_string(), c.to_string())).collect();
@@ -1470,9 +1479,12 @@ mod tests {
         }
         let e = parse(&format!("{base}method = \"jwt\"\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("vault.auth.jwt_file"), "{e}");
-        let e = parse(&format!("{base}method = \"jwt\"\njwt_file = \"t\"\nrole_id = \"x\"\n"), &[]).unwrap_err().to_string();
+        let e = parse(&format!("{base}method = \"jwt\"\njwt_file = \"t\"\nrole_id = \"x\"\n"), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("vault.auth.role_id") && e.contains("approle"), "{e}");
-        let e = parse(&format!("{base}method = \"token\"\ntoken = \"t\"\nrole = \"x\"\n"), &[]).unwrap_err().to_string();
+        let e =
+            parse(&format!("{base}method = \"token\"\ntoken = \"t\"\nrole = \"x\"\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("vault.auth.role") && e.contains("kubernetes"), "{e}");
         let e = parse(&format!("{base}method = \"ldap\"\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("vault.auth.method"), "{e}");

@@ -158,6 +158,7 @@ impl Broker {
             max_session_secs: self.config.tokens.max_session.as_secs(),
             proxy: self.proxy.clone(),
             login_limit: self.login_limit.clone(),
+            webhook: self.config.webhook.clone().map(Arc::new),
             oidc: self.oidc.clone(),
         }
     }

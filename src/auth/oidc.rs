@@ -116,6 +116,8 @@ struct Issuer {
 /// Verifies subject tokens of all configured issuers.
 pub struct OidcVerifier {
     issuers: HashMap<String, Arc<Issuer>>,
+    /// Issuer URLs in configuration order.
+    order: Vec<String>,
     /// sha256(token) → identity, for tokens whose signature and claims checked out.
     cache: Mutex<HashMap<String, Identity>>,
 }
@@ -132,7 +134,8 @@ fn http_client(cfg: &OidcIssuer) -> Result<reqwest::Client, String> {
         .redirect(reqwest::redirect::Policy::limited(3));
     if let Some(ca) = &cfg.ca_cert {
         let pem = std::fs::read(ca).map_err(|e| format!("cannot read ca_cert {}: {e}", ca.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_cert {}: {e}", ca.display()))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_cert {}: {e}", ca.display()))?;
         b = b.tls_certs_merge(certs);
     }
     b.build().map_err(|e| e.to_string())
@@ -153,19 +156,17 @@ impl OidcVerifier {
                 }),
             );
         }
-        Ok(OidcVerifier { issuers: map, cache: Mutex::new(HashMap::new()) })
+        let order = issuers.iter().map(|c| c.issuer.clone()).collect();
+        Ok(OidcVerifier { issuers: map, order, cache: Mutex::new(HashMap::new()) })
     }
 
     pub fn is_empty(&self) -> bool {
         self.issuers.is_empty()
     }
 
-    /// The first human issuer (what `gocred login --oidc` uses), if any.
+    /// The first human issuer in the configuration (what `gocred login --oidc` uses), if any.
     pub fn human_issuer(&self) -> Option<&OidcIssuer> {
-        let mut humans: Vec<&OidcIssuer> =
-            self.issuers.values().map(|i| &i.cfg).filter(|c| c.kind == IssuerKind::Human).collect();
-        humans.sort_by(|a, b| a.name.cmp(&b.name));
-        humans.first().copied()
+        self.order.iter().filter_map(|u| self.issuers.get(u)).map(|i| &i.cfg).find(|c| c.kind == IssuerKind::Human)
     }
 
     /// Verify `token` and map its claims. `now`: Unix seconds.
@@ -182,7 +183,8 @@ impl OidcVerifier {
         }
         let parsed = parse(token)?;
         let iss = parsed.claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let issuer = self.issuers.get(&iss).cloned().ok_or(OidcError::UnknownIssuer { iss: iss.chars().take(200).collect() })?;
+        let issuer =
+            self.issuers.get(&iss).cloned().ok_or(OidcError::UnknownIssuer { iss: iss.chars().take(200).collect() })?;
         issuer.check_signature(&parsed).await?;
         let identity = issuer.map_claims(&parsed.claims, now)?;
         let mut cache = self.cache.lock().expect("oidc cache poisoned");
@@ -356,7 +358,11 @@ impl Issuer {
             if let Some(t) = num(claim)
                 && t > now + leeway
             {
-                return Err(OidcError::NotYetValid { issuer: name(), claim: if claim == "nbf" { "nbf" } else { "iat" }, ahead: t - now });
+                return Err(OidcError::NotYetValid {
+                    issuer: name(),
+                    claim: if claim == "nbf" { "nbf" } else { "iat" },
+                    ahead: t - now,
+                });
             }
         }
         if let (Some(max), Some(iat)) = (self.cfg.max_token_age, num("iat")) {
@@ -480,7 +486,10 @@ mod tests {
         let mut missing = c.clone();
         missing["kubernetes.io"].as_object_mut().unwrap().remove("namespace");
         let e = i.map_claims(missing.as_object().unwrap(), 1500).unwrap_err();
-        assert_eq!(e.to_string(), "subject_token from issuer `k8s` lacks claim `/kubernetes.io/namespace` (mapped to `namespace`)");
+        assert_eq!(
+            e.to_string(),
+            "subject_token from issuer `k8s` lacks claim `/kubernetes.io/namespace` (mapped to `namespace`)"
+        );
         assert!(matches!(i.map_claims(c.as_object().unwrap(), 2031), Err(OidcError::Expired { ago: 31, .. })));
         assert!(matches!(i.map_claims(c.as_object().unwrap(), 900), Err(OidcError::NotYetValid { claim: "iat", .. })));
         let mut aud = c.clone();

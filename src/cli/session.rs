@@ -241,14 +241,15 @@ fn open_browser(url: &str, command: Option<&str>) -> bool {
 /// `gocred login --oidc` / `--device`: SSO at the broker's identity provider, then an RFC 8693
 /// exchange binding the broker token to an ephemeral key kept in the state dir.
 async fn login_sso(args: LoginArgs) -> anyhow::Result<()> {
-    let asked_at = crate::unix_now();
-    // Single flight: a second `gocred login` waits here, then finds the first one's session.
+    // Single flight: a second `gocred login` waits for the lock, then finds that the session
+    // changed while it waited (the first one's login) and uses it.
+    let token_before = crate::client::state::peek_token();
     let store = Store::lock()?;
     let prev = store.load().unwrap_or(None);
     if let Some(p) = &prev
         && p.method == "oidc"
-        && p.obtained_at >= asked_at
-        && p.expires_at > crate::unix_now() + 60
+        && token_before.as_deref() != Some(p.token.as_str())
+        && p.expires_at > crate::unix_now()
     {
         println!("gocred: already logged in to {} as {} (a concurrent login just finished)", p.broker, p.user);
         return Ok(());
@@ -265,7 +266,10 @@ async fn login_sso(args: LoginArgs) -> anyhow::Result<()> {
     let client = BrokerClient::new(&broker_url, ca.as_deref())?;
     let meta = client.metadata().await?;
     let oidc = meta.get("oidc").filter(|o| !o.is_null()).with_context(|| {
-        format!("broker {} has no SSO issuer configured (no [[oidc.issuers]] with kind = \"human\"); use --ssh", client.url)
+        format!(
+            "broker {} has no SSO issuer configured (no [[oidc.issuers]] with kind = \"human\"); use --ssh",
+            client.url
+        )
     })?;
     let issuer = oidc["issuer"].as_str().context("broker metadata: oidc.issuer missing")?;
     let client_id = oidc["client_id"].as_str().context("broker metadata: oidc.client_id missing")?;
@@ -331,7 +335,8 @@ async fn ambient_session(
     let key = store.ephemeral_key(WORKLOAD_KEY)?;
     let signer = Signer::file(&key, false)?;
     let subject = source.token().await?;
-    let t = client.exchange(&subject, &signer).await.with_context(|| format!("exchanging the {}", source.describe()))?;
+    let t =
+        client.exchange(&subject, &signer).await.with_context(|| format!("exchanging the {}", source.describe()))?;
     let mut s = session_from(&client, ca, &signer, t);
     s.method = "ambient".into();
     store.save(&s)?;
@@ -372,7 +377,9 @@ pub async fn current_session(store: &Store) -> anyhow::Result<Session> {
     }
     match ambient_from_env() {
         Some((source, broker, ca)) => ambient_session(store, &source, &broker, ca).await,
-        None => Err(anyhow::anyhow!("not logged in: run gocred login (or configure a workload token: GOCRED_TOKEN_FILE and GOCRED_BROKER)")),
+        None => Err(anyhow::anyhow!(
+            "not logged in: run gocred login (or configure a workload token: GOCRED_TOKEN_FILE and GOCRED_BROKER)"
+        )),
     }
 }
 

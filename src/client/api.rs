@@ -110,9 +110,8 @@ impl BrokerClient {
 
     /// RFC 8693: trade an OIDC subject token for a broker token bound to `signer`'s key.
     pub async fn exchange(&self, subject_token: &str, signer: &Signer) -> Result<TokenResponse, ClientError> {
-        let public_key = ssh_key::PublicKey::from(signer.public_key())
-            .to_openssh()
-            .map_err(|e| ClientError::Sign(e.to_string()))?;
+        let public_key =
+            ssh_key::PublicKey::from(signer.public_key()).to_openssh().map_err(|e| ClientError::Sign(e.to_string()))?;
         let form = [
             ("grant_type", crate::http::auth::EXCHANGE_GRANT),
             ("subject_token", subject_token),

@@ -110,8 +110,10 @@ impl Provider {
         if !resp.status().is_success() {
             return Err(idp_err(issuer, format!("discovery answered {}", resp.status())));
         }
-        let doc: serde_json::Value =
-            resp.json().await.map_err(|e| idp_err(issuer, format!("discovery document: {}", crate::error_chain(&e))))?;
+        let doc: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| idp_err(issuer, format!("discovery document: {}", crate::error_chain(&e))))?;
         let get = |k: &str| doc.get(k).and_then(|v| v.as_str()).map(str::to_string);
         if get("issuer").as_deref() != Some(issuer) {
             return Err(idp_err(issuer, "the discovery document names another issuer"));
@@ -168,7 +170,8 @@ impl Provider {
         }
         let t: TokenAnswer =
             serde_json::from_slice(&bytes).map_err(|e| idp_err(&self.issuer, format!("token answer: {e}")))?;
-        let id_token = t.id_token.ok_or_else(|| idp_err(&self.issuer, "no id_token in the answer (is `openid` in scopes?)"))?;
+        let id_token =
+            t.id_token.ok_or_else(|| idp_err(&self.issuer, "no id_token in the answer (is `openid` in scopes?)"))?;
         Ok(Ok(IdpTokens { id_token, refresh_token: t.refresh_token }))
     }
 

@@ -89,6 +89,12 @@ pub fn cache_dir() -> Result<PathBuf, ClientError> {
         })
 }
 
+/// The current session's token, read without taking the lock (writes are atomic renames).
+pub fn peek_token() -> Option<String> {
+    let bytes = std::fs::read(cache_dir().ok()?.join("session.json")).ok()?;
+    serde_json::from_slice::<Session>(&bytes).ok().map(|s| s.token)
+}
+
 /// The session store, holding the lock while it lives.
 pub struct Store {
     dir: PathBuf,

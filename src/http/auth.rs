@@ -275,7 +275,8 @@ pub async fn whoami(a: Authed) -> impl IntoResponse {
 /// RFC 8693 token exchange.
 pub const EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// Subject token types accepted by the exchange.
-pub const SUBJECT_TOKEN_TYPES: [&str; 2] = ["urn:ietf:params:oauth:token-type:id_token", "urn:ietf:params:oauth:token-type:jwt"];
+pub const SUBJECT_TOKEN_TYPES: [&str; 2] =
+    ["urn:ietf:params:oauth:token-type:id_token", "urn:ietf:params:oauth:token-type:jwt"];
 
 #[derive(Deserialize)]
 struct TokenReq {

@@ -33,6 +33,8 @@ pub enum ApiError {
     GatewayTimeout(String),
     #[error("{0}")]
     TooManyRequests(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// Detail is logged, never returned.
     #[error("internal error")]
     Internal(String),
@@ -60,6 +62,7 @@ impl ApiError {
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -126,5 +129,16 @@ impl From<crate::auth::oidc::OidcError> for ApiError {
     /// issuer whose keys cannot be fetched is a 503.
     fn from(e: crate::auth::oidc::OidcError) -> ApiError {
         if e.is_unavailable() { ApiError::Unavailable(e.to_string()) } else { ApiError::Unauthorized(e.to_string()) }
+    }
+}
+
+impl From<crate::webhook::WebhookError> for ApiError {
+    /// A review that is not a readable AdmissionReview is the caller's 400; failing to encode
+    /// the answer is ours.
+    fn from(e: crate::webhook::WebhookError) -> ApiError {
+        match e {
+            crate::webhook::WebhookError::EncodeReview(_) => ApiError::Internal(e.to_string()),
+            e => ApiError::BadRequest(e.to_string()),
+        }
     }
 }

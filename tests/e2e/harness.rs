@@ -76,9 +76,18 @@ impl Proc {
 
     /// Wait for a stdout line containing `needle`; panics with the output on timeout/exit.
     pub fn wait_stdout(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_line(false, needle, timeout)
+    }
+
+    pub fn wait_stderr(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_line(true, needle, timeout)
+    }
+
+    fn wait_line(&mut self, stderr: bool, needle: &str, timeout: Duration) -> String {
         let start = Instant::now();
         loop {
-            if let Some(l) = self.stdout().into_iter().find(|l| l.contains(needle)) {
+            let lines = if stderr { self.stderr() } else { self.stdout() };
+            if let Some(l) = lines.into_iter().find(|l| l.contains(needle)) {
                 return l;
             }
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -584,4 +593,200 @@ pub async fn challenge(url: &str, user: &str) -> serde_json::Value {
         .json()
         .await
         .unwrap()
+}
+
+/// OpenBao's identity OIDC provider as a workload-token issuer (standing in for a Kubernetes
+/// service-account issuer or a CI provider): tokens are read by an AppRole login, because root
+/// tokens have no entity.
+pub struct BaoIssuer {
+    pub bao: OpenBao,
+    reader: String,
+}
+
+impl BaoIssuer {
+    pub async fn start() -> BaoIssuer {
+        let bao = OpenBao::start().await;
+        bao.api("POST", "sys/auth/approle", serde_json::json!({"type": "approle"})).await;
+        bao.api(
+            "PUT",
+            "sys/policies/acl/issuer",
+            serde_json::json!({"policy": "path \"identity/oidc/token/*\" { capabilities = [\"read\"] }"}),
+        )
+        .await;
+        bao.api(
+            "POST",
+            "auth/approle/role/reader",
+            serde_json::json!({"token_policies": ["issuer"], "token_ttl": "1h"}),
+        )
+        .await;
+        bao.api("POST", "auth/approle/role/reader/role-id", serde_json::json!({"role_id": "reader-role"})).await;
+        bao.api("POST", "auth/approle/role/reader/custom-secret-id", serde_json::json!({"secret_id": "reader-secret"}))
+            .await;
+        bao.api("POST", "identity/oidc/key/k", serde_json::json!({"allowed_client_ids": ["*"], "algorithm": "RS256"}))
+            .await;
+        let login: serde_json::Value = client(None)
+            .post(format!("{}/v1/auth/approle/login", bao.addr))
+            .json(&serde_json::json!({"role_id": "reader-role", "secret_id": "reader-secret"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let reader = login["auth"]["client_token"].as_str().unwrap().to_string();
+        BaoIssuer { bao, reader }
+    }
+
+    /// `iss` of its tokens.
+    pub fn issuer(&self) -> String {
+        format!("{}/v1/identity/oidc", self.bao.addr)
+    }
+
+    /// A role whose tokens have `aud = client_id` and the extra claims of `template`.
+    pub async fn role(&self, name: &str, client_id: &str, ttl: &str, template: serde_json::Value) {
+        // OpenBao's template parser trips over `}}}`: keep closing braces apart.
+        let t = template.to_string().replace("}}", "} }").replace("}}", "} }");
+        self.bao
+            .api(
+                "POST",
+                &format!("identity/oidc/role/{name}"),
+                serde_json::json!({"key": "k", "client_id": client_id, "ttl": ttl, "template": t}),
+            )
+            .await;
+    }
+
+    /// A fresh token of role `name`.
+    pub async fn token(&self, name: &str) -> String {
+        let r: serde_json::Value = client(None)
+            .get(format!("{}/v1/identity/oidc/token/{name}", self.bao.addr))
+            .header("X-Vault-Token", &self.reader)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["data"]["token"].as_str().unwrap_or_else(|| panic!("no token for role {name}: {r}")).to_string()
+    }
+}
+
+/// A JWT issuer in this process for tokens OpenBao cannot make (a chosen `sub`, `nbf` in the
+/// future, a signature by a key it does not publish): real discovery + JWKS over HTTP, EdDSA.
+pub struct TestIssuer {
+    pub url: String,
+    key: ed25519_dalek::SigningKey,
+    pub kid: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestIssuer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn b64url(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+impl TestIssuer {
+    pub async fn start() -> TestIssuer {
+        let key = ed25519_dalek::SigningKey::from_bytes(&gocred::random_bytes::<32>());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let kid = "test-key-1".to_string();
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": kid,
+            "x": b64url(key.verifying_key().as_bytes()),
+        }]});
+        let discovery = serde_json::json!({
+            "issuer": url, "jwks_uri": format!("{url}/jwks"),
+            "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["EdDSA"],
+        });
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(move || async move { axum::Json(discovery) }),
+            )
+            .route("/jwks", axum::routing::get(move || async move { axum::Json(jwks) }));
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        TestIssuer { url, key, kid, task }
+    }
+
+    /// Sign `claims` with `header` (by this issuer's key, or by `other` when given).
+    pub fn sign_with(
+        &self,
+        header: serde_json::Value,
+        claims: serde_json::Value,
+        other: Option<&ed25519_dalek::SigningKey>,
+    ) -> String {
+        use ed25519_dalek::Signer;
+        let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+        let sig = other.unwrap_or(&self.key).sign(input.as_bytes());
+        format!("{input}.{}", b64url(&sig.to_bytes()))
+    }
+
+    /// A token with standard claims (`iss`, `aud = gocred`, `iat`, `exp` in 10 min) plus `extra`.
+    pub fn token(&self, extra: serde_json::Value) -> String {
+        let mut claims = serde_json::json!({"iss": self.url, "aud": "gocred", "iat": now(), "exp": now() + 600});
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        self.sign_with(serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": self.kid}), claims, None)
+    }
+}
+
+/// `POST /v1/token` (RFC 8693) with `subject` and the public key of `key` (a key file with
+/// `.pub` beside it); (status, JSON body).
+pub async fn exchange(url: &str, subject: &str, key: &Path) -> (u16, serde_json::Value) {
+    let public = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
+    let r = client(None)
+        .post(format!("{url}/v1/token"))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", subject),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("public_key", public.trim()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// The OIDC provider for people (oidc-provider from npm, see tests/peers/oidc/server.mjs).
+pub struct OidcProvider {
+    pub proc: Proc,
+    pub url: String,
+}
+
+impl OidcProvider {
+    pub fn start() -> OidcProvider {
+        let node_dir = repo_root().join(".peers/node");
+        assert!(
+            node_dir.join("node_modules/oidc-provider").is_dir(),
+            "oidc-provider is not installed in {}: run tests/peers/install.sh",
+            node_dir.display()
+        );
+        // ESM resolves `oidc-provider` from the script's own directory.
+        let script = node_dir.join("gocred-oidc-server.mjs");
+        std::fs::copy(repo_root().join("tests/peers/oidc/server.mjs"), &script).unwrap();
+        let port = free_port();
+        let mut cmd = Command::new("node");
+        cmd.arg(&script).env("PORT", port.to_string());
+        let mut proc = Proc::spawn("oidc-provider", cmd);
+        proc.wait_stdout("oidc-provider listening", Duration::from_secs(20));
+        OidcProvider { proc, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// `python3 approve.py BASE LOGIN` as a command line (append `device CODE` or `browser URL`).
+    pub fn approve_cmd(&self, login: &str) -> String {
+        format!("python3 {} {} {login}", repo_root().join("tests/peers/oidc/approve.py").display(), self.url)
+    }
 }

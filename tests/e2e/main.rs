@@ -4,7 +4,11 @@
 //! Peers are installed by `tests/peers/install.sh` (the README's test command runs it). A test
 //! whose peer is missing fails with a message saying how to install it.
 
+mod chart;
 mod foundation;
 mod harness;
+mod oidc;
 mod proxy;
 mod ssh;
+mod vault_auth;
+mod webhook;
