@@ -6,7 +6,10 @@
 //!
 //! Rows: SSH logins (challenge + client signature + verification + policy + token), proof-verified
 //! requests with a reused proof (the cached path every `go` download takes), and with a fresh
-//! proof per request (signature verified every time).
+//! proof per request (signature verified every time); RFC 8693 exchanges of OIDC subject tokens
+//! from an issuer served over real HTTP in this process (RS256 and EdDSA, keys fetched once and
+//! cached): the same token again (verification cached, as a build pod's helper re-exchanging its
+//! projected token), and a new token every time (signature checked every time).
 
 use axum::body::Body;
 use axum::http::Request;
@@ -45,6 +48,11 @@ async fn run(n: usize) {
     let dev = DevIdentity { user: "bench".into(), keys: vec![pubkey.trim().to_string()] };
     let mut config = Config::dev(dir.path(), &dev, &Overrides::default()).unwrap();
     config.server.tls = None;
+    let issuer = Issuer::start(dir.path()).await;
+    config.oidc.push(issuer.config());
+    // The shipped policies: every workload may log in.
+    config.policy =
+        gocred::config::PolicyConfig::Dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"));
     let origin = "https://bench.gocred.test".to_string();
     let broker = gocred::server::Broker::start(config, origin.clone()).await.unwrap();
     let app = gocred::http::app(broker.app_state());
@@ -112,6 +120,44 @@ async fn run(n: usize) {
     }
     rows.push(time("GET /v1/whoami, token + fresh proof (uncached)", t.elapsed(), fresh));
 
+    // RFC 8693 exchanges. Subject tokens are made before timing.
+    let exchange = |subject: &str| {
+        let form = serde_urlencoded::to_string([
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", subject),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("public_key", pubkey.trim()),
+        ])
+        .unwrap();
+        Request::post("/v1/token")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(form))
+            .unwrap()
+    };
+    let same = issuer.token(false, 0);
+    let (st, body) = call(&app, exchange(&same)).await;
+    assert_eq!(st, 200, "{body}");
+    let t = Instant::now();
+    for _ in 0..n {
+        let (st, _) = call(&app, exchange(&same)).await;
+        assert_eq!(st, 200);
+    }
+    rows.push(time("POST /v1/token exchange, same subject token", t.elapsed(), n));
+    for (rsa, label) in [
+        (true, "POST /v1/token exchange, new RS256 token each"),
+        (false, "POST /v1/token exchange, new EdDSA token each"),
+    ] {
+        let fresh = (n / 4).clamp(50, 500);
+        let tokens: Vec<String> = (0..fresh).map(|i| issuer.token(rsa, i as u64 + 1)).collect();
+        let t = Instant::now();
+        for tok in &tokens {
+            let (st, body) = call(&app, exchange(tok)).await;
+            assert_eq!(st, 200, "{body}");
+        }
+        rows.push(time(label, t.elapsed(), fresh));
+    }
+    assert_eq!(issuer.jwks_fetches(), 1, "the key set was fetched once and cached");
+
     let base = rows[0].1;
     println!(
         "gocred auth benchmark (in-process router, {} cores, n={n})",
@@ -120,5 +166,111 @@ async fn run(n: usize) {
     println!("{:<52} {:>12} {:>10}", "operation", "ops/s", "vs healthz");
     for (label, ops) in &rows {
         println!("{label:<52} {ops:>12.0} {:>9.3}x", ops / base);
+    }
+}
+
+/// An OIDC issuer served over real HTTP on loopback (discovery + JWKS), signing with an RSA
+/// 2048 key (openssl) and an Ed25519 key.
+struct Issuer {
+    url: String,
+    rsa: openidconnect::core::CoreRsaPrivateSigningKey,
+    ed: ed25519_dalek::SigningKey,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+impl Issuer {
+    async fn start(dir: &std::path::Path) -> Issuer {
+        use openidconnect::PrivateSigningKey;
+        let pem_path = dir.join("issuer-rsa.pem");
+        let st = std::process::Command::new("openssl")
+            .args(["genrsa", "-traditional", "-out"])
+            .arg(&pem_path)
+            .arg("2048")
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is needed for the benchmark");
+        assert!(st.success());
+        let pem = std::fs::read_to_string(&pem_path).unwrap();
+        let rsa = openidconnect::core::CoreRsaPrivateSigningKey::from_pem(
+            &pem,
+            Some(openidconnect::JsonWebKeyId::new("rsa-1".into())),
+        )
+        .unwrap();
+        let ed = ed25519_dalek::SigningKey::from_bytes(&gocred::random_bytes::<32>());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let jwks = serde_json::json!({"keys": [
+            serde_json::to_value(rsa.as_verification_key()).unwrap(),
+            {"kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": "ed-1", "x": b64(ed.verifying_key().as_bytes())},
+        ]});
+        let discovery = serde_json::json!({"issuer": url, "jwks_uri": format!("{url}/jwks")});
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = fetches.clone();
+        let app = axum::Router::new()
+            .route("/.well-known/openid-configuration", axum::routing::get(move || async move { axum::Json(discovery) }))
+            .route(
+                "/jwks",
+                axum::routing::get(move || {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move { axum::Json(jwks) }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Issuer { url, rsa, ed, fetches }
+    }
+
+    fn config(&self) -> gocred::config::OidcIssuer {
+        gocred::config::OidcIssuer {
+            name: "bench-k8s".into(),
+            issuer: self.url.clone(),
+            kind: gocred::config::IssuerKind::Kubernetes,
+            audiences: vec!["gocred".into()],
+            client_id: None,
+            scopes: Vec::new(),
+            subject_claim: "sub".into(),
+            groups_claim: None,
+            claims: [
+                ("namespace".to_string(), "/kubernetes.io/namespace".to_string()),
+                ("service_account".to_string(), "/kubernetes.io/serviceaccount/name".to_string()),
+            ]
+            .into(),
+            discovery_url: format!("{}/.well-known/openid-configuration", self.url),
+            ca_cert: None,
+            leeway: std::time::Duration::from_secs(30),
+            max_token_age: None,
+        }
+    }
+
+    fn jwks_fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A Kubernetes-style service-account token; `i` makes it unique.
+    fn token(&self, rsa: bool, i: u64) -> String {
+        use ed25519_dalek::Signer as _;
+        use openidconnect::PrivateSigningKey;
+        let now = gocred::unix_now();
+        let claims = serde_json::json!({
+            "iss": self.url, "aud": ["gocred"], "sub": format!("system:serviceaccount:builds:builder-{i}"),
+            "iat": now, "exp": now + 600 + i,
+            "kubernetes.io": {"namespace": "builds", "serviceaccount": {"name": "builder"}},
+        });
+        let header = if rsa {
+            serde_json::json!({"alg": "RS256", "kid": "rsa-1", "typ": "JWT"})
+        } else {
+            serde_json::json!({"alg": "EdDSA", "kid": "ed-1", "typ": "JWT"})
+        };
+        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let sig = if rsa {
+            self.rsa.sign(&openidconnect::core::CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256, input.as_bytes()).unwrap()
+        } else {
+            self.ed.sign(input.as_bytes()).to_bytes().to_vec()
+        };
+        format!("{input}.{}", b64(&sig))
     }
 }
