@@ -9,7 +9,7 @@
 //! |-------------|----------------------------------------------------------------------|---------------------------------------|
 //! | [`http`]    | axum routes, request ids, metrics middleware, error → status mapping | hold business logic                   |
 //! | [`server`]  | `run(listener, config, shutdown)`: wires state, background tasks, TLS | parse config or print to the terminal |
-//! | [`auth`]    | SSH login (sealed challenges, authorized keys, certificates), proofs, [`auth::Principal`] | mint tokens, decide policy |
+//! | [`auth`]    | SSH login (sealed challenges, authorized keys, certificates), OIDC subject tokens (issuers, JWKS cache, claim mapping), proofs, [`auth::Principal`] | mint tokens, decide policy |
 //! | [`token`]   | EdDSA access tokens: mint, verify (strict `alg`), refresh, revocation check | accept any `alg` but EdDSA |
 //! | [`revocation`] | the shared revocation list in the secrets backend                   | block requests on the backend         |
 //! | [`policy`]  | Cedar policy loading/validation (file:line), decisions, decision cache | talk HTTP, do I/O beyond the policy dir |

@@ -1,5 +1,6 @@
 //! Authentication: who is calling. SSH login ([`ssh`]: sealed challenges answered with SSHSIG,
-//! authorized keys and user certificates), proofs of key possession ([`proof`]), and the
+//! authorized keys and user certificates), OIDC subject tokens ([`oidc`]: SSO ID tokens,
+//! Kubernetes and CI tokens for RFC 8693 exchange), proofs of key possession ([`proof`]), and the
 //! [`Principal`] every later stage (policy, token, proxy) works with.
 //!
 //! Must not: decide authorization (that is `policy`), choose HTTP status codes (that is `http`),
