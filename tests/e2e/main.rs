@@ -7,6 +7,7 @@
 mod chart;
 mod foundation;
 mod harness;
+mod injected;
 mod oidc;
 mod proxy;
 mod ssh;

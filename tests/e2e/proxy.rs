@@ -11,18 +11,18 @@ const UP_USER: &str = "git-bot";
 const UP_PASS: &str = "s3cret-upstream-pass";
 const UP_TOKEN: &str = "athens-upstream-token";
 
-struct World {
-    dir: tempfile::TempDir,
+pub struct World {
+    pub dir: tempfile::TempDir,
     _bao: OpenBao,
-    upstream: Proc,
-    broker: Gocred,
-    ca: PathBuf,
+    pub upstream: Proc,
+    pub broker: Gocred,
+    pub ca: PathBuf,
     key: PathBuf,
     /// h1: hash of the module as downloaded directly from the repository.
-    direct_sum: String,
+    pub direct_sum: String,
 }
 
-fn go_bin() -> PathBuf {
+pub fn go_bin() -> PathBuf {
     peer("go/go/bin/go")
 }
 
@@ -53,7 +53,7 @@ fn make_repo(root: &Path, name: &str, module: &str) {
 }
 
 /// Environment for a `go` run with a private GOMODCACHE.
-fn go_env(w: &World, cache: &str, extra: &[(&str, String)]) -> Vec<(String, String)> {
+pub fn go_env(w: &World, cache: &str, extra: &[(&str, String)]) -> Vec<(String, String)> {
     let home = w.dir.path().join("home");
     let path = format!(
         "{}:{}:{}",
@@ -90,7 +90,7 @@ fn go_env(w: &World, cache: &str, extra: &[(&str, String)]) -> Vec<(String, Stri
 }
 
 /// Run `go` in a fresh consumer module; returns (success, combined output, go.sum text).
-fn go_get(w: &World, name: &str, env: &[(String, String)], module: &str) -> (bool, String, String) {
+pub fn go_get(w: &World, name: &str, env: &[(String, String)], module: &str) -> (bool, String, String) {
     let app = w.dir.path().join(format!("app-{name}"));
     std::fs::create_dir_all(&app).unwrap();
     std::fs::write(app.join("go.mod"), "module example.com/app\n\ngo 1.21\n").unwrap();
@@ -105,7 +105,7 @@ fn go_get(w: &World, name: &str, env: &[(String, String)], module: &str) -> (boo
     (out.status.success(), text, sum)
 }
 
-fn h1_of(sum: &str, module: &str) -> Option<String> {
+pub fn h1_of(sum: &str, module: &str) -> Option<String> {
     sum.lines()
         .find(|l| l.starts_with(&format!("{module} v1.0.0 h1:")))
         .and_then(|l| l.split_whitespace().nth(2))
@@ -113,6 +113,11 @@ fn h1_of(sum: &str, module: &str) -> Option<String> {
 }
 
 async fn world() -> World {
+    world_with("127.0.0.1:0", "").await
+}
+
+/// The world with the broker listening on `listen` and `extra` appended to its config.
+pub async fn world_with(listen: &str, extra: &str) -> World {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // Repositories and the direct download (the reference hash and the GOPROXY layout).
@@ -193,12 +198,12 @@ async fn world() -> World {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+            "[server]\nlisten = \"{listen}\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
              [secrets]\nbackend = \"vault\"\n[vault]\naddress = \"{}\"\n[vault.auth]\nmethod = \"token\"\ntoken = \"root\"\n\
              [ssh]\nauthorized_keys = \"authorized_keys\"\n[policy]\ndir = \"policies\"\n[audit]\npath = \"audit.log\"\n\
              [[upstreams]]\nname = \"corp-git\"\nkind = \"git\"\nhosts = [\"git.corp.test\"]\nurl = \"http://127.0.0.1:{port}\"\ncredentials = \"vault:upstreams/corp-git\"\n\
              [[upstreams]]\nname = \"athens\"\nkind = \"goproxy\"\nmodules = [\"git.corp.test\"]\nurl = \"http://127.0.0.1:{port}/mod\"\ncredentials = \"vault:upstreams/athens\"\n\
-             [[upstreams]]\nname = \"vend\"\nkind = \"git\"\nhosts = [\"vend.example\"]\nurl = \"https://vend.example\"\ncredentials = \"vault:upstreams/vend\"\nmode = \"vend\"\n",
+             [[upstreams]]\nname = \"vend\"\nkind = \"git\"\nhosts = [\"vend.example\"]\nurl = \"https://vend.example\"\ncredentials = \"vault:upstreams/vend\"\nmode = \"vend\"\n{extra}",
             tls.cert.display(),
             tls.key.display(),
             bao.addr
