@@ -789,10 +789,10 @@ mod tests {
     #[test]
     fn shipped_policies_load() {
         let p = shipped();
-        assert_eq!(p.len(), 5);
+        assert_eq!(p.len(), 7);
         assert!(!p.is_empty());
         assert_eq!(p.location("developers-download-corp"), Some("gocred.cedar:8"));
-        assert_eq!(p.location("no-push"), Some("gocred.cedar:48"));
+        assert_eq!(p.location("no-push"), Some("gocred.cedar:84"));
     }
 
     #[test]
@@ -994,7 +994,7 @@ mod tests {
             &[("a.cedar".to_owned(), shipped_text()), ("b.cedar".to_owned(), dup.to_owned())],
         )
         .expect_err("duplicate id");
-        assert_eq!(err.to_string(), "b.cedar:2: policy id `no-push` is already used by the policy at a.cedar:48");
+        assert_eq!(err.to_string(), "b.cedar:2: policy id `no-push` is already used by the policy at a.cedar:84");
     }
 
     #[test]
@@ -1045,12 +1045,12 @@ mod tests {
         let err = engine.reload().expect_err("broken file");
         assert!(err.to_string().starts_with("zz-extra.cedar:1:"), "{err}");
         assert_eq!(engine.decide(&alice, Action::Download, &lib), before);
-        assert_eq!(engine.read().policies.len(), 5);
+        assert_eq!(engine.read().policies.len(), 7);
 
         // Fixed: reload succeeds, and the cached "allowed" is not served any more.
         std::fs::write(&extra, "@id(\"no-alice\")\nforbid (principal == User::\"alice\", action, resource);\n")
             .expect("write");
-        assert_eq!(engine.reload().expect("reloads"), 6);
+        assert_eq!(engine.reload().expect("reloads"), 8);
         assert!(engine.cache().is_empty());
         let after = engine.decide(&alice, Action::Download, &lib);
         assert!(!after.allowed);
@@ -1068,7 +1068,7 @@ mod tests {
         assert!(!engine.decide(&user("alice", &[]), Action::Download, &lib).allowed);
         assert_eq!(engine.cache().len(), 2);
         // Reload without a directory is a no-op.
-        assert_eq!(engine.reload().expect("no-op"), 5);
+        assert_eq!(engine.reload().expect("no-op"), 7);
         assert_eq!(engine.cache().len(), 2);
     }
 
