@@ -212,7 +212,10 @@ impl Issuer {
         let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = fetches.clone();
         let app = axum::Router::new()
-            .route("/.well-known/openid-configuration", axum::routing::get(move || async move { axum::Json(discovery) }))
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(move || async move { axum::Json(discovery) }),
+            )
             .route(
                 "/jwks",
                 axum::routing::get(move || {
@@ -243,6 +246,8 @@ impl Issuer {
             ca_cert: None,
             leeway: std::time::Duration::from_secs(30),
             max_token_age: None,
+            username_prefix: String::new(),
+            groups_prefix: "bench-k8s:".into(),
         }
     }
 
@@ -267,7 +272,9 @@ impl Issuer {
         };
         let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
         let sig = if rsa {
-            self.rsa.sign(&openidconnect::core::CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256, input.as_bytes()).unwrap()
+            self.rsa
+                .sign(&openidconnect::core::CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256, input.as_bytes())
+                .unwrap()
         } else {
             self.ed.sign(input.as_bytes()).to_bytes().to_vec()
         };

@@ -96,6 +96,8 @@ struct RawIssuer {
     ca_cert: Option<PathBuf>,
     leeway: Option<String>,
     max_token_age: Option<String>,
+    username_prefix: Option<String>,
+    groups_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,6 +320,25 @@ pub struct OidcIssuer {
     pub leeway: Duration,
     /// Tokens issued longer ago than this are refused, whatever their `exp`.
     pub max_token_age: Option<Duration>,
+    /// Put before the subject to make the principal id (default `<name>:` for human issuers, so
+    /// an SSO user can never be the same Cedar principal as an SSH user or another issuer's user).
+    pub username_prefix: String,
+    /// Put before each group (default `<name>:`).
+    pub groups_prefix: String,
+}
+
+/// `https://...`, or `http://` to a loopback host (tests, local development).
+pub fn secure_url(u: &str) -> bool {
+    if u.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = u.strip_prefix("http://") else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority),
+    };
+    host == "localhost" || host == "::1" || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What an upstream speaks.
@@ -679,12 +700,18 @@ fn default_claims(kind: IssuerKind) -> &'static [(&'static str, &'static str)] {
         IssuerKind::Kubernetes => {
             &[("namespace", "/kubernetes.io/namespace"), ("service_account", "/kubernetes.io/serviceaccount/name")]
         }
-        IssuerKind::Ci => &[("repository", "repository"), ("repository_owner", "repository_owner"), ("ref", "ref")],
+        IssuerKind::Ci => &[
+            ("repository", "repository"),
+            ("repository_owner", "repository_owner"),
+            ("ref", "ref"),
+            ("event_name", "event_name"),
+        ],
     }
 }
 
 /// Principal attributes a claim may be mapped to (the schema's optional workload attributes).
-pub const MAPPABLE_ATTRS: [&str; 5] = ["namespace", "service_account", "repository", "repository_owner", "ref"];
+pub const MAPPABLE_ATTRS: [&str; 6] =
+    ["namespace", "service_account", "repository", "repository_owner", "ref", "event_name"];
 
 fn validate_oidc(
     raw: Option<RawOidc>,
@@ -707,10 +734,13 @@ fn validate_oidc(
                 && !u.contains(char::is_whitespace)
                 && !u.contains(['?', '#', '@'])
         };
-        if !url_ok(&r.issuer) {
+        if !url_ok(&r.issuer) || !secure_url(&r.issuer) {
             return Err(err(
                 &key("issuer"),
-                format!("`{}` must be an http(s) URL without query or user info", r.issuer),
+                format!(
+                    "`{}` must be an https URL (http only to a loopback host) without query or user info",
+                    r.issuer
+                ),
             ));
         }
         if out.iter().any(|o| o.issuer == r.issuer) {
@@ -744,8 +774,13 @@ fn validate_oidc(
             }
         }
         let discovery_url = match r.discovery_url {
-            Some(u) if url_ok(&u) => u,
-            Some(u) => return Err(err(&key("discovery_url"), format!("`{u}` must be an http(s) URL"))),
+            Some(u) if url_ok(&u) && secure_url(&u) => u,
+            Some(u) => {
+                return Err(err(
+                    &key("discovery_url"),
+                    format!("`{u}` must be an https URL (http only to a loopback host)"),
+                ));
+            }
             None => format!("{}/.well-known/openid-configuration", r.issuer.trim_end_matches('/')),
         };
         let leeway = duration(origin, &key("leeway"), r.leeway.as_deref(), Duration::from_secs(30))?;
@@ -757,6 +792,29 @@ fn validate_oidc(
             Some(v) => Some(duration(origin, &key("max_token_age"), Some(&v), Duration::ZERO)?),
         };
         let default_groups = if r.kind == IssuerKind::Human { Some("groups".to_string()) } else { None };
+        let prefix_ok = |p: &str| !p.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"');
+        let username_prefix = r.username_prefix.unwrap_or_else(|| match r.kind {
+            IssuerKind::Human => format!("{}:", r.name),
+            // Workload ids (`system:serviceaccount:ns:sa`, `repo:org/repo:ref:...`) are their own
+            // Cedar type; policies pin `principal.issuer`.
+            _ => String::new(),
+        });
+        if !prefix_ok(&username_prefix) {
+            return Err(err(&key("username_prefix"), "must not contain whitespace or quotes".into()));
+        }
+        if r.kind == IssuerKind::Human
+            && username_prefix.is_empty()
+            && out.iter().any(|o| o.kind == IssuerKind::Human && o.username_prefix.is_empty())
+        {
+            return Err(err(
+                &key("username_prefix"),
+                "only one human issuer may use an empty prefix (its users share names with SSH users)".into(),
+            ));
+        }
+        let groups_prefix = r.groups_prefix.unwrap_or_else(|| format!("{}:", r.name));
+        if !prefix_ok(&groups_prefix) {
+            return Err(err(&key("groups_prefix"), "must not contain whitespace or quotes".into()));
+        }
         out.push(OidcIssuer {
             name: r.name,
             issuer: r.issuer,
@@ -779,6 +837,8 @@ fn validate_oidc(
             ca_cert: r.ca_cert.map(rel),
             leeway,
             max_token_age,
+            username_prefix,
+            groups_prefix,
         });
     }
     Ok(out)
@@ -1488,6 +1548,47 @@ mod tests {
         assert!(e.contains("vault.auth.role") && e.contains("kubernetes"), "{e}");
         let e = parse(&format!("{base}method = \"ldap\"\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("vault.auth.method"), "{e}");
+    }
+
+    #[test]
+    fn oidc_issuers_validation_prefixes_and_transport() {
+        assert!(secure_url("https://sso.example"));
+        assert!(
+            secure_url("http://127.0.0.1:8080/x") && secure_url("http://localhost:1") && secure_url("http://[::1]:9")
+        );
+        assert!(
+            !secure_url("http://sso.example") && !secure_url("http://127.0.0.1.evil.example") && !secure_url("ftp://x")
+        );
+        let issuer = |extra: &str| {
+            format!(
+                "{MIN}[[oidc.issuers]]\nname = \"sso\"\nissuer = \"https://sso.example\"\nkind = \"human\"\naudiences = [\"cli\"]\nclient_id = \"cli\"\n{extra}"
+            )
+        };
+        let c = parse(&issuer(""), &[]).unwrap();
+        let i = &c.oidc[0];
+        assert_eq!((i.username_prefix.as_str(), i.groups_prefix.as_str()), ("sso:", "sso:"));
+        assert_eq!(i.groups_claim.as_deref(), Some("groups"));
+        assert_eq!(i.discovery_url, "https://sso.example/.well-known/openid-configuration");
+        let e = parse(&issuer("").replace("https://sso.example", "http://sso.example"), &[]).unwrap_err().to_string();
+        assert!(e.contains("oidc.issuers[0].issuer") && e.contains("https"), "{e}");
+        let e = parse(&issuer("").replace("client_id = \"cli\"\n", ""), &[]).unwrap_err().to_string();
+        assert!(e.contains("oidc.issuers[0].client_id"), "{e}");
+        let e = parse(&issuer("claims = { colour = \"c\" }\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("claims.colour") && e.contains("unknown principal attribute"), "{e}");
+        // Two human issuers may not both drop the prefix.
+        let two = format!(
+            "{}username_prefix = \"\"\n[[oidc.issuers]]\nname = \"b\"\nissuer = \"https://b.example\"\nkind = \"human\"\naudiences = [\"cli\"]\nclient_id = \"cli\"\nusername_prefix = \"\"\n",
+            issuer("")
+        );
+        let e = parse(&two, &[]).unwrap_err().to_string();
+        assert!(e.contains("oidc.issuers[1].username_prefix"), "{e}");
+        // Workloads: no user prefix, the kind's default claims.
+        let k = format!(
+            "{MIN}[[oidc.issuers]]\nname = \"cluster\"\nissuer = \"https://k.example\"\nkind = \"kubernetes\"\naudiences = [\"gocred\"]\n"
+        );
+        let c = parse(&k, &[]).unwrap();
+        assert_eq!(c.oidc[0].username_prefix, "");
+        assert_eq!(c.oidc[0].claims["namespace"], "/kubernetes.io/namespace");
     }
 
     #[test]

@@ -34,8 +34,17 @@ pub const EMBEDDED_SCHEMA: &str = include_str!("../policies/gocred.cedarschema")
 
 /// Principal attributes (from [`Principal::attrs`]) that the schema declares as optional
 /// `String`s. Other attributes are not passed to Cedar.
-const DECLARED_ATTRS: [&str; 8] =
-    ["issuer", "subject", "namespace", "service_account", "repository", "repository_owner", "ref", "kind"];
+const DECLARED_ATTRS: [&str; 9] = [
+    "issuer",
+    "subject",
+    "namespace",
+    "service_account",
+    "repository",
+    "repository_owner",
+    "ref",
+    "event_name",
+    "kind",
+];
 
 /// Placeholder for the (escaped) user name in [`DEV_POLICIES`].
 const DEV_USER: &str = "{{USER}}";
@@ -771,7 +780,8 @@ mod tests {
                 ("repository_owner".to_owned(), owner.to_owned()),
                 ("repository".to_owned(), format!("{owner}/api")),
                 ("ref".to_owned(), "refs/heads/main".to_owned()),
-                ("issuer".to_owned(), "https://ci.example".to_owned()),
+                ("event_name".to_owned(), "push".to_owned()),
+                ("issuer".to_owned(), "github".to_owned()),
                 // Not in the schema: must be ignored, not rejected.
                 ("job_workflow_ref".to_owned(), "x".to_owned()),
             ]),
@@ -789,10 +799,10 @@ mod tests {
     #[test]
     fn shipped_policies_load() {
         let p = shipped();
-        assert_eq!(p.len(), 7);
+        assert_eq!(p.len(), 8);
         assert!(!p.is_empty());
         assert_eq!(p.location("developers-download-corp"), Some("gocred.cedar:8"));
-        assert_eq!(p.location("no-push"), Some("gocred.cedar:84"));
+        assert_eq!(p.location("no-push"), Some("gocred.cedar:91"));
     }
 
     #[test]
@@ -853,7 +863,7 @@ mod tests {
         let own = Resource::module("git.corp.example/acme/api", "corp");
         let d = p.decide(&ci("acme"), Action::Download, &own);
         assert!(d.allowed, "{d:?}");
-        assert_eq!(d.policy_ids, ["ci-download-own-org-main"]);
+        assert_eq!(d.policy_ids, ["ci-acme-main-download-acme"]);
 
         let other = Resource::module("git.corp.example/other/x", "corp");
         let d = p.decide(&ci("acme"), Action::Download, &other);
@@ -862,14 +872,26 @@ mod tests {
         assert!(d.reason.contains("git.corp.example/other/x"), "{}", d.reason);
         assert!(d.reason.contains("workload:repo:acme/api"), "{}", d.reason);
 
-        // A non-CI workload of the same owner gets nothing.
+        // The same claims from another issuer (here the cluster's) get nothing.
         let mut k8s = ci("acme");
         k8s.attrs.insert("kind".to_owned(), "kubernetes".to_owned());
+        k8s.attrs.insert("issuer".to_owned(), "cluster".to_owned());
         assert!(!p.decide(&k8s, Action::Download, &own).allowed);
 
         // A module path without an org element.
         let bare = Resource::module("git.corp.example", "corp");
         assert!(!p.decide(&ci("acme"), Action::Download, &bare).allowed);
+        // The same org name from another issuer, or a pull_request_target run, gets nothing.
+        let mut elsewhere = ci("acme");
+        elsewhere.attrs.insert("issuer".to_owned(), "gitlab".to_owned());
+        assert!(!p.decide(&elsewhere, Action::Download, &own).allowed);
+        let mut prt = ci("acme");
+        prt.attrs.insert("event_name".to_owned(), "pull_request_target".to_owned());
+        assert!(!p.decide(&prt, Action::Download, &own).allowed);
+        // Another org's main branch does not reach acme's modules (no generic owner == org rule).
+        assert!(
+            !p.decide(&ci("other"), Action::Download, &Resource::module("git.corp.example/other/x", "corp")).allowed
+        );
         // A feature branch of the same repository gets nothing.
         let mut feature = ci("acme");
         feature.attrs.insert("ref".to_owned(), "refs/heads/feature".to_owned());
@@ -887,6 +909,7 @@ mod tests {
         let mut k8s = ci("acme");
         k8s.attrs = BTreeMap::from([
             ("kind".to_owned(), "kubernetes".to_owned()),
+            ("issuer".to_owned(), "cluster".to_owned()),
             ("namespace".to_owned(), "builds".to_owned()),
             ("service_account".to_owned(), "builder".to_owned()),
         ]);
@@ -994,7 +1017,7 @@ mod tests {
             &[("a.cedar".to_owned(), shipped_text()), ("b.cedar".to_owned(), dup.to_owned())],
         )
         .expect_err("duplicate id");
-        assert_eq!(err.to_string(), "b.cedar:2: policy id `no-push` is already used by the policy at a.cedar:84");
+        assert_eq!(err.to_string(), "b.cedar:2: policy id `no-push` is already used by the policy at a.cedar:91");
     }
 
     #[test]
@@ -1045,12 +1068,12 @@ mod tests {
         let err = engine.reload().expect_err("broken file");
         assert!(err.to_string().starts_with("zz-extra.cedar:1:"), "{err}");
         assert_eq!(engine.decide(&alice, Action::Download, &lib), before);
-        assert_eq!(engine.read().policies.len(), 7);
+        assert_eq!(engine.read().policies.len(), 8);
 
         // Fixed: reload succeeds, and the cached "allowed" is not served any more.
         std::fs::write(&extra, "@id(\"no-alice\")\nforbid (principal == User::\"alice\", action, resource);\n")
             .expect("write");
-        assert_eq!(engine.reload().expect("reloads"), 8);
+        assert_eq!(engine.reload().expect("reloads"), 9);
         assert!(engine.cache().is_empty());
         let after = engine.decide(&alice, Action::Download, &lib);
         assert!(!after.allowed);
@@ -1068,7 +1091,7 @@ mod tests {
         assert!(!engine.decide(&user("alice", &[]), Action::Download, &lib).allowed);
         assert_eq!(engine.cache().len(), 2);
         // Reload without a directory is a no-op.
-        assert_eq!(engine.reload().expect("no-op"), 7);
+        assert_eq!(engine.reload().expect("no-op"), 8);
         assert_eq!(engine.cache().len(), 2);
     }
 

@@ -24,8 +24,14 @@ use std::time::{Duration, Instant};
 
 /// Key sets older than this are re-fetched (in line, falling back to the cached set on error).
 pub const JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
-/// A token with an unknown `kid` re-fetches the issuer's key set at most this often.
+/// An issuer's discovery document and key set are fetched at most this often, whatever the
+/// reason (first use, age, an unknown `kid`, a failure): unauthenticated callers cannot make the
+/// broker hammer an identity provider.
 pub const UNKNOWN_KID_REFETCH: Duration = Duration::from_secs(10);
+/// Cached keys are used while the issuer cannot be reached, but not longer than this.
+pub const JWKS_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
+/// JWT `typ` values that are never ID tokens (RFC 9068 access tokens, logout and SET tokens).
+const REFUSED_TYPES: [&str; 4] = ["at+jwt", "application/at+jwt", "logout+jwt", "secevent+jwt"];
 /// Signature algorithms accepted on subject tokens. Never `none`, never HMAC.
 pub const ALLOWED_ALGS: [&str; 9] = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 const CACHE_CAP: usize = 20_000;
@@ -39,6 +45,10 @@ pub enum OidcError {
     UnsupportedAlg { alg: String },
     #[error("subject_token has a `crit` header, which is not supported")]
     CriticalHeader,
+    #[error("subject_token has typ `{typ}`: not an identity token")]
+    WrongType { typ: String },
+    #[error("subject_token from issuer `{issuer}`: `email` is used as the subject but `email_verified` is not true")]
+    EmailNotVerified { issuer: String },
     #[error("subject_token issuer `{iss}` is not trusted by this broker (no [[oidc.issuers]] entry has this issuer)")]
     UnknownIssuer { iss: String },
     #[error("subject_token is signed by a key that issuer `{issuer}` does not publish (kid `{kid}`)")]
@@ -84,6 +94,8 @@ pub struct Identity {
     pub issuer_kind: IssuerKind,
     /// The subject token's `exp`.
     pub exp: u64,
+    /// The subject token's `iat`, if any.
+    pub iat: Option<u64>,
 }
 
 impl Identity {
@@ -105,12 +117,19 @@ struct Keys {
     fetched: Instant,
 }
 
+/// When the last fetch was attempted, and why it failed (if it did).
+#[derive(Default)]
+struct FetchState {
+    last: Option<Instant>,
+    error: Option<String>,
+}
+
 struct Issuer {
     cfg: OidcIssuer,
     http: reqwest::Client,
     keys: RwLock<Option<Arc<Keys>>>,
-    /// Serialises fetches; holds when the last fetch was attempted.
-    fetching: tokio::sync::Mutex<Option<Instant>>,
+    /// Serialises fetches.
+    fetching: tokio::sync::Mutex<FetchState>,
 }
 
 /// Verifies subject tokens of all configured issuers.
@@ -131,7 +150,8 @@ fn http_client(cfg: &OidcIssuer) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::limited(3));
+        // The trust anchor is the configured URL: no redirects elsewhere (or to plain http).
+        .redirect(reqwest::redirect::Policy::none());
     if let Some(ca) = &cfg.ca_cert {
         let pem = std::fs::read(ca).map_err(|e| format!("cannot read ca_cert {}: {e}", ca.display()))?;
         let certs =
@@ -152,7 +172,7 @@ impl OidcVerifier {
                     cfg: cfg.clone(),
                     http,
                     keys: RwLock::new(None),
-                    fetching: tokio::sync::Mutex::new(None),
+                    fetching: tokio::sync::Mutex::new(FetchState::default()),
                 }),
             );
         }
@@ -174,12 +194,18 @@ impl OidcVerifier {
         let cache_key = super::sha256_hex(&[token.as_bytes()]);
         let cached = self.cache.lock().expect("oidc cache poisoned").get(&cache_key).cloned();
         if let Some(id) = cached {
-            let issuer = &self.issuers.values().find(|i| i.cfg.name == id.issuer).map(|i| i.cfg.leeway);
-            let leeway = issuer.unwrap_or_default().as_secs();
-            if now < id.exp + leeway {
-                return Ok(id);
+            let cfg = self.issuers.values().find(|i| i.cfg.name == id.issuer).map(|i| &i.cfg);
+            let leeway = cfg.map(|c| c.leeway.as_secs()).unwrap_or(0);
+            if now >= id.exp.saturating_add(leeway) {
+                return Err(OidcError::Expired { issuer: id.issuer.clone(), ago: now.saturating_sub(id.exp) });
             }
-            return Err(OidcError::Expired { issuer: id.issuer.clone(), ago: now.saturating_sub(id.exp) });
+            if let (Some(max), Some(iat)) = (cfg.and_then(|c| c.max_token_age), id.iat) {
+                let age = now.saturating_sub(iat);
+                if age > max.as_secs() {
+                    return Err(OidcError::TooOld { issuer: id.issuer.clone(), age, max: max.as_secs() });
+                }
+            }
+            return Ok(id);
         }
         let parsed = parse(token)?;
         let iss = parsed.claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default().to_string();
@@ -225,6 +251,11 @@ fn parse(token: &str) -> Result<Parsed, OidcError> {
     if header.contains_key("crit") {
         return Err(OidcError::CriticalHeader);
     }
+    if let Some(typ) = header.get("typ").and_then(|v| v.as_str())
+        && REFUSED_TYPES.contains(&typ.to_ascii_lowercase().as_str())
+    {
+        return Err(OidcError::WrongType { typ: typ.chars().take(40).collect() });
+    }
     let alg: CoreJwsSigningAlgorithm = serde_json::from_value(serde_json::Value::String(alg_name.clone()))
         .map_err(|_| OidcError::UnsupportedAlg { alg: alg_name.clone() })?;
     let kid = match header.get("kid") {
@@ -266,15 +297,36 @@ fn suitable(
 
 impl Issuer {
     async fn fetch_keys(&self, reason_unknown_kid: bool) -> Result<Arc<Keys>, OidcError> {
-        let mut last = self.fetching.lock().await;
-        // Another task fetched while we waited, or an unknown kid re-fetched very recently.
-        if let Some(current) = self.keys.read().expect("jwks lock poisoned").clone() {
-            let recent = last.is_some_and(|t| t.elapsed() < UNKNOWN_KID_REFETCH);
-            if (reason_unknown_kid && recent) || (!reason_unknown_kid && current.fetched.elapsed() < JWKS_MAX_AGE) {
-                return Ok(current);
-            }
+        let mut state = self.fetching.lock().await;
+        let current = self.keys.read().expect("jwks lock poisoned").clone();
+        // Another task fetched while we waited.
+        if let Some(c) = &current
+            && !reason_unknown_kid
+            && c.fetched.elapsed() < JWKS_MAX_AGE
+        {
+            return Ok(c.clone());
         }
-        *last = Some(Instant::now());
+        // At most one attempt per interval, whatever the reason; meanwhile the cached keys (or
+        // the last failure) stand.
+        if state.last.is_some_and(|t| t.elapsed() < UNKNOWN_KID_REFETCH) {
+            return match (current, &state.error) {
+                (Some(c), _) => Ok(c),
+                (None, Some(e)) => Err(OidcError::FetchKeys { issuer: self.cfg.name.clone(), reason: e.clone() }),
+                (None, None) => {
+                    Err(OidcError::FetchKeys { issuer: self.cfg.name.clone(), reason: "not fetched yet".into() })
+                }
+            };
+        }
+        state.last = Some(Instant::now());
+        let result = self.fetch_now().await;
+        state.error = result.as_ref().err().map(|e| match e {
+            OidcError::FetchKeys { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        });
+        result
+    }
+
+    async fn fetch_now(&self) -> Result<Arc<Keys>, OidcError> {
         let fail = |reason: String| OidcError::FetchKeys { issuer: self.cfg.name.clone(), reason };
         let doc: serde_json::Value = {
             let resp = self.http.get(&self.cfg.discovery_url).send().await.map_err(|e| fail(crate::error_chain(&e)))?;
@@ -287,6 +339,9 @@ impl Issuer {
             return Err(fail("the discovery document names another issuer".into()));
         }
         let jwks_uri = doc.get("jwks_uri").and_then(|v| v.as_str()).ok_or_else(|| fail("no jwks_uri".into()))?;
+        if !crate::config::secure_url(jwks_uri) {
+            return Err(fail("jwks_uri is not https".into()));
+        }
         let url = openidconnect::JsonWebKeySetUrl::new(jwks_uri.to_string()).map_err(|e| fail(e.to_string()))?;
         let http = self.http.clone();
         let call = move |req: openidconnect::HttpRequest| {
@@ -319,7 +374,15 @@ impl Issuer {
         let cached = self.keys.read().expect("jwks lock poisoned").clone();
         match cached {
             Some(k) if k.fetched.elapsed() < JWKS_MAX_AGE => Ok(k),
-            Some(k) => Ok(self.fetch_keys(false).await.unwrap_or(k)),
+            Some(k) => match self.fetch_keys(false).await {
+                Ok(fresh) => Ok(fresh),
+                // The issuer is unreachable: keep using recent keys, but not forever.
+                Err(_) if k.fetched.elapsed() < JWKS_MAX_STALE => Ok(k),
+                Err(e) => {
+                    *self.keys.write().expect("jwks lock poisoned") = None;
+                    Err(e)
+                }
+            },
             None => self.fetch_keys(false).await,
         }
     }
@@ -351,12 +414,12 @@ impl Issuer {
         let leeway = self.cfg.leeway.as_secs();
         let num = |k: &str| c.get(k).and_then(|v| v.as_f64()).map(|f| if f < 0.0 { 0 } else { f as u64 });
         let exp = num("exp").ok_or_else(|| OidcError::NoExpiry { issuer: name() })?;
-        if now >= exp + leeway {
-            return Err(OidcError::Expired { issuer: name(), ago: now - exp });
+        if now >= exp.saturating_add(leeway) {
+            return Err(OidcError::Expired { issuer: name(), ago: now.saturating_sub(exp) });
         }
         for claim in ["nbf", "iat"] {
             if let Some(t) = num(claim)
-                && t > now + leeway
+                && t > now.saturating_add(leeway)
             {
                 return Err(OidcError::NotYetValid {
                     issuer: name(),
@@ -365,7 +428,12 @@ impl Issuer {
                 });
             }
         }
-        if let (Some(max), Some(iat)) = (self.cfg.max_token_age, num("iat")) {
+        if let Some(max) = self.cfg.max_token_age {
+            let iat = num("iat").ok_or_else(|| OidcError::MissingClaim {
+                issuer: name(),
+                claim: "iat".into(),
+                attr: "max_token_age".into(),
+            })?;
             let age = now.saturating_sub(iat);
             if age > max.as_secs() {
                 return Err(OidcError::TooOld { issuer: name(), age, max: max.as_secs() });
@@ -399,7 +467,10 @@ impl Issuer {
                 Some(_) => Err(OidcError::BadClaim { issuer: name(), claim: claim.to_string() }),
             }
         };
-        let id = get(&self.cfg.subject_claim, "subject")?;
+        if self.cfg.subject_claim == "email" && c.get("email_verified") != Some(&serde_json::Value::Bool(true)) {
+            return Err(OidcError::EmailNotVerified { issuer: name() });
+        }
+        let id = format!("{}{}", self.cfg.username_prefix, get(&self.cfg.subject_claim, "subject")?);
         let mut attrs = BTreeMap::new();
         attrs.insert("issuer".to_string(), self.cfg.name.clone());
         attrs.insert("kind".to_string(), self.cfg.kind.as_str().to_string());
@@ -409,11 +480,12 @@ impl Issuer {
         for (attr, claim) in &self.cfg.claims {
             attrs.insert(attr.clone(), get(claim, attr)?);
         }
-        let groups = match self.cfg.groups_claim.as_deref().and_then(|g| c.get(g)) {
+        let groups: Vec<String> = match self.cfg.groups_claim.as_deref().and_then(|g| c.get(g)) {
             Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
             Some(serde_json::Value::String(s)) => vec![s.clone()],
             _ => Vec::new(),
         };
+        let groups = groups.into_iter().take(200).map(|g| format!("{}{g}", self.cfg.groups_prefix)).collect();
         Ok(Identity {
             kind: if self.cfg.kind == IssuerKind::Human { PrincipalKind::User } else { PrincipalKind::Workload },
             id,
@@ -422,6 +494,7 @@ impl Issuer {
             issuer: self.cfg.name.clone(),
             issuer_kind: self.cfg.kind,
             exp,
+            iat: num("iat"),
         })
     }
 }
@@ -461,12 +534,14 @@ mod tests {
             ca_cert: None,
             leeway: Duration::from_secs(30),
             max_token_age: None,
+            username_prefix: String::new(),
+            groups_prefix: "k8s:".into(),
         };
         Issuer {
             http: http_client(&cfg).unwrap(),
             cfg,
             keys: RwLock::new(None),
-            fetching: tokio::sync::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(FetchState::default()),
         }
     }
 

@@ -39,6 +39,20 @@ pub struct AgentArgs {
     pub install: Option<PathBuf>,
 }
 
+/// A broker origin that is safe to write into gitconfig, netrc and env files:
+/// `https://host[:port]` (http only to loopback) made of `[A-Za-z0-9.:-]`.
+fn checked_origin(url: &str) -> anyhow::Result<String> {
+    let url = url.trim_end_matches('/');
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).unwrap_or("");
+    let ok = !rest.is_empty()
+        && rest.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '[' | ']'))
+        && crate::config::secure_url(url);
+    if !ok {
+        bail!("broker URL `{url}` must be https://host[:port] (http:// only to a loopback address)");
+    }
+    Ok(url.to_string())
+}
+
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.install {
         return install(dir, args.broker.as_deref());
@@ -48,11 +62,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
          GOCRED_ID_TOKEN or GitHub Actions' ACTIONS_ID_TOKEN_REQUEST_URL is set",
     )?;
     let broker = args.broker.clone().context("which broker? pass --broker URL (or set GOCRED_BROKER)")?;
-    let broker = broker.trim_end_matches('/').to_string();
+    let broker = checked_origin(&broker)?;
+    // The agent's own state (never a person's login session): GOCRED_STATE_DIR, else
+    // `<cache>/agent`.
+    let state_dir = match std::env::var_os("GOCRED_STATE_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => crate::client::state::cache_dir()?.join("agent"),
+    };
     set_ambient_override(AmbientOverride { source: source.clone(), broker: broker.clone(), ca: args.ca_cert.clone() });
     loop {
         let (session, proof, proof_exp) = {
-            let store = Store::lock()?;
+            let store = Store::lock_at(&state_dir)?;
             // A session for another broker or from a login is not ours to reuse.
             if let Some(s) = store.load()?
                 && (s.broker != broker || s.method != "ambient")
@@ -96,7 +116,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 /// netrc + gitconfig + env file for tools that cannot run a helper.
 async fn write_bundle(dir: &Path, s: &Session, proof: &str, until: u64, ca: Option<&Path>) -> anyhow::Result<()> {
     crate::fsutil::ensure_private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let origin = s.broker.trim_end_matches('/').to_string();
+    let origin = checked_origin(&s.broker)?;
     let hp = origin.split_once("://").map(|(_, r)| r).unwrap_or(&origin).to_string();
     let host = hp.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_else(|| hp.clone());
     let secret = zeroize::Zeroizing::new(format!("{}~{proof}", s.token));
@@ -151,9 +171,12 @@ async fn write_bundle(dir: &Path, s: &Session, proof: &str, until: u64, ca: Opti
 
 /// The init container's job: `DIR/bin/gocred`, `DIR/gitconfig`, `DIR/ca.pem`.
 fn install(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
-    let broker = broker.context("GOCRED_BROKER is not set")?.trim_end_matches('/').to_string();
-    if !(broker.starts_with("https://") || broker.starts_with("http://")) || broker.contains(char::is_whitespace) {
-        bail!("GOCRED_BROKER `{broker}` is not an http(s) URL");
+    let broker = checked_origin(broker.context("GOCRED_BROKER is not set")?)?;
+    // git runs the helper through a shell: the path must be plain.
+    let plain =
+        |p: &Path| p.to_str().is_some_and(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)));
+    if !plain(dir) || !dir.is_absolute() {
+        bail!("install directory `{}` must be an absolute path of letters, digits, `/._-`", dir.display());
     }
     let modules: Vec<String> = std::env::var("GOCRED_MODULES")
         .unwrap_or_default()
@@ -169,10 +192,21 @@ fn install(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
     let me = std::env::current_exe().context("cannot find the gocred binary")?;
-    let tmp = bin.join(".gocred.tmp");
-    std::fs::copy(&me, &tmp).with_context(|| format!("cannot copy {} to {}", me.display(), tmp.display()))?;
+    // A fresh, unpredictable temp name opened with O_EXCL (never through a planted symlink).
+    let tmp = bin.join(format!(".gocred.{}.tmp", crate::fsutil::hex(&crate::random_bytes::<8>())));
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut src = std::fs::File::open(&me).with_context(|| format!("cannot read {}", me.display()))?;
+        std::io::copy(&mut src, &mut out).with_context(|| format!("cannot copy {}", me.display()))?;
+        out.sync_all()?;
+    }
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&tmp, bin.join("gocred"))?;
     let helper = bin.join("gocred");
     let mut gitconfig = format!(

@@ -65,10 +65,14 @@ impl Source {
             Source::Env(v) => std::env::var(v).map_err(|_| self.err("not set"))?,
             Source::GitHubActions { url, audience } => {
                 crate::tls::install_crypto_provider();
+                if !crate::config::secure_url(url) {
+                    return Err(self.err("ACTIONS_ID_TOKEN_REQUEST_URL is not https"));
+                }
                 let bearer = std::env::var("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
                     .map_err(|_| self.err("ACTIONS_ID_TOKEN_REQUEST_TOKEN is not set"))?;
                 let http = reqwest::Client::builder()
                     .timeout(Duration::from_secs(30))
+                    .redirect(reqwest::redirect::Policy::none())
                     .build()
                     .map_err(|e| self.err(e.to_string()))?;
                 let resp = http

@@ -43,8 +43,15 @@ impl BrokerClient {
         crate::tls::install_crypto_provider();
         let url = url.trim_end_matches('/').to_string();
         let err = |reason: String| ClientError::Broker { url: url.clone(), reason };
-        let mut b =
-            reqwest::Client::builder().timeout(Duration::from_secs(30)).connect_timeout(Duration::from_secs(10));
+        // Tokens and proofs must not travel in clear text (loopback excepted, for tests).
+        if !crate::config::secure_url(&url) {
+            return Err(err("the broker URL must be https:// (http:// only to a loopback address)".into()));
+        }
+        let mut b = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(10))
+            // A redirect would re-send a subject token or proof elsewhere.
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = ca {
             let pem = std::fs::read(ca).map_err(|e| err(format!("cannot read CA file {}: {e}", ca.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)

@@ -31,9 +31,8 @@ pub struct IdpTokens {
 }
 
 /// An RFC 8628 device authorization.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct DeviceAuth {
-    #[serde(skip_serializing)]
     device_code: String,
     pub user_code: String,
     pub verification_uri: String,
@@ -42,6 +41,17 @@ pub struct DeviceAuth {
     pub expires_in: u64,
     #[serde(default)]
     pub interval: Option<u64>,
+}
+
+impl std::fmt::Debug for DeviceAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceAuth")
+            .field("device_code", &"[REDACTED]")
+            .field("user_code", &self.user_code)
+            .field("verification_uri", &self.verification_uri)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Deserialize)]
@@ -94,6 +104,9 @@ impl Provider {
         ca: Option<&Path>,
     ) -> Result<Provider, ClientError> {
         crate::tls::install_crypto_provider();
+        if !crate::config::secure_url(issuer) {
+            return Err(idp_err(issuer, "the issuer must be https:// (http:// only to a loopback address)"));
+        }
         let mut b = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
@@ -117,6 +130,13 @@ impl Provider {
         let get = |k: &str| doc.get(k).and_then(|v| v.as_str()).map(str::to_string);
         if get("issuer").as_deref() != Some(issuer) {
             return Err(idp_err(issuer, "the discovery document names another issuer"));
+        }
+        for k in ["authorization_endpoint", "token_endpoint", "device_authorization_endpoint"] {
+            if let Some(u) = get(k)
+                && !crate::config::secure_url(&u)
+            {
+                return Err(idp_err(issuer, format!("{k} is not https")));
+            }
         }
         Ok(Provider {
             issuer: issuer.to_string(),
@@ -234,7 +254,14 @@ impl Provider {
                 Err(_) => idp_err(&self.issuer, format!("device authorization answered {status}")),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| idp_err(&self.issuer, format!("device authorization answer: {e}")))
+        let d: DeviceAuth = serde_json::from_slice(&bytes)
+            .map_err(|e| idp_err(&self.issuer, format!("device authorization answer: {e}")))?;
+        if !crate::config::secure_url(&d.verification_uri)
+            || d.verification_uri_complete.as_deref().is_some_and(|u| !crate::config::secure_url(u))
+        {
+            return Err(idp_err(&self.issuer, "the verification URI is not https"));
+        }
+        Ok(d)
     }
 
     /// Poll until the user approves (RFC 8628 §3.4/3.5): waits `interval` between polls, adds
@@ -319,8 +346,11 @@ pub async fn wait_for_code(
             .map_err(|e| fail(e.to_string()))?;
         let mut buf = vec![0u8; 16 * 1024];
         let mut n = 0;
+        // A connection gets 5 s in all to send its request head (a stalled or idle socket cannot
+        // hold up the login).
+        let conn_deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(5));
         while n < buf.len() {
-            let read = match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf[n..])).await {
+            let read = match tokio::time::timeout_at(conn_deadline, sock.read(&mut buf[n..])).await {
                 Ok(Ok(r)) => r,
                 _ => break,
             };

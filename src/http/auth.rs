@@ -376,12 +376,15 @@ async fn exchange(state: AppState, request_id: String, req: TokenReq) -> Result<
         ..Event::about("authn", &request_id, &principal)
     });
     authorize(&state, &request_id, &principal, Action::Login, &Resource::Broker)?;
-    // A workload's session never outlives the token that proved its identity; people keep
-    // theirs up to tokens.max_session (refreshing with their bound key).
-    let not_after = match identity.kind {
-        crate::auth::PrincipalKind::Workload => Some(identity.exp.max(now + 60)),
-        crate::auth::PrincipalKind::User => None,
-    };
+    // The session never outlives the token that proved the identity: a workload exchanges its
+    // (rotated) token again, a person's client renews through the identity provider (which can
+    // refuse a disabled user) — the IdP stays in charge.
+    if identity.exp <= now {
+        let e = crate::auth::oidc::OidcError::Expired { issuer: identity.issuer.clone(), ago: now - identity.exp };
+        deny(e.to_string());
+        return Err(ApiError::from(e));
+    }
+    let not_after = Some(identity.exp);
     let minted = state.tokens.mint(&principal, now, not_after).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
     let mut body = token_response(&minted, now, minted.claims.session_end);
     body["principal"] = serde_json::Value::String(principal.display());
@@ -441,7 +444,11 @@ pub async fn revoke(
             Err(_) => return Ok(axum::Json(serde_json::json!({}))),
         },
     };
-    let own = target.sub == a.claims.sub && target.kind == a.claims.kind;
+    // The same subject from another identity source (SSH, another issuer) is someone else.
+    let own = target.sub == a.claims.sub
+        && target.kind == a.claims.kind
+        && target.amr == a.claims.amr
+        && target.attrs.get("issuer") == a.claims.attrs.get("issuer");
     if !own && !a.principal.groups.iter().any(|g| g == ADMIN_GROUP) {
         return Err(ApiError::Forbidden(format!("{} may only revoke its own tokens", a.principal.display())));
     }

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod error;
 pub mod proxy;
+pub mod webhook;
 
 use crate::health::Readiness;
 use crate::keys::Keys;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
     /// Per-client limit on SSH login requests (each costs a signature check).
     pub login_limit: Arc<crate::ratelimit::RateLimiter>,
+    /// Injection settings of the admission webhook; `None`: `POST /v1/admission` is not routed.
+    pub webhook: Option<Arc<crate::webhook::InjectSettings>>,
     /// Trusted OIDC issuers, for `POST /v1/token` exchanges.
     pub oidc: Arc<crate::auth::oidc::OidcVerifier>,
 }
@@ -68,12 +71,13 @@ pub fn app(state: AppState) -> Router {
             post(auth::ssh_login).route_layer(middleware::from_fn_with_state(state.clone(), limit_login)),
         )
         .route("/v1/whoami", get(auth::whoami))
-        .route("/v1/token", post(auth::token))
+        .route("/v1/token", post(auth::token).route_layer(middleware::from_fn_with_state(state.clone(), limit_login)))
         .route("/v1/revoke", post(auth::revoke))
         .route("/v1/credentials", get(proxy::credentials))
         .route("/.well-known/gocred", get(proxy::well_known))
         .route("/mod/{*rest}", get(proxy::goproxy))
         .route("/git/{host}/{*rest}", get(proxy::git).post(proxy::git))
+        .merge(webhook::routes(state.webhook.as_ref()))
         .route_layer(middleware::from_fn(tag_route))
         .fallback(proxy::host_routed)
         // Small JSON/form bodies only; proxied bodies are streamed and not subject to this.

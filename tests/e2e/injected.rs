@@ -81,10 +81,9 @@ async fn go_mod_download_works_in_an_injected_pod_with_no_other_setup() {
     w.broker.proc.wait_stderr("policies reloaded", Duration::from_secs(10));
 
     // The API server's review of a new build pod.
-    let mut review: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(repo_root().join("tests/fixtures/admission/minimal.json")).unwrap(),
-    )
-    .unwrap();
+    let mut review: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo_root().join("tests/fixtures/admission/minimal.json")).unwrap())
+            .unwrap();
     review["request"]["namespace"] = "builds".into();
     let resp: serde_json::Value = client(Some(&w.ca))
         .post(format!("{broker_url}/v1/admission"))

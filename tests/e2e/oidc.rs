@@ -54,7 +54,7 @@ async fn setup(extra_issuers: &str, tokens: &str) -> Oidc {
     // `extra_issuers` first: the first human issuer is the one `gocred login` uses.
     let extra = format!(
         "{extra_issuers}\
-         [[oidc.issuers]]\nname = \"k8s\"\nissuer = \"{}\"\nkind = \"kubernetes\"\naudiences = [\"gocred\"]\nleeway = \"0s\"\n\
+         [[oidc.issuers]]\nname = \"cluster\"\nissuer = \"{}\"\nkind = \"kubernetes\"\naudiences = [\"gocred\"]\nleeway = \"0s\"\n\
          [[oidc.issuers]]\nname = \"github\"\nissuer = \"{}\"\nkind = \"ci\"\naudiences = [\"gocred\"]\nleeway = \"0s\"\n\
          [[oidc.issuers]]\nname = \"crafted\"\nissuer = \"{}\"\nkind = \"ci\"\naudiences = [\"gocred\"]\nleeway = \"0s\"\n\
          [[oidc.issuers]]\nname = \"corp-sso\"\nissuer = \"{}\"\nkind = \"human\"\naudiences = [\"gocred\"]\nclient_id = \"gocred\"\nleeway = \"0s\"\n\
@@ -96,7 +96,7 @@ async fn workload_tokens_become_principals_that_the_shipped_policies_judge() {
         |ns: &str| serde_json::json!({"kubernetes.io": {"namespace": ns, "serviceaccount": {"name": "builder"}}});
     w.k8s.role("builds", "gocred", "10m", k8s_claims("builds")).await;
     w.k8s.role("sandbox", "gocred", "10m", k8s_claims("sandbox")).await;
-    let gh = |r: &str| serde_json::json!({"repository": "acme/api", "repository_owner": "acme", "ref": r});
+    let gh = |r: &str| serde_json::json!({"repository": "acme/api", "repository_owner": "acme", "ref": r, "event_name": "push"});
     w.ci.role("main", "gocred", "10m", gh("refs/heads/main")).await;
     w.ci.role("feature", "gocred", "10m", gh("refs/heads/feature")).await;
 
@@ -111,7 +111,7 @@ async fn workload_tokens_become_principals_that_the_shipped_policies_judge() {
     assert_eq!(me["attrs"]["namespace"], "builds");
     assert_eq!(me["attrs"]["service_account"], "builder");
     assert_eq!(me["attrs"]["kind"], "kubernetes");
-    assert_eq!(me["attrs"]["issuer"], "k8s");
+    assert_eq!(me["attrs"]["issuer"], "cluster");
     // The shipped policy `k8s-builds-download-corp` lets the builds namespace download.
     let (st, body) = w.download(token, "git.corp.example/acme/lib").await;
     assert_eq!((st, body.as_str()), (200, Some("v1.0.0\n")), "{body}");
@@ -139,11 +139,21 @@ async fn workload_tokens_become_principals_that_the_shipped_policies_judge() {
     // OpenBao reserves `sub`; the crafted issuer shows the exact GitHub subject form.
     let sub = "repo:acme/api:ref:refs/heads/main";
     let t = w
-        .exchange_ok(&w.crafted.token(serde_json::json!({"sub": sub, "repository": "acme/api", "repository_owner": "acme", "ref": "refs/heads/main"})))
+        .exchange_ok(&w.crafted.token(serde_json::json!({"sub": sub, "repository": "acme/api", "repository_owner": "acme", "ref": "refs/heads/main", "event_name": "push"})))
         .await;
     assert_eq!(t["principal"], format!("workload:{sub}"));
     let (st, _) = w.download(t["access_token"].as_str().unwrap(), "git.corp.example/platform/log").await;
-    assert_eq!(st, 200);
+    assert_eq!(st, 403, "the same claims from an issuer the policies do not name download nothing");
+    // pull_request_target runs a fork's code with the base branch's ref: denied.
+    w.ci.role(
+        "prt",
+        "gocred",
+        "10m",
+        serde_json::json!({"repository": "acme/api", "repository_owner": "acme", "ref": "refs/heads/main", "event_name": "pull_request_target"}),
+    )
+    .await;
+    let prt = w.exchange_ok(&w.ci.token("prt").await).await;
+    assert_eq!(w.download(prt["access_token"].as_str().unwrap(), "git.corp.example/platform/log").await.0, 403);
 
     // The exchanged token is key-bound like any other: no proof, or a proof by another key, is 401.
     let other = w.broker.path("other");
@@ -154,7 +164,7 @@ async fn workload_tokens_become_principals_that_the_shipped_policies_judge() {
     assert_eq!(st, 401, "{body}");
     // Audit lines never carry the subject token.
     let audit = std::fs::read_to_string(w.broker.path("audit.log")).unwrap();
-    assert!(audit.contains("subject token from issuer `k8s` verified"), "{audit}");
+    assert!(audit.contains("subject token from issuer `cluster` verified"), "{audit}");
     assert!(!audit.contains("eyJ"), "no JWT in the audit log");
 }
 
@@ -169,7 +179,7 @@ async fn every_refused_exchange_says_which_check_failed() {
         .role("no-ns", "gocred", "10m", serde_json::json!({"kubernetes.io": {"serviceaccount": {"name": "builder"}}}))
         .await;
     w.k8s.role("ok", "gocred", "10m", claims_k8s).await;
-    let ci = serde_json::json!({"sub": "repo:acme/api:ref:refs/heads/main", "repository": "acme/api", "repository_owner": "acme", "ref": "refs/heads/main"});
+    let ci = serde_json::json!({"sub": "repo:acme/api:ref:refs/heads/main", "repository": "acme/api", "repository_owner": "acme", "ref": "refs/heads/main", "event_name": "push"});
 
     let check = |st: u16, body: &serde_json::Value, want_status: u16, want: &str| {
         assert_eq!(st, want_status, "{body}");
@@ -180,7 +190,7 @@ async fn every_refused_exchange_says_which_check_failed() {
 
     // Wrong audience (real OpenBao token for client id `someone-else`).
     let (st, b) = exchange(&url, &w.k8s.token("wrong-aud").await, &w.key).await;
-    check(st, &b, 401, "audience [\"someone-else\"] does not include an audience accepted for issuer `k8s`");
+    check(st, &b, 401, "audience [\"someone-else\"] does not include an audience accepted for issuer `cluster`");
     // Unknown issuer.
     let stranger = TestIssuer::start().await;
     let (st, b) = exchange(&url, &stranger.token(ci.clone()), &w.key).await;
@@ -199,7 +209,7 @@ async fn every_refused_exchange_says_which_check_failed() {
     // No expiry at all.
     let t = w.crafted.sign_with(
         serde_json::json!({"alg": "EdDSA", "kid": w.crafted.kid}),
-        serde_json::json!({"iss": w.crafted.url, "aud": "gocred", "sub": "x", "repository": "a/b", "repository_owner": "a", "ref": "r"}),
+        serde_json::json!({"iss": w.crafted.url, "aud": "gocred", "sub": "x", "repository": "a/b", "repository_owner": "a", "ref": "r", "event_name": "push"}),
         None,
     );
     let (st, b) = exchange(&url, &t, &w.key).await;
@@ -238,7 +248,24 @@ async fn every_refused_exchange_says_which_check_failed() {
     // Policy deny at `login`: the shipped `ban-mallory-login` forbids the SSO user mallory.
     let t = w.human.token(serde_json::json!({"sub": "mallory", "groups": ["developers"]}));
     let (st, b) = exchange(&url, &t, &w.key).await;
-    check(st, &b, 403, "ban-mallory-login");
+    check(st, &b, 403, "ban-sso-mallory-login");
+    // An SSO user named like an SSH user is another principal (`corp-sso:alice`) with prefixed
+    // groups: nothing granted to SSH `alice` or to the group `developers` applies.
+    let t = w.human.token(serde_json::json!({"sub": "alice", "groups": ["developers"]}));
+    let (st, b) = exchange(&url, &t, &w.key).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["principal"], "user:corp-sso:alice");
+    assert_eq!(b["groups"], serde_json::json!(["corp-sso:developers"]));
+    let (st, _) = w.download(b["access_token"].as_str().unwrap(), "git.corp.example/acme/lib").await;
+    assert_eq!(st, 403);
+    // Access-token-typed JWTs are not identity tokens.
+    let t = w.crafted.sign_with(
+        serde_json::json!({"alg": "EdDSA", "kid": w.crafted.kid, "typ": "at+jwt"}),
+        serde_json::json!({"iss": w.crafted.url, "aud": "gocred", "exp": now() + 600}),
+        None,
+    );
+    let (st, b) = exchange(&url, &t, &w.key).await;
+    check(st, &b, 401, "has typ `at+jwt`: not an identity token");
     // Request errors: 400 with the parameter named.
     let (st, b) = exchange(&url, "", &w.key).await;
     check(st, &b, 400, "subject_token is required");
@@ -314,7 +341,7 @@ async fn sso_device_and_pkce_logins_then_silent_renewal() {
     );
     assert_eq!(login.wait_exit(Duration::from_secs(30)), 0, "{:?}", login.stderr());
     assert!(
-        login.stdout().iter().any(|l| l.contains("logged in to") && l.contains("as alice")),
+        login.stdout().iter().any(|l| l.contains("logged in to") && l.contains("as sso:alice")),
         "{:?}",
         login.stdout()
     );
@@ -326,9 +353,9 @@ async fn sso_device_and_pkce_logins_then_silent_renewal() {
     let (token1, proof) = goauth_headers(&out);
     let (st, me) = whoami_with(&w, &token1, &proof).await;
     assert_eq!(st, 200, "{me}");
-    assert_eq!(me["principal"], "user:alice");
+    assert_eq!(me["principal"], "user:sso:alice");
     assert_eq!(me["auth_method"], "oidc");
-    assert_eq!(me["groups"], serde_json::json!(["developers"]));
+    assert_eq!(me["groups"], serde_json::json!(["sso:developers"]));
     // The session file is private and holds the IdP refresh token for later.
     let session = home.join(".cache/gocred/session.json");
     assert_eq!(std::fs::metadata(&session).unwrap().permissions().mode() & 0o777, 0o600);
@@ -346,7 +373,7 @@ async fn sso_device_and_pkce_logins_then_silent_renewal() {
     assert_ne!(token1, token2);
     let (st, me) = whoami_with(&w, &token2, &proof2).await;
     assert_eq!(st, 200, "{me}");
-    assert_eq!(me["principal"], "user:alice");
+    assert_eq!(me["principal"], "user:sso:alice");
     let (code, out, _) = Gocred::run(&["status"], &e);
     assert_eq!(code, 0, "{out}");
 
@@ -362,12 +389,12 @@ async fn sso_device_and_pkce_logins_then_silent_renewal() {
     assert_eq!(code, 0, "pkce login: {out}{err}");
     assert!(err.contains(&format!("redirect_uri=http%3A%2F%2F127.0.0.1%3A{}%2Fcallback", port + 1)), "{err}");
     assert!(err.contains("code_challenge_method=S256"), "{err}");
-    assert!(out.contains("as bob"), "{out}");
+    assert!(out.contains("as sso:bob"), "{out}");
     let (code, out, err) = Gocred::run(&["goauth"], &e);
     assert_eq!(code, 0, "{err}");
     let (token, proof) = goauth_headers(&out);
     let (st, me) = whoami_with(&w, &token, &proof).await;
-    assert_eq!((st, me["principal"].as_str()), (200, Some("user:bob")), "{me}");
+    assert_eq!((st, me["principal"].as_str()), (200, Some("user:sso:bob")), "{me}");
     drop(taken);
 
     // Without a browser the URL is printed, and nothing is opened.
@@ -412,7 +439,7 @@ async fn ambient_workload_tokens_need_no_login_and_are_reread() {
     assert_eq!(me["attrs"]["namespace"], "other-ns", "the rotated file was re-read");
 
     // GitLab `id_tokens`: the token in an environment variable; git's credential helper works.
-    let gl = w.crafted.token(serde_json::json!({"sub": "project_path:acme/api:ref_type:branch:ref:main", "repository": "acme/api", "repository_owner": "acme", "ref": "refs/heads/main"}));
+    let gl = w.crafted.token(serde_json::json!({"sub": "project_path:acme/api:ref_type:branch:ref:main", "repository": "acme/api", "repository_owner": "acme", "ref": "refs/heads/main", "event_name": "push"}));
     let mut env = client_env(&w, &w.broker.path("home-gitlab"));
     env.push(("GOCRED_ID_TOKEN".into(), gl));
     let e: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
@@ -429,15 +456,13 @@ async fn ambient_workload_tokens_need_no_login_and_are_reread() {
     let password = out.lines().find_map(|l| l.strip_prefix("password=")).unwrap_or_else(|| panic!("{out}"));
     let (st, body) = w
         .broker
-        .get_with(
-            "/mod/git.corp.example/platform/log/@v/list",
-            &[("authorization", format!("Basic {}", base64_std(&format!("gocred:{password}"))))],
-        )
+        .get_with("/v1/whoami", &[("authorization", format!("Basic {}", base64_std(&format!("gocred:{password}"))))])
         .await;
     assert_eq!(st, 200, "{body}");
+    assert_eq!(body["id"], "project_path:acme/api:ref_type:branch:ref:main");
 
     // GitHub Actions: the runner's token endpoint (audience `gocred`) stands in as a tiny server.
-    let gh_token = w.crafted.token(serde_json::json!({"sub": "repo:acme/api:ref:refs/heads/main", "repository": "acme/api", "repository_owner": "acme", "ref": "refs/heads/main"}));
+    let gh_token = w.crafted.token(serde_json::json!({"sub": "repo:acme/api:ref:refs/heads/main", "repository": "acme/api", "repository_owner": "acme", "ref": "refs/heads/main", "event_name": "push"}));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gh_url = format!("http://{}/token?api-version=2.0", listener.local_addr().unwrap());
     let served = gh_token.clone();
