@@ -20,11 +20,8 @@ async fn dev_answers_healthz_within_1s_and_kid_survives_restart() {
     let mut g = Gocred::start(&args, &[]);
     assert!(g.url.starts_with("https://127.0.0.1:"), "{}", g.url);
     let ca = data.join("tls/ca.pem");
-    assert!(
-        g.proc.stdout().iter().any(|l| l.contains(&ca.display().to_string()) && l.contains("created")),
-        "CA path printed: {:#?}",
-        g.proc.stdout()
-    );
+    let line = g.proc.wait_stdout("gocred: dev CA ", Duration::from_secs(5));
+    assert!(line.contains(&ca.display().to_string()) && line.contains("created"), "CA path printed: {line}");
     let c = client(Some(&ca));
     let status = eventually(Duration::from_secs(5), "healthz", || async {
         let s = c.get(format!("{}/healthz", g.url)).send().await.ok()?.status().as_u16();
@@ -69,8 +66,9 @@ async fn dev_answers_healthz_within_1s_and_kid_survives_restart() {
     assert!(g.proc.stdout().iter().any(|l| l.contains("gocred: stopped")));
 
     // Restart: same CA (reused), same kid.
-    let g2 = Gocred::start(&args, &[]);
-    assert!(g2.proc.stdout().iter().any(|l| l.contains("reused")), "{:#?}", g2.proc.stdout());
+    let mut g2 = Gocred::start(&args, &[]);
+    // Printed right after the listening line: wait for it rather than race the reader.
+    g2.proc.wait_stdout("reused", Duration::from_secs(5));
     let (_, jwks2) = g2.get(&c, "/.well-known/jwks.json").await;
     assert_eq!(kids(&jwks2), kid1);
 }
