@@ -530,3 +530,73 @@ fn base64_std(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// oidc-provider never answers `slow_down`, so the RFC 8628 polling rules are checked against a
+/// minimal provider in this process: `authorization_pending`, then `slow_down` (the interval must
+/// grow by 5 s), then tokens; and a code that expires unapproved.
+#[tokio::test(flavor = "multi_thread")]
+async fn device_flow_honours_slow_down_and_gives_up_at_expiry() {
+    use std::sync::{Arc, Mutex};
+    let polls: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let doc = serde_json::json!({
+        "issuer": url, "token_endpoint": format!("{url}/token"),
+        "device_authorization_endpoint": format!("{url}/device/auth"), "jwks_uri": format!("{url}/jwks"),
+    });
+    let p = polls.clone();
+    let app = axum::Router::new()
+        .route("/.well-known/openid-configuration", axum::routing::get(move || async move { axum::Json(doc) }))
+        .route(
+            "/device/auth",
+            axum::routing::post(|body: String| async move {
+                let expires = if body.contains("scope=short") { 3 } else { 60 };
+                axum::Json(serde_json::json!({"device_code": "dc", "user_code": "ABCD-EFGH",
+                    "verification_uri": "http://127.0.0.1/device", "expires_in": expires, "interval": 1}))
+            }),
+        )
+        .route(
+            "/token",
+            axum::routing::post(move || {
+                let p = p.clone();
+                async move {
+                    let n = {
+                        let mut v = p.lock().unwrap();
+                        v.push(std::time::Instant::now());
+                        v.len()
+                    };
+                    let err = |e: &str| {
+                        (axum::http::StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({"error": e})))
+                            .into_response()
+                    };
+                    use axum::response::IntoResponse;
+                    match n {
+                        1 => err("authorization_pending"),
+                        2 => err("slow_down"),
+                        3 => axum::Json(serde_json::json!({"id_token": "x.y.z", "refresh_token": "r"})).into_response(),
+                        _ => err("authorization_pending"),
+                    }
+                }
+            }),
+        );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let provider = gocred::client::oidc::Provider::discover(&url, "cli", vec!["openid".into()], None).await.unwrap();
+    let d = provider.device_start().await.unwrap();
+    let mut slowed = Vec::new();
+    let t = provider.device_poll(&d, |i| slowed.push(i)).await.unwrap();
+    assert_eq!(t.id_token, "x.y.z");
+    assert_eq!(slowed, vec![6], "slow_down adds 5 s to the 1 s interval");
+    let v = polls.lock().unwrap().clone();
+    assert_eq!(v.len(), 3);
+    assert!(v[1] - v[0] >= Duration::from_millis(950), "{:?}", v[1] - v[0]);
+    assert!(v[2] - v[1] >= Duration::from_millis(5900), "after slow_down: {:?}", v[2] - v[1]);
+
+    // A code nobody approves: the client stops at its expiry with a clear message.
+    let short = gocred::client::oidc::Provider::discover(&url, "cli", vec!["short".into()], None).await.unwrap();
+    let d = short.device_start().await.unwrap();
+    let started = std::time::Instant::now();
+    let e = short.device_poll(&d, |_| {}).await.err().expect("expires");
+    assert!(e.to_string().contains("expired"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    server.abort();
+}
