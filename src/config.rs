@@ -160,6 +160,7 @@ struct RawServer {
 struct RawTls {
     cert: PathBuf,
     key: PathBuf,
+    reload_every: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -413,6 +414,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How often the TLS certificate and key files are checked for a new version (cert-manager
+    /// renewals, rotated secrets), which is then served without a restart.
+    pub tls_reload_every: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -657,6 +661,7 @@ impl Config {
                 public_url: None,
                 tls: Some(TlsFiles { cert: data_dir.join("tls/server.pem"), key: data_dir.join("tls/server.key") }),
                 shutdown_grace: Duration::from_secs(10),
+                tls_reload_every: Duration::from_secs(30),
             },
             tokens: TokensConfig {
                 ttl: Duration::from_secs(15 * 60),
@@ -1117,7 +1122,17 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
             Some(trimmed)
         }
     };
+    let tls_reload_every = duration(
+        origin,
+        "server.tls.reload_every",
+        raw.server.tls.as_ref().and_then(|t| t.reload_every.as_deref()),
+        Duration::from_secs(30),
+    )?;
+    if tls_reload_every < Duration::from_millis(100) {
+        return Err(err("server.tls.reload_every", "must be at least 100ms".into()));
+    }
     let server = ServerConfig {
+        tls_reload_every,
         listen,
         public_url,
         tls: raw.server.tls.map(|t| TlsFiles { cert: rel(t.cert), key: rel(t.key) }),

@@ -236,12 +236,17 @@ impl Broker {
         let result = match &self.config.server.tls {
             Some(t) => {
                 let cfg = crate::tls::server_config(&t.cert, &t.key).map_err(ServerError::Tls)?;
+                let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(cfg);
+                // Renewed certificates (cert-manager, a rotated Secret) are picked up without a
+                // restart: the files are checked regularly; a broken pair keeps the old one.
+                {
+                    let (rc, files, every) = (rustls_config.clone(), t.clone(), self.config.server.tls_reload_every);
+                    tasks.spawn(async move { tls_reload_loop(rc, files, every).await });
+                }
                 // TCP_NODELAY: responses are written as headers then body chunks; without it
                 // small answers wait for delayed ACKs (tens of ms each).
-                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(
-                    axum_server::tls_rustls::RustlsConfig::from_config(cfg),
-                )
-                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls_config)
+                    .acceptor(axum_server::accept::NoDelayAcceptor::new());
                 axum_server::from_tcp(listener)
                     .map_err(ServerError::Serve)?
                     .acceptor(acceptor)
@@ -260,6 +265,40 @@ impl Broker {
         };
         tasks.abort_all();
         result.map_err(ServerError::Serve)
+    }
+}
+
+/// Content fingerprint of the certificate and key files (`None` while unreadable).
+fn tls_files_stamp(files: &crate::config::TlsFiles) -> Option<String> {
+    let cert = std::fs::read(&files.cert).ok()?;
+    let key = zeroize::Zeroizing::new(std::fs::read(&files.key).ok()?);
+    Some(crate::auth::sha256_hex(&[&cert, &key]))
+}
+
+/// Re-read the TLS files when their content changes and serve the new pair.
+async fn tls_reload_loop(
+    rustls_config: axum_server::tls_rustls::RustlsConfig,
+    files: crate::config::TlsFiles,
+    every: std::time::Duration,
+) {
+    let mut current = tls_files_stamp(&files);
+    loop {
+        tokio::time::sleep(every).await;
+        let stamp = tls_files_stamp(&files);
+        if stamp.is_none() || stamp == current {
+            continue;
+        }
+        match crate::tls::server_config(&files.cert, &files.key) {
+            Ok(cfg) => {
+                rustls_config.reload_from_config(cfg);
+                current = stamp;
+                tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
+            }
+            // Mid-rotation (new cert, old key) or broken: keep serving the old pair, retry later.
+            Err(e) => {
+                tracing::warn!(cert = %files.cert.display(), error = %e, "new TLS files not usable yet; keeping the current certificate")
+            }
+        }
     }
 }
 

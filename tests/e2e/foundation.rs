@@ -391,3 +391,49 @@ async fn vault_over_tls_with_a_custom_ca() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A renewed certificate (what cert-manager writes into the Secret) is served without a restart;
+/// a half-written pair keeps the old one.
+#[tokio::test(flavor = "multi_thread")]
+async fn renewed_tls_certificate_is_served_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = gocred::tls::ensure_dev_ca(&d.join("a")).unwrap();
+    let b = gocred::tls::ensure_dev_ca(&d.join("b")).unwrap();
+    std::fs::create_dir_all(d.join("live")).unwrap();
+    let install = |from: &gocred::tls::DevTls| {
+        // Atomic replacement of each file, like a Secret volume update.
+        for (src, name) in [(&from.cert, "tls.crt"), (&from.key, "tls.key")] {
+            std::fs::copy(src, d.join("live").join(format!(".{name}.tmp"))).unwrap();
+            std::fs::rename(d.join("live").join(format!(".{name}.tmp")), d.join("live").join(name)).unwrap();
+        }
+    };
+    install(&a);
+    let cfg = d.join("broker.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"live/tls.crt\"\nkey = \"live/tls.key\"\nreload_every = \"200ms\"\n\
+         [secrets]\nbackend = \"file\"\nfile = \"secrets.enc\"\n",
+    )
+    .unwrap();
+    let key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([3u8; 32])
+    };
+    let mut g = Gocred::start(&["serve", "--config", cfg.to_str().unwrap()], &[("GOCRED_FILE_KEY", &key)]);
+    let ok_with = |ca: &std::path::Path| {
+        let (url, ca) = (g.url.clone(), ca.to_path_buf());
+        async move { client(Some(&ca)).get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status() == 200) }
+    };
+    assert!(ok_with(&a.ca_cert).await);
+    assert!(!ok_with(&b.ca_cert).await);
+    // Half-way through a rotation (new certificate, old key): still the old pair.
+    std::fs::copy(&b.cert, d.join("live/tls.crt")).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(ok_with(&a.ca_cert).await, "a mismatched pair is not loaded");
+    install(&b);
+    eventually(Duration::from_secs(5), "the renewed certificate", || async { ok_with(&b.ca_cert).await.then_some(()) })
+        .await;
+    assert!(!ok_with(&a.ca_cert).await);
+    g.proc.wait_stderr("TLS certificate reloaded", Duration::from_secs(2));
+}
