@@ -11,17 +11,17 @@
 //! own pods).
 
 mod annotations;
+mod envelope;
 mod patch;
 #[cfg(test)]
 mod tests;
 
 pub use annotations::{parse_resources, validate_module_pattern};
 
-use base64::Engine;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::core::Status;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{DynamicObject, Status};
 use std::collections::BTreeMap;
 
 /// `"true"` selects a pod for injection (`"false"` or absent: left alone).
@@ -176,7 +176,7 @@ pub enum WebhookError {
     CheckReviewType { api_version: String, kind: String },
     #[error("the AdmissionReview has no request")]
     ReadRequest,
-    #[error("cannot read the Pod in the AdmissionReview: {0}")]
+    #[error("cannot read the pod's AdmissionReview: {0}")]
     ParsePod(#[source] serde_json::Error),
     #[error("cannot encode the AdmissionReview response: {0}")]
     EncodeReview(#[source] serde_json::Error),
@@ -212,41 +212,23 @@ pub fn review(body: &[u8], settings: &InjectSettings) -> Result<Vec<u8>, Webhook
 
 /// [`review`], also saying what was done.
 pub fn review_detailed(body: &[u8], settings: &InjectSettings) -> Result<Reviewed, WebhookError> {
-    let mut doc: serde_json::Value = serde_json::from_slice(body).map_err(WebhookError::ParseReview)?;
-    let api_version = doc.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default();
-    let kind = doc.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
-    if kind != "AdmissionReview" || api_version != kube::core::admission::META_API_VERSION_V1 {
-        return Err(WebhookError::CheckReviewType { api_version: api_version.into(), kind: kind.into() });
+    // A first, cheap look (most pods a webhook sees did not ask for anything).
+    let env: envelope::Envelope = serde_json::from_slice(body).map_err(WebhookError::ParseReview)?;
+    if env.kind != kube::core::admission::META_KIND || env.api_version != kube::core::admission::META_API_VERSION_V1 {
+        return Err(WebhookError::CheckReviewType { api_version: env.api_version.into(), kind: env.kind.into() });
     }
-    let Some(request) = doc.get_mut("request").and_then(|r| r.as_object_mut()) else {
-        return Err(WebhookError::ReadRequest);
-    };
-    let is_pod = request.get("kind").is_some_and(|k| k["group"] == "" && k["version"] == "v1" && k["kind"] == "Pod")
-        && request.get("resource").is_some_and(|r| r["resource"] == "pods")
-        && request.get("subResource").and_then(|s| s.as_str()).is_none_or(str::is_empty);
-    let (response, outcome) = if is_pod {
-        let review: AdmissionReview<Pod> = serde_json::from_value(doc).map_err(WebhookError::ParsePod)?;
-        let req: AdmissionRequest<Pod> = review.try_into().map_err(|_| WebhookError::ReadRequest)?;
-        mutate_detailed(&req, settings)
-    } else {
-        // Not a pod: its object is irrelevant (and need not parse as anything in particular).
-        request.remove("object");
-        request.remove("oldObject");
-        let review: AdmissionReview<DynamicObject> = serde_json::from_value(doc).map_err(WebhookError::ParseReview)?;
-        let req: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| WebhookError::ReadRequest)?;
-        (AdmissionResponse::from(&req), Outcome::Skipped)
-    };
-    let uid = response.uid.clone();
-    // kube serializes the patch bytes as a JSON array of numbers; the API documents (and
-    // kube-apiserver writes) a base64 string, as Go encodes `[]byte`.
-    let mut response = response;
-    let patch = response.patch.take();
-    let mut out = serde_json::to_value(response.into_review()).map_err(WebhookError::EncodeReview)?;
-    if let Some(p) = patch {
-        out["response"]["patch"] = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(p));
+    let req = env.request.ok_or(WebhookError::ReadRequest)?;
+    // The same decisions as `mutate` for these cases, without reading the whole pod.
+    let asked = !matches!(req.inject_annotation(), None | Some("false"));
+    if !(req.is_pod() && req.operation == "CREATE" && asked) {
+        let body = envelope::allow(&req.uid).map_err(WebhookError::EncodeReview)?;
+        return Ok(Reviewed { body, uid: req.uid.into_owned(), outcome: Outcome::Skipped });
     }
-    let body = serde_json::to_vec(&out).map_err(WebhookError::EncodeReview)?;
-    Ok(Reviewed { body, uid, outcome })
+    let review: AdmissionReview<Pod> = serde_json::from_slice(body).map_err(WebhookError::ParsePod)?;
+    let req: AdmissionRequest<Pod> = review.try_into().map_err(|_| WebhookError::ReadRequest)?;
+    let (response, outcome) = mutate_detailed(&req, settings);
+    let body = envelope::encode(&response).map_err(WebhookError::EncodeReview)?;
+    Ok(Reviewed { body, uid: response.uid, outcome })
 }
 
 /// The response to one pod admission request: allowed unchanged, allowed with a JSONPatch, or

@@ -139,20 +139,24 @@ pub(super) fn init_container(pod: &Pod, settings: &InjectSettings, wanted: &Want
     }
 }
 
-/// Add `vars` and `mounts` to the container at `/spec/<list>/<index>`. `Err`: a mount path the
+/// What every configured container gets, with its JSON made once per review.
+struct Additions {
+    vars: Vec<(EnvVar, Value)>,
+    mounts: Vec<(VolumeMount, Value)>,
+}
+
+/// Add the env and mounts to the container at `/spec/<list>/<index>`. `Err`: a mount path the
 /// container already uses.
 fn configure(
     ops: &mut Vec<PatchOperation>,
     list: &str,
     index: usize,
     c: &Container,
-    vars: &[EnvVar],
-    mounts: &[VolumeMount],
+    extra: &Additions,
 ) -> Result<(), String> {
     let existing_mounts = c.volume_mounts.as_deref().unwrap_or_default();
-    for m in mounts {
-        let norm = |p: &str| p.trim_end_matches('/').to_string();
-        if let Some(e) = existing_mounts.iter().find(|e| norm(&e.mount_path) == m.mount_path) {
+    for (m, _) in &extra.mounts {
+        if let Some(e) = existing_mounts.iter().find(|e| e.mount_path.trim_end_matches('/') == m.mount_path) {
             return Err(format!(
                 "container {:?} already mounts volume {:?} at {}, where gocred mounts its {:?} volume",
                 c.name, e.name, m.mount_path, m.name
@@ -161,14 +165,16 @@ fn configure(
     }
     let i = index.to_string();
     let existing_env = c.env.as_deref().unwrap_or_default();
-    let missing: Vec<&EnvVar> = vars.iter().filter(|v| !existing_env.iter().any(|e| e.name == v.name)).collect();
+    let missing =
+        extra.vars.iter().filter(|(v, _)| !existing_env.iter().any(|e| e.name == v.name)).map(|(_, j)| j.clone());
     match &c.env {
-        None => ops.push(add(&["spec", list, &i, "env"], json(&missing))),
-        Some(_) => ops.extend(missing.iter().map(|v| add(&["spec", list, &i, "env", "-"], json(v)))),
+        None => ops.push(add(&["spec", list, &i, "env"], Value::Array(missing.collect()))),
+        Some(_) => ops.extend(missing.map(|v| add(&["spec", list, &i, "env", "-"], v))),
     }
+    let mounts = extra.mounts.iter().map(|(_, j)| j.clone());
     match &c.volume_mounts {
-        None => ops.push(add(&["spec", list, &i, "volumeMounts"], json(&mounts))),
-        Some(_) => ops.extend(mounts.iter().map(|m| add(&["spec", list, &i, "volumeMounts", "-"], json(m)))),
+        None => ops.push(add(&["spec", list, &i, "volumeMounts"], Value::Array(mounts.collect()))),
+        Some(_) => ops.extend(mounts.map(|m| add(&["spec", list, &i, "volumeMounts", "-"], m))),
     }
     Ok(())
 }
@@ -195,16 +201,30 @@ pub(super) fn build(pod: &Pod, settings: &InjectSettings, wanted: &Wanted) -> Re
         Some(_) => ops.extend(vols.iter().map(|v| add(&["spec", "volumes", "-"], json(v)))),
     }
 
-    let vars = workload_env(settings, wanted);
-    let mounts = workload_mounts();
+    let additions = Additions {
+        vars: workload_env(settings, wanted)
+            .into_iter()
+            .map(|v| {
+                let j = json(&v);
+                (v, j)
+            })
+            .collect(),
+        mounts: workload_mounts()
+            .into_iter()
+            .map(|m| {
+                let j = json(&m);
+                (m, j)
+            })
+            .collect(),
+    };
     for &i in &wanted.containers {
-        configure(&mut ops, "containers", i, &spec.containers[i], &vars, &mounts)?;
+        configure(&mut ops, "containers", i, &spec.containers[i], &additions)?;
     }
     // Existing init containers run after gocred-init, so they can use go and git too. Their
     // indexes are taken before gocred-init is inserted in front of them (the last operation).
     let inits = spec.init_containers.as_deref().unwrap_or_default();
     for (i, c) in inits.iter().enumerate() {
-        configure(&mut ops, "initContainers", i, c, &vars, &mounts)?;
+        configure(&mut ops, "initContainers", i, c, &additions)?;
     }
     let init = json(&init_container(pod, settings, wanted));
     match &spec.init_containers {

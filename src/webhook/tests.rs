@@ -3,6 +3,7 @@
 //! Pod and compared field by field; a second review of the patched pod changes nothing.
 
 use super::*;
+use base64::Engine;
 use k8s_openapi::api::core::v1::{Container, EnvVar, Volume, VolumeMount};
 use serde_json::{Value, json};
 
@@ -45,6 +46,9 @@ fn run(review_doc: &Value, s: &InjectSettings) -> (Value, Value) {
     }
     (resp, obj)
 }
+
+/// A named change to a review document.
+type Edit = (&'static str, fn(&mut Value));
 
 fn pod(v: &Value) -> Pod {
     serde_json::from_value(v.clone()).expect("patched object parses as a Pod")
@@ -288,30 +292,18 @@ fn pods_that_did_not_ask_and_other_kinds_are_allowed_unchanged() {
     }
     // inject: "false", the broker's own pods, UPDATE, DELETE (no object), a subresource.
     let base = fixture("minimal");
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-        (
-            "inject false",
-            Box::new(|d| d["request"]["object"]["metadata"]["annotations"]["gocred.dev/inject"] = "false".into()),
-        ),
-        (
-            "broker pod",
-            Box::new(|d| d["request"]["object"]["metadata"]["labels"] = json!({"app.kubernetes.io/name": "gocred"})),
-        ),
-        ("update", Box::new(|d| d["request"]["operation"] = "UPDATE".into())),
-        (
-            "delete",
-            Box::new(|d| {
-                d["request"]["operation"] = "DELETE".into();
-                d["request"]["oldObject"] = d["request"]["object"].take();
-            }),
-        ),
-        ("subresource", Box::new(|d| d["request"]["subResource"] = "ephemeralcontainers".into())),
-        (
-            "already has gocred-init",
-            Box::new(|d| {
-                d["request"]["object"]["spec"]["initContainers"] = json!([{"name": "gocred-init", "image": "x"}])
-            }),
-        ),
+    let cases: [Edit; 6] = [
+        ("inject false", |d| d["request"]["object"]["metadata"]["annotations"]["gocred.dev/inject"] = "false".into()),
+        ("broker pod", |d| d["request"]["object"]["metadata"]["labels"] = json!({"app.kubernetes.io/name": "gocred"})),
+        ("update", |d| d["request"]["operation"] = "UPDATE".into()),
+        ("delete", |d| {
+            d["request"]["operation"] = "DELETE".into();
+            d["request"]["oldObject"] = d["request"]["object"].take();
+        }),
+        ("subresource", |d| d["request"]["subResource"] = "ephemeralcontainers".into()),
+        ("already has gocred-init", |d| {
+            d["request"]["object"]["spec"]["initContainers"] = json!([{"name": "gocred-init", "image": "x"}])
+        }),
     ];
     for (what, f) in cases {
         let mut d = base.clone();
@@ -435,10 +427,11 @@ fn settings_shape_the_patch() {
 fn bad_reviews_are_errors() {
     let s = settings();
     assert!(matches!(review(b"{not json", &s), Err(WebhookError::ParseReview(_))));
-    assert!(matches!(
-        review(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#, &s),
-        Err(WebhookError::CheckReviewType { .. })
-    ));
+    let mut beta = fixture("minimal");
+    beta["apiVersion"] = "admission.k8s.io/v1beta1".into();
+    assert!(matches!(review(beta.to_string().as_bytes(), &s), Err(WebhookError::CheckReviewType { .. })));
+    let e = review(br#"{"apiVersion":"v1","kind":"Pod"}"#, &s).unwrap_err().to_string();
+    assert!(e.contains("expected an admission.k8s.io/v1 AdmissionReview") && e.contains("`Pod`"), "{e}");
     assert!(matches!(
         review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, &s),
         Err(WebhookError::ReadRequest)
