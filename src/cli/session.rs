@@ -122,21 +122,24 @@ fn candidates(ssh: &str) -> Vec<Candidate> {
     out
 }
 
+/// The broker (flag/env, else the previous session's) and the CA to trust for it.
+fn broker_and_ca(args: &LoginArgs, prev: Option<&Session>) -> anyhow::Result<(String, Option<PathBuf>)> {
+    let broker_url = args
+        .broker
+        .clone()
+        .or_else(|| prev.map(|p| p.broker.clone()))
+        .context("which broker? pass --broker URL (or set GOCRED_BROKER)")?;
+    let ca = args.ca_cert.clone().or_else(|| prev.filter(|p| p.broker == broker_url).and_then(|p| p.ca_cert.clone()));
+    Ok((broker_url, ca))
+}
+
 pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     if args.oidc || args.device {
         return login_sso(args).await;
     }
     let store = Store::lock()?;
     let prev = store.load().unwrap_or(None);
-    let broker_url = args
-        .broker
-        .clone()
-        .or_else(|| prev.as_ref().map(|p| p.broker.clone()))
-        .context("which broker? pass --broker URL (or set GOCRED_BROKER)")?;
-    let ca = args
-        .ca_cert
-        .clone()
-        .or_else(|| prev.as_ref().filter(|p| p.broker == broker_url).and_then(|p| p.ca_cert.clone()));
+    let (broker_url, ca) = broker_and_ca(&args, prev.as_ref())?;
     let user = args
         .user
         .clone()
@@ -254,15 +257,7 @@ async fn login_sso(args: LoginArgs) -> anyhow::Result<()> {
         println!("gocred: already logged in to {} as {} (a concurrent login just finished)", p.broker, p.user);
         return Ok(());
     }
-    let broker_url = args
-        .broker
-        .clone()
-        .or_else(|| prev.as_ref().map(|p| p.broker.clone()))
-        .context("which broker? pass --broker URL (or set GOCRED_BROKER)")?;
-    let ca = args
-        .ca_cert
-        .clone()
-        .or_else(|| prev.as_ref().filter(|p| p.broker == broker_url).and_then(|p| p.ca_cert.clone()));
+    let (broker_url, ca) = broker_and_ca(&args, prev.as_ref())?;
     let client = BrokerClient::new(&broker_url, ca.as_deref())?;
     let meta = client.metadata().await?;
     let oidc = meta.get("oidc").filter(|o| !o.is_null()).with_context(|| {

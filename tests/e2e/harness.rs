@@ -230,6 +230,20 @@ impl OpenBao {
         if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap() }
     }
 
+    /// Log in with AppRole; the client token.
+    pub async fn approle_login(&self, role_id: &str, secret_id: &str) -> String {
+        let login: serde_json::Value = client(None)
+            .post(format!("{}/v1/auth/approle/login", self.addr))
+            .json(&serde_json::json!({"role_id": role_id, "secret_id": secret_id}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        login["auth"]["client_token"].as_str().unwrap_or_else(|| panic!("approle login: {login}")).to_string()
+    }
+
     /// AppRole `gocred` (role_id `gocred-role`, secret_id `gocred-secret`) allowed to manage
     /// `secret/<prefix>/*`, with a short token TTL so renewal happens during a test.
     pub async fn setup_approle(&self, token_ttl: &str) {
@@ -624,16 +638,7 @@ impl BaoIssuer {
             .await;
         bao.api("POST", "identity/oidc/key/k", serde_json::json!({"allowed_client_ids": ["*"], "algorithm": "RS256"}))
             .await;
-        let login: serde_json::Value = client(None)
-            .post(format!("{}/v1/auth/approle/login", bao.addr))
-            .json(&serde_json::json!({"role_id": "reader-role", "secret_id": "reader-secret"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let reader = login["auth"]["client_token"].as_str().unwrap().to_string();
+        let reader = bao.approle_login("reader-role", "reader-secret").await;
         BaoIssuer { bao, reader }
     }
 

@@ -56,16 +56,7 @@ async fn assert_broker_uses_vault(g: &Gocred, bao: &OpenBao) {
 /// entity and cannot get one, so this logs in with the AppRole `issuer` first.
 async fn identity_token(bao: &OpenBao, role: &str) -> String {
     let c = client(None);
-    let login: serde_json::Value = c
-        .post(format!("{}/v1/auth/approle/login", bao.addr))
-        .json(&serde_json::json!({"role_id": "issuer-role", "secret_id": "issuer-secret"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["auth"]["client_token"].as_str().expect("approle login").to_string();
+    let token = bao.approle_login("issuer-role", "issuer-secret").await;
     let r: serde_json::Value = c
         .get(format!("{}/v1/identity/oidc/token/{role}", bao.addr))
         .header("X-Vault-Token", token)
