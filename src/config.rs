@@ -857,6 +857,7 @@ fn validate_webhook(
     rel: &dyn Fn(PathBuf) -> PathBuf,
     public_url: Option<&str>,
     upstreams: &[Upstream],
+    oidc: &[OidcIssuer],
 ) -> Result<Option<crate::webhook::InjectSettings>, ConfigError> {
     use crate::webhook::{InjectMode, InjectSettings, OnMalformed};
     let err =
@@ -991,7 +992,39 @@ fn validate_webhook(
     if modules.is_empty() {
         return Err(needed("webhook.modules", "module patterns to inject (no [[upstreams]] to take them from)"));
     }
+    // The injected pods must be able to use what they are given: an issuer that accepts their
+    // projected token, and an upstream for the mode (else `go` falls through to public proxies
+    // with private module paths, or git gets no credentials).
+    if !oidc.iter().any(|i| i.kind == IssuerKind::Kubernetes && i.audiences.contains(&token_audience)) {
+        return Err(err(
+            "webhook.enabled",
+            format!(
+                "injected pods authenticate with a projected service-account token (audience `{token_audience}`): \
+                 add an [[oidc.issuers]] entry with kind = \"kubernetes\" and \"{token_audience}\" in its audiences"
+            ),
+        ));
+    }
+    let has_goproxy = upstreams.iter().any(|u| u.kind == UpstreamKind::Goproxy && u.mode == UpstreamMode::Proxy);
+    let git_hosts: Vec<String> = upstreams
+        .iter()
+        .filter(|u| u.kind == UpstreamKind::Git && u.mode == UpstreamMode::Proxy)
+        .flat_map(|u| u.hosts.iter().cloned())
+        .collect();
+    if mode == InjectMode::Goproxy && !has_goproxy {
+        return Err(err(
+            "webhook.mode",
+            "\"goproxy\" needs an [[upstreams]] entry with kind = \"goproxy\" (or use mode = \"git\")".into(),
+        ));
+    }
+    if mode == InjectMode::Git && git_hosts.is_empty() {
+        return Err(err(
+            "webhook.mode",
+            "\"git\" needs an [[upstreams]] entry with kind = \"git\" (or use mode = \"goproxy\")".into(),
+        ));
+    }
     let mut s = InjectSettings::new(image, broker_url, modules);
+    s.has_goproxy = has_goproxy;
+    s.git_hosts = git_hosts;
     s.mode = mode;
     s.goproxy_fallback = goproxy_fallback;
     s.token_audience = token_audience;
@@ -1393,7 +1426,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
             timeout: duration(origin, &key("timeout"), u.timeout.as_deref(), Duration::from_secs(30))?,
         });
     }
-    let webhook = validate_webhook(raw.webhook, origin, &rel, server.public_url.as_deref(), &upstreams)?;
+    let webhook = validate_webhook(raw.webhook, origin, &rel, server.public_url.as_deref(), &upstreams, &oidc)?;
     Ok(Config {
         source: file.map(Path::to_path_buf),
         server,
@@ -1414,6 +1447,9 @@ mod tests {
     use super::*;
 
     const MIN: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[secrets]\nbackend = \"file\"\nfile = \"s.enc\"\n";
+    /// What an enabled webhook needs besides itself: a Kubernetes issuer and a goproxy upstream.
+    const K8S_AND_GOPROXY: &str = "[[oidc.issuers]]\nname = \"cluster\"\nissuer = \"https://k.example\"\nkind = \"kubernetes\"\naudiences = [\"gocred\"]\n\
+                                   [[upstreams]]\nname = \"mods\"\nkind = \"goproxy\"\nmodules = [\"a.b\"]\nurl = \"https://127.0.0.1:2\"\n";
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_toml(
@@ -1609,7 +1645,8 @@ mod tests {
     #[test]
     fn webhook_section_defaults_validation_and_env() {
         let up = "[[upstreams]]\nname = \"corp\"\nkind = \"git\"\nhosts = [\"git.corp.test\"]\nurl = \"https://127.0.0.1:1\"\n\
-                  [[upstreams]]\nname = \"mods\"\nkind = \"goproxy\"\nmodules = [\"mods.corp.test/team\", \"git.corp.test\"]\nurl = \"https://127.0.0.1:2\"\n";
+                  [[upstreams]]\nname = \"mods\"\nkind = \"goproxy\"\nmodules = [\"mods.corp.test/team\", \"git.corp.test\"]\nurl = \"https://127.0.0.1:2\"\n\
+                  [[oidc.issuers]]\nname = \"cluster\"\nissuer = \"https://k.example\"\nkind = \"kubernetes\"\naudiences = [\"gocred\"]\n";
         let base = format!(
             "{MIN}{up}[webhook]\nimage = \"ghcr.io/gocred/gocred:0.1.0\"\nbroker_url = \"https://gocred.gocred.svc:8443/\"\n"
         );
@@ -1633,7 +1670,7 @@ mod tests {
         let on = format!("{base}enabled = true\n");
         let c = parse(
             &format!(
-                "{on}modules = [\"git.corp.test/*\"]\nmode = \"git\"\ngoproxy_fallback = \"off\"\ntoken_audience = \"aud\"\n\
+                "{on}modules = [\"git.corp.test/*\"]\nmode = \"git\"\ngoproxy_fallback = \"off\"\ntoken_audience = \"gocred\"\n\
                  token_expiration = \"1h\"\non_malformed = \"allow\"\ninit_resources = \"cpu=50m,memory=32Mi\"\n"
             ),
             &[],
@@ -1644,7 +1681,7 @@ mod tests {
             (w.modules.as_slice(), w.mode),
             (&["git.corp.test/*".to_string()][..], crate::webhook::InjectMode::Git)
         );
-        assert_eq!((w.goproxy_fallback.as_str(), w.token_audience.as_str()), ("off", "aud"));
+        assert_eq!((w.goproxy_fallback.as_str(), w.token_audience.as_str()), ("off", "gocred"));
         assert_eq!(w.token_expiration_seconds, 3600);
         assert_eq!(w.on_malformed, crate::webhook::OnMalformed::Allow);
         assert_eq!(w.init_resources.unwrap()["memory"].0, "32Mi");
@@ -1670,8 +1707,17 @@ mod tests {
         let no_url = format!("{MIN}[webhook]\nenabled = true\nimage = \"i:1\"\nmodules = [\"git.corp.test/*\"]\n");
         let e = parse(&no_url, &[]).unwrap_err().to_string();
         assert!(e.contains("webhook.broker_url"), "{e}");
-        let c =
-            parse(&no_url.replace("[server]\n", "[server]\npublic_url = \"https://gocred.corp.test\"\n"), &[]).unwrap();
+        let with_url = no_url.replace("[server]\n", "[server]\npublic_url = \"https://gocred.corp.test\"\n");
+        let e = parse(&with_url, &[]).unwrap_err().to_string();
+        assert!(e.contains("webhook.enabled") && e.contains("kind = \"kubernetes\""), "{e}");
+        let with_issuer = with_url.replace("[webhook]", &format!("{K8S_AND_GOPROXY}[webhook]"));
+        // goproxy mode without a goproxy upstream: private paths would fall through to public proxies.
+        let only_issuer = with_issuer.split("[[upstreams]]").next().unwrap().to_string()
+            + "[webhook]"
+            + with_issuer.split("[webhook]").nth(1).unwrap();
+        let e = parse(&only_issuer, &[]).unwrap_err().to_string();
+        assert!(e.contains("webhook.mode") && e.contains("kind = \"goproxy\""), "{e}");
+        let c = parse(&with_issuer, &[]).unwrap();
         assert_eq!(c.webhook.unwrap().broker_url, "https://gocred.corp.test");
         let e = parse(&format!("{MIN}[webhook]\nenabled = true\nimage = \"i:1\"\nbroker_url = \"https://b\"\n"), &[])
             .unwrap_err()
@@ -1692,7 +1738,7 @@ mod tests {
         let cfg = dir.path().join("broker.toml");
         let text = |ca: &str| {
             format!(
-                "{MIN}[webhook]\nenabled = true\nimage = \"i:1\"\nbroker_url = \"https://b\"\nmodules = [\"a.b/*\"]\nca_file = \"{ca}\"\n"
+                "{MIN}{K8S_AND_GOPROXY}[webhook]\nenabled = true\nimage = \"i:1\"\nbroker_url = \"https://b\"\nmodules = [\"a.b/*\"]\nca_file = \"{ca}\"\n"
             )
         };
         std::fs::write(&cfg, text("ca.pem")).unwrap();

@@ -34,7 +34,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Install the helper into DIR (bin/gocred, gitconfig, ca.pem): the webhook's init
-    /// container. Reads GOCRED_BROKER, GOCRED_MODULES, GOCRED_INJECT_MODE, GOCRED_CA_PEM.
+    /// container. Reads GOCRED_BROKER, GOCRED_GIT_HOSTS, GOCRED_INJECT_MODE, GOCRED_CA_PEM.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["once", "out", "token_file", "token_env"])]
     pub install: Option<PathBuf>,
 }
@@ -66,7 +66,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // The agent's own state (never a person's login session): GOCRED_STATE_DIR, else
     // `<cache>/agent`.
     let state_dir = match std::env::var_os("GOCRED_STATE_DIR").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d),
+        Some(_) => crate::client::state::cache_dir()?,
         None => crate::client::state::cache_dir()?.join("agent"),
     };
     set_ambient_override(AmbientOverride { source: source.clone(), broker: broker.clone(), ca: args.ca_cert.clone() });
@@ -178,13 +178,6 @@ fn install(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
     if !plain(dir) || !dir.is_absolute() {
         bail!("install directory `{}` must be an absolute path of letters, digits, `/._-`", dir.display());
     }
-    let modules: Vec<String> = std::env::var("GOCRED_MODULES")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-        .map(str::to_string)
-        .collect();
     let mode = std::env::var("GOCRED_INJECT_MODE").unwrap_or_else(|_| "goproxy".into());
     if mode != "goproxy" && mode != "git" {
         bail!("GOCRED_INJECT_MODE `{mode}` must be goproxy or git");
@@ -209,24 +202,29 @@ fn install(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::rename(&tmp, bin.join("gocred"))?;
     let helper = bin.join("gocred");
+    // The user's own git config still applies (safe.directory, other rewrites); ours follows and
+    // wins for the broker. Missing include files are ignored by git.
     let mut gitconfig = format!(
-        "# Written by gocred agent --install.\n[credential \"{broker}\"]\n\thelper =\n\thelper = {} credential\n",
+        "# Written by gocred agent --install.\n[include]\n\tpath = ~/.gitconfig\n\tpath = ~/.config/git/config\n\
+         [credential \"{broker}\"]\n\thelper =\n\thelper = {} credential\n",
         helper.display()
     );
-    if mode == "git" {
-        let mut hosts: Vec<String> = Vec::new();
-        for m in &modules {
-            let host = m.split('/').next().unwrap_or("").trim_end_matches('*');
-            if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
-                bail!("GOCRED_MODULES: `{m}` does not start with a host name");
-            }
-            if !hosts.iter().any(|h| h == host) {
-                hosts.push(host.to_string());
-            }
+    // Hosts the broker proxies over git smart HTTP: rewritten to it in both modes (a `git clone
+    // https://<host>/...` in the build works too).
+    let mut hosts: Vec<String> = Vec::new();
+    for h in std::env::var("GOCRED_GIT_HOSTS").unwrap_or_default().split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        if !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+            bail!("GOCRED_GIT_HOSTS: `{h}` is not a host name");
         }
-        for h in hosts {
-            gitconfig.push_str(&format!("[url \"{broker}/git/{h}/\"]\n\tinsteadOf = https://{h}/\n"));
+        if !hosts.iter().any(|x| x == h) {
+            hosts.push(h.to_string());
         }
+    }
+    if mode == "git" && hosts.is_empty() {
+        bail!("GOCRED_INJECT_MODE is git but GOCRED_GIT_HOSTS names no host");
+    }
+    for h in hosts {
+        gitconfig.push_str(&format!("[url \"{broker}/git/{h}/\"]\n\tinsteadOf = https://{h}/\n"));
     }
     let write = |name: &str, data: &[u8]| {
         crate::fsutil::write_private_atomic(&dir.join(name), data)
@@ -250,9 +248,15 @@ fn install(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(dir.join("ca.pem"), std::fs::Permissions::from_mode(0o644))?;
     }
-    // `state/` is created by the first helper run in the build container, as its own user.
-    // The files are read by the build containers, which may run as another user of the pod.
+    // Containers of the pod may run as other users: the files are world-readable, the binary
+    // executable, and `state/` is shared (sticky, world-writable): each user's helper keeps its
+    // session in its own 0700 `state/uid-<uid>/` below it.
     std::fs::set_permissions(dir.join("gitconfig"), std::fs::Permissions::from_mode(0o644))?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(bin.join("gocred"), std::fs::Permissions::from_mode(0o755))?;
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).with_context(|| format!("cannot create {}", state.display()))?;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o1777))?;
     println!("gocred: installed {} (mode {mode}, broker {broker})", helper.display());
     Ok(())
 }

@@ -73,10 +73,24 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// `$GOCRED_STATE_DIR`, else `$XDG_CACHE_HOME/gocred` or `~/.cache/gocred`.
+/// A shared state dir (sticky and world-writable, like the one `gocred agent --install` makes
+/// in a pod whose containers run as different users) gets one private subdirectory per user.
+fn per_user(dir: PathBuf) -> PathBuf {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.permissions().mode() & 0o1002 == 0o1002 => {
+            // The owner of /proc/self is this process's user.
+            let uid = std::fs::metadata("/proc/self").map(|p| p.uid()).unwrap_or(u32::MAX);
+            dir.join(format!("uid-{uid}"))
+        }
+        _ => dir,
+    }
+}
+
+/// `$GOCRED_STATE_DIR` (per user below it when it is a shared sticky dir), else `$XDG_CACHE_HOME/gocred` or `~/.cache/gocred`.
 pub fn cache_dir() -> Result<PathBuf, ClientError> {
     if let Some(d) = std::env::var_os("GOCRED_STATE_DIR").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(d));
+        return Ok(per_user(PathBuf::from(d)));
     }
     std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())

@@ -34,8 +34,21 @@ pub(super) fn wanted(pod: &Pod, settings: &InjectSettings) -> Result<Option<Want
     }
     let spec = pod.spec.as_ref();
     let init_containers = spec.and_then(|s| s.init_containers.as_deref()).unwrap_or_default();
-    if ann.contains_key(ANNOTATION_INJECTED) || init_containers.iter().any(|c| c.name == INIT_CONTAINER) {
-        return Ok(None);
+    // Both marks: injected already (idempotent). Only one: something removed or faked part of
+    // the injection; starting such a pod silently without credentials is what must not happen.
+    match (ann.contains_key(ANNOTATION_INJECTED), init_containers.iter().any(|c| c.name == INIT_CONTAINER)) {
+        (true, true) => return Ok(None),
+        (true, false) => {
+            return Err(format!(
+                "annotation {ANNOTATION_INJECTED} is set but the pod has no {INIT_CONTAINER} init container (partially injected)"
+            ));
+        }
+        (false, true) => {
+            return Err(format!(
+                "the pod already has an init container named {INIT_CONTAINER} but no {ANNOTATION_INJECTED} annotation"
+            ));
+        }
+        (false, false) => {}
     }
     let modules = match ann.get(ANNOTATION_MODULES) {
         None => settings.modules.clone(),
@@ -51,6 +64,27 @@ pub(super) fn wanted(pod: &Pod, settings: &InjectSettings) -> Result<Option<Want
         Some(v) => InjectMode::parse(v)
             .ok_or_else(|| format!("annotation {ANNOTATION_MODE}: {v:?} is not \"goproxy\" or \"git\""))?,
     };
+    match mode {
+        InjectMode::Goproxy if !settings.has_goproxy => {
+            return Err(format!("annotation {ANNOTATION_MODE}: this broker proxies no module proxy; use \"git\""));
+        }
+        InjectMode::Git if settings.git_hosts.is_empty() => {
+            return Err(format!("annotation {ANNOTATION_MODE}: this broker proxies no git server; use \"goproxy\""));
+        }
+        InjectMode::Git => {
+            // git reaches the broker only for hosts it proxies (insteadOf rewrites).
+            for m in &modules {
+                let host = m.split('/').next().unwrap_or_default();
+                if !settings.git_hosts.iter().any(|h| h == host) {
+                    return Err(format!(
+                        "module pattern {m:?}: in git mode the host must be one the broker proxies ({})",
+                        settings.git_hosts.join(", ")
+                    ));
+                }
+            }
+        }
+        InjectMode::Goproxy => {}
+    }
     let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
     let selected = match ann.get(ANNOTATION_CONTAINERS) {
         None => (0..containers.len()).collect(),

@@ -70,6 +70,8 @@ pub mod env {
     pub const INJECT_MODE: &str = "GOCRED_INJECT_MODE";
     /// Init container: the broker's CA bundle (PEM), when it is private.
     pub const CA_PEM: &str = "GOCRED_CA_PEM";
+    /// Hosts the broker proxies with git smart HTTP (comma-separated): `insteadOf` rewrites.
+    pub const GIT_HOSTS: &str = "GOCRED_GIT_HOSTS";
     pub const TOKEN_FILE: &str = "GOCRED_TOKEN_FILE";
     pub const STATE_DIR: &str = "GOCRED_STATE_DIR";
     pub const STATE_DIR_VALUE: &str = "/gocred/state";
@@ -141,6 +143,11 @@ pub struct InjectSettings {
     pub on_malformed: OnMalformed,
     /// Default requests/limits of the init container.
     pub init_resources: Option<Resources>,
+    /// The broker proxies a module proxy (`/mod/`): `goproxy` mode is possible.
+    pub has_goproxy: bool,
+    /// Hosts the broker proxies with git smart HTTP (`/git/<host>/`): pods get `insteadOf`
+    /// rewrites for them in both modes, and `git` mode is possible.
+    pub git_hosts: Vec<String>,
 }
 
 impl InjectSettings {
@@ -157,6 +164,8 @@ impl InjectSettings {
             ca_pem: None,
             on_malformed: OnMalformed::Deny,
             init_resources: None,
+            has_goproxy: true,
+            git_hosts: Vec::new(),
         }
     }
 }

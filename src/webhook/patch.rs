@@ -101,6 +101,9 @@ pub(super) fn init_container(pod: &Pod, settings: &InjectSettings, wanted: &Want
         var(env::MODULES, wanted.modules.join(",")),
         var(env::INJECT_MODE, wanted.mode.as_str()),
     ];
+    if !settings.git_hosts.is_empty() {
+        env.push(var(env::GIT_HOSTS, settings.git_hosts.join(",")));
+    }
     if let Some(pem) = &settings.ca_pem {
         env.push(var(env::CA_PEM, pem));
     }

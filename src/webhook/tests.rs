@@ -22,6 +22,7 @@ fn settings() -> InjectSettings {
         vec!["git.corp.example/*".into(), "mods.corp.example".into()],
     );
     s.ca_pem = Some(CA.into());
+    s.git_hosts = vec!["git.corp.example".into(), "mods.corp.example".into()];
     s
 }
 
@@ -112,6 +113,7 @@ fn expected_init(modules: &str, mode: &str, ca: bool, run_as_user: Option<i64>, 
         json!({"name": "GOCRED_BROKER", "value": "https://gocred.gocred.svc:8443"}),
         json!({"name": "GOCRED_MODULES", "value": modules}),
         json!({"name": "GOCRED_INJECT_MODE", "value": mode}),
+        json!({"name": "GOCRED_GIT_HOSTS", "value": "git.corp.example,mods.corp.example"}),
     ];
     if ca {
         env.push(json!({"name": "GOCRED_CA_PEM", "value": CA}));
@@ -292,7 +294,7 @@ fn pods_that_did_not_ask_and_other_kinds_are_allowed_unchanged() {
     }
     // inject: "false", the broker's own pods, UPDATE, DELETE (no object), a subresource.
     let base = fixture("minimal");
-    let cases: [Edit; 6] = [
+    let cases: [Edit; 5] = [
         ("inject false", |d| d["request"]["object"]["metadata"]["annotations"]["gocred.dev/inject"] = "false".into()),
         ("broker pod", |d| d["request"]["object"]["metadata"]["labels"] = json!({"app.kubernetes.io/name": "gocred"})),
         ("update", |d| d["request"]["operation"] = "UPDATE".into()),
@@ -301,9 +303,6 @@ fn pods_that_did_not_ask_and_other_kinds_are_allowed_unchanged() {
             d["request"]["oldObject"] = d["request"]["object"].take();
         }),
         ("subresource", |d| d["request"]["subResource"] = "ephemeralcontainers".into()),
-        ("already has gocred-init", |d| {
-            d["request"]["object"]["spec"]["initContainers"] = json!([{"name": "gocred-init", "image": "x"}])
-        }),
     ];
     for (what, f) in cases {
         let mut d = base.clone();
@@ -312,6 +311,18 @@ fn pods_that_did_not_ask_and_other_kinds_are_allowed_unchanged() {
         assert_eq!(resp["allowed"], true, "{what}");
         assert!(resp.get("patch").is_none(), "{what}: {resp}");
     }
+    // Half an injection (an init container named like ours, no marker; or the marker without the
+    // init container) is refused: such a pod would start without credentials.
+    let mut d = base.clone();
+    d["request"]["object"]["spec"]["initContainers"] = json!([{"name": "gocred-init", "image": "x"}]);
+    let (resp, _) = run(&d, &s);
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert!(resp["status"]["message"].as_str().unwrap().contains("gocred-init"), "{resp}");
+    let mut d = base.clone();
+    d["request"]["object"]["metadata"]["annotations"]["gocred.dev/injected"] = "v1".into();
+    let (resp, _) = run(&d, &s);
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert!(resp["status"]["message"].as_str().unwrap().contains("partially injected"), "{resp}");
 }
 
 /// The fixture of a pod injected before (what the minimal pod looks like after the patch).

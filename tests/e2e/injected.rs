@@ -130,6 +130,13 @@ async fn go_mod_download_works_in_an_injected_pod_with_no_other_setup() {
     cmd.args(&args).env_clear().envs(env_of(&init, &mounts));
     let out = run_ok(&mut cmd);
     assert!(out.contains("installed"), "{out}");
+    // The gitconfig keeps the user's own config and sends the broker's git hosts to the broker.
+    let gitconfig = std::fs::read_to_string(root.join("gocred/gitconfig")).unwrap();
+    assert!(gitconfig.contains("[include]\n\tpath = ~/.gitconfig"), "{gitconfig}");
+    assert!(
+        gitconfig.contains(&format!("[url \"{broker_url}/git/git.corp.test/\"]\n\tinsteadOf = https://git.corp.test/")),
+        "{gitconfig}"
+    );
 
     // The build container: only the injected env, plus what any build image has (PATH with go,
     // a HOME, Go's cache dirs).
@@ -163,8 +170,13 @@ async fn go_mod_download_works_in_an_injected_pod_with_no_other_setup() {
     assert_eq!(first["Sum"].as_str(), Some(w.direct_sum.as_str()), "{text}");
     // The helper exchanged the projected token: a workload session in the pod's state dir.
     let state = env.iter().find(|(k, _)| k == "GOCRED_STATE_DIR").map(|(_, v)| PathBuf::from(v)).unwrap();
+    // The shared state dir (1777, made by the init container) holds one private dir per user.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o7777, 0o1777);
+    let mine = state.join(format!("uid-{}", std::fs::metadata("/proc/self").unwrap().uid()));
+    assert_eq!(std::fs::metadata(&mine).unwrap().permissions().mode() & 0o777, 0o700);
     let session: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("session.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(mine.join("session.json")).unwrap()).unwrap();
     assert_eq!(session["method"], "ambient");
     let audit = std::fs::read_to_string(w.dir.path().join("audit.log")).unwrap();
     assert!(audit.contains("subject token from issuer `cluster` verified"), "{audit}");

@@ -36,8 +36,9 @@ fn start(webhook: &str) -> Broker {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
              [secrets]\nbackend = \"file\"\nfile = \"secrets.enc\"\n[audit]\npath = \"audit.log\"\n\
-             [[upstreams]]\nname = \"corp\"\nkind = \"git\"\nhosts = [\"git.corp.example\"]\nurl = \"https://127.0.0.1:9\"\n\
+             [[upstreams]]\nname = \"corp\"\nkind = \"git\"\nhosts = [\"git.corp.example\", \"mods.corp.example\"]\nurl = \"https://127.0.0.1:9\"\n\
              [[upstreams]]\nname = \"athens\"\nkind = \"goproxy\"\nmodules = [\"mods.corp.example\"]\nurl = \"https://127.0.0.1:9\"\n\
+             [[oidc.issuers]]\nname = \"cluster\"\nissuer = \"https://kubernetes.default.svc.cluster.local\"\nkind = \"kubernetes\"\naudiences = [\"gocred\"]\n\
              {webhook}\n",
             tls.cert.display(),
             tls.key.display(),
@@ -168,6 +169,7 @@ fn init_container(ca: &str, modules: &str, mode: &str, run_as_user: Option<i64>,
             {"name": "GOCRED_BROKER", "value": BROKER},
             {"name": "GOCRED_MODULES", "value": modules},
             {"name": "GOCRED_INJECT_MODE", "value": mode},
+            {"name": "GOCRED_GIT_HOSTS", "value": "git.corp.example,mods.corp.example"},
             {"name": "GOCRED_CA_PEM", "value": ca}
         ],
         "volumeMounts": [{"name": "gocred", "mountPath": "/gocred"}],
