@@ -178,7 +178,54 @@ fn check_rendered_config(objs: &[serde_json::Value], fullname: &str, dir: &Path)
     let (code, out, err) = Gocred::run(&["serve", "--check", "--config", cfg.to_str().unwrap()], &env);
     assert_eq!(code, 0, "gocred serve --check refused the chart's config:\n{err}\n{toml_text}");
     assert!(out.contains("config OK"), "{out}");
+
+    // With the webhook on, some kind = "kubernetes" issuer accepts the injected pods' token
+    // audience (the broker's rule, checked here too so the chart keeps it whatever the binary).
+    let issuers: Vec<&toml::Value> = parsed
+        .get("oidc")
+        .and_then(|o| o.get("issuers"))
+        .and_then(|i| i.as_array())
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let webhook = parsed.get("webhook");
+    if webhook.and_then(|w| w.get("enabled")).and_then(|e| e.as_bool()) == Some(true) {
+        let aud = webhook.unwrap().get("token_audience").and_then(|a| a.as_str()).unwrap_or("gocred");
+        assert!(
+            issuers.iter().any(|i| i.get("kind").and_then(|k| k.as_str()) == Some("kubernetes")
+                && i.get("audiences")
+                    .and_then(|a| a.as_array())
+                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(aud)))),
+            "no kind = \"kubernetes\" issuer accepts audience {aud}:\n{toml_text}"
+        );
+    }
+    // Every Kubernetes issuer is one the policies pin by name (`principal.issuer == "<name>"`):
+    // a policy on namespaces alone would grant the same names from any issuer.
+    let policy_text: String = policies["data"].as_object().unwrap().values().filter_map(|t| t.as_str()).collect();
+    for i in &issuers {
+        if i.get("kind").and_then(|k| k.as_str()) == Some("kubernetes") {
+            let name = i.get("name").and_then(|n| n.as_str()).unwrap();
+            assert!(
+                policy_text.contains(&format!("principal.issuer == \"{name}\"")),
+                "no policy pins the kubernetes issuer {name:?}:\n{policy_text}"
+            );
+        }
+    }
     toml_text
+}
+
+/// The webhook's always-present namespace exclusion: the values of its
+/// `kubernetes.io/metadata.name NotIn` requirement that names the control-plane namespaces.
+fn excluded_namespaces(w: &serde_json::Value) -> Vec<String> {
+    let exprs = w["namespaceSelector"]["matchExpressions"].as_array().expect("namespaceSelector.matchExpressions");
+    let e = exprs
+        .iter()
+        .find(|e| {
+            e["key"] == "kubernetes.io/metadata.name"
+                && e["operator"] == "NotIn"
+                && e["values"].as_array().unwrap().contains(&"kube-node-lease".into())
+        })
+        .unwrap_or_else(|| panic!("no control-plane exclusion in {}", w["namespaceSelector"]));
+    e["values"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
 }
 
 #[test]
@@ -255,10 +302,24 @@ fn chart_lints_renders_schema_valid_objects_and_a_config_gocred_accepts() {
     assert_eq!(w["sideEffects"], "None");
     assert_eq!(w["failurePolicy"], "Fail");
     assert_eq!(w["timeoutSeconds"], 3);
-    assert_eq!(w["reinvocationPolicy"], "Never");
+    assert_eq!(w["reinvocationPolicy"], "IfNeeded", "an annotation added by a later webhook still gets injected");
     assert_eq!(w["clientConfig"]["service"]["path"], "/v1/admission");
     assert_eq!(w["clientConfig"]["service"]["name"], "gocred");
     assert_eq!(w["namespaceSelector"]["matchLabels"]["gocred.dev/inject"], "enabled");
+    assert_eq!(excluded_namespaces(w), ["kube-system", "kube-node-lease", "kube-public", "gocred-system"]);
+    // Only pods asking for injection reach the webhook (helm's default Kubernetes version is
+    // recent enough for matchConditions).
+    let conds = w["matchConditions"].as_array().expect("matchConditions");
+    assert_eq!(conds.len(), 1, "{conds:?}");
+    assert_eq!(conds[0]["name"], "gocred-inject-annotated");
+    let expr = conds[0]["expression"].as_str().unwrap();
+    for needle in [
+        "has(object.metadata.annotations)",
+        "'gocred.dev/inject' in object.metadata.annotations",
+        "object.metadata.annotations['gocred.dev/inject'] != 'false'",
+    ] {
+        assert!(expr.contains(needle), "{needle} not in {expr}");
+    }
     let excl = &w["objectSelector"]["matchExpressions"][0];
     assert_eq!((&excl["key"], &excl["operator"]), (&"app.kubernetes.io/name".into(), &"NotIn".into()));
     assert!(excl["values"].as_array().unwrap().contains(&"gocred".into()), "the broker's own pods are excluded");
@@ -274,6 +335,10 @@ fn chart_lints_renders_schema_valid_objects_and_a_config_gocred_accepts() {
     // cert-manager objects (no schema in kubernetes-validate): the fields that matter.
     let ca = find(&objs, "Certificate", "gocred-ca");
     assert_eq!(ca["spec"]["isCA"], true);
+    assert_eq!(
+        ca["spec"]["privateKey"]["rotationPolicy"], "Never",
+        "a renewed CA keeps its key: pods holding the old CA bundle still verify the broker"
+    );
     assert_eq!(ca["spec"]["issuerRef"]["name"], "gocred-selfsigned");
     assert_eq!(find(&objs, "Issuer", "gocred-selfsigned")["spec"]["selfSigned"], serde_json::json!({}));
     assert_eq!(find(&objs, "Issuer", "gocred-ca")["spec"]["ca"]["secretName"], "gocred-ca");
@@ -290,6 +355,19 @@ fn chart_lints_renders_schema_valid_objects_and_a_config_gocred_accepts() {
     // The config the broker will read is one `gocred serve --check` accepts.
     let dir = tempfile::tempdir().unwrap();
     let toml_text = check_rendered_config(&objs, "gocred", dir.path());
+    // The webhook's issuer, added by the chart, trusting the mounted kube-root-ca.crt.
+    let parsed: toml::Table = toml_text.parse().unwrap();
+    let issuers = parsed["oidc"]["issuers"].as_array().unwrap();
+    assert_eq!(issuers.len(), 1, "{toml_text}");
+    let want: toml::Table = "name = \"cluster\"\nissuer = \"https://kubernetes.default.svc.cluster.local\"\n\
+                             kind = \"kubernetes\"\naudiences = [\"gocred\"]\nca_cert = \"/etc/gocred/kube-root-ca/ca.crt\"\n"
+        .parse()
+        .unwrap();
+    assert_eq!(issuers[0].as_table().unwrap(), &want);
+    let kube_ca = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "kube-root-ca").unwrap();
+    assert_eq!(kube_ca["configMap"]["name"], "kube-root-ca.crt");
+    let mount = c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "kube-root-ca").unwrap();
+    assert_eq!(mount["mountPath"], "/etc/gocred/kube-root-ca");
     for needle in [
         "listen = \"0.0.0.0:8443\"",
         "public_url = \"https://gocred.gocred-system.svc\"",
@@ -326,6 +404,18 @@ fn chart_lints_renders_schema_valid_objects_and_a_config_gocred_accepts() {
     assert!(String::from_utf8(bundle).unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
     let excluded = mwc["webhooks"][0]["objectSelector"]["matchExpressions"][0]["values"].clone();
     assert_eq!(excluded, serde_json::json!(["gocred", "credbroker"]), "nameOverride is excluded too");
+    // The user's selector is kept (matchLabels dropped with null, both expressions), the
+    // exclusion appended with the release namespace (`default` here).
+    let sel = &mwc["webhooks"][0]["namespaceSelector"];
+    assert!(sel.get("matchLabels").is_none(), "{sel}");
+    let exprs = sel["matchExpressions"].as_array().unwrap();
+    assert_eq!(exprs.len(), 3, "{sel}");
+    assert_eq!(exprs[0]["key"], "gocred.dev/inject");
+    assert_eq!(exprs[1]["values"], serde_json::json!(["kube-system"]));
+    assert_eq!(
+        excluded_namespaces(&mwc["webhooks"][0]),
+        ["kube-system", "kube-node-lease", "kube-public", "gocred-system"]
+    );
     let d = find(&objs, "Deployment", "gocred-broker");
     assert_eq!(d["spec"]["replicas"], 3);
     assert!(d["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap().contains("@sha256:"));
@@ -334,7 +424,12 @@ fn chart_lints_renders_schema_valid_objects_and_a_config_gocred_accepts() {
 
     // NOTES.txt renders (an offline client-side dry run), and warns about the missing issuer.
     let notes = run_ok(&mut helm.cmd(&["install", "gocred", &chart, "-n", "gocred-system", "--dry-run=client"]));
-    assert!(notes.contains("rollout status deploy/gocred") && notes.contains("kind = \"kubernetes\""), "{notes}");
+    assert!(
+        notes.contains("rollout status deploy/gocred")
+            && notes.contains("kind = \"kubernetes\"")
+            && notes.contains("kubectl get --raw /.well-known/openid-configuration"),
+        "{notes}"
+    );
     let notes = run_ok(&mut helm.cmd(&["install", "x", &chart, "--dry-run=client", "-f", &all_options]));
     assert!(notes.contains("tls.caBundle") && !notes.contains("WARNING"), "{notes}");
 
@@ -369,6 +464,10 @@ fn chart_lints_renders_schema_valid_objects_and_a_config_gocred_accepts() {
         let sub = dir.path().join(format!("variant-{i}"));
         check_rendered_config(&objs, "gocred", &sub);
         if set.contains(&"webhook.enabled=false") {
+            let toml_text = find(&objs, "ConfigMap", "gocred")["data"]["gocred.toml"].as_str().unwrap();
+            assert!(!toml_text.contains("[[oidc.issuers]]"), "no issuer added without the webhook:\n{toml_text}");
+            let vols = find(&objs, "Deployment", "gocred")["spec"]["template"]["spec"]["volumes"].to_string();
+            assert!(!vols.contains("kube-root-ca"), "{vols}");
             let k = kinds(&objs);
             assert!(
                 !k.iter()
@@ -429,4 +528,80 @@ fn k8s_examples_validate_and_their_values_render_a_valid_config() {
     let dir = tempfile::tempdir().unwrap();
     let toml_text = check_rendered_config(&objs, "gocred", dir.path());
     assert!(toml_text.contains("kind = \"kubernetes\""), "{toml_text}");
+}
+
+#[test]
+fn chart_webhook_admission_guards_hold_whatever_the_values() {
+    let helm = Helm::new();
+    let dir = tempfile::tempdir().unwrap();
+    let webhook = |yaml: &str| {
+        let objs = objects(yaml);
+        find(&objs, "MutatingWebhookConfiguration", "gocred")["webhooks"][0].clone()
+    };
+    let control_plane = ["kube-system", "kube-node-lease", "kube-public"];
+
+    // An empty namespaceSelector (merged with the default: its matchLabels stay), and one whose
+    // matchLabels are removed (every namespace): the exclusion is there either way.
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "webhook:\n  namespaceSelector: {}\n").unwrap();
+    let all = dir.path().join("all.yaml");
+    std::fs::write(&all, "webhook:\n  namespaceSelector:\n    matchLabels: null\n").unwrap();
+    for (values, ns) in [(&empty, "builds"), (&all, "gocred-system"), (&all, "kube-system")] {
+        let yaml = helm.template(&["-f", values.to_str().unwrap(), "--namespace", ns]);
+        let w = webhook(&yaml);
+        let excluded = excluded_namespaces(&w);
+        let mut want: Vec<String> = control_plane.iter().map(|s| s.to_string()).collect();
+        if !want.contains(&ns.to_string()) {
+            want.push(ns.to_string());
+        }
+        assert_eq!(excluded, want, "{values:?} in {ns}: {}", w["namespaceSelector"]);
+        if values == &all {
+            assert!(w["namespaceSelector"].get("matchLabels").is_none(), "{}", w["namespaceSelector"]);
+            validate_strict(&yaml, "namespaceSelector.matchLabels: null");
+        }
+    }
+
+    // matchConditions only for API servers that have them (beta 1.28, GA 1.30).
+    let w = webhook(&helm.template(&["--kube-version", "1.27.0"]));
+    assert!(w.get("matchConditions").is_none(), "{w}");
+    let w = webhook(&helm.template(&["--kube-version", "v1.28.3-eks-1234"]));
+    assert_eq!(w["matchConditions"][0]["name"], "gocred-inject-annotated");
+
+    // The issuer: overridable, and a user's own kubernetes issuer replaces it — but must accept
+    // the token audience, or the render says what to fix.
+    let yaml = helm.template(&[
+        "--set",
+        "webhook.kubernetesIssuer.issuer=https://oidc.eks.eu-west-1.amazonaws.com/id/ABC",
+        "--set",
+        "webhook.kubernetesIssuer.caConfigMap=",
+        "--set",
+        "webhook.inject.tokenAudience=gocred-broker",
+    ]);
+    validate_strict(&yaml, "webhook.kubernetesIssuer overrides");
+    let objs = objects(&yaml);
+    let toml_text = check_rendered_config(&objs, "gocred", &dir.path().join("eks"));
+    assert!(
+        toml_text.contains("issuer = \"https://oidc.eks.eu-west-1.amazonaws.com/id/ABC\"")
+            && toml_text.contains("audiences = [\"gocred-broker\"]")
+            && !toml_text.contains("ca_cert"),
+        "{toml_text}"
+    );
+    let vols = find(&objs, "Deployment", "gocred")["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(!vols.contains("kube-root-ca"), "caConfigMap \"\" mounts nothing: {vols}");
+
+    let own = r#"config.oidc.issuers=[{"name":"cluster","kind":"kubernetes","issuer":"https://k8s.corp.example","audiences":["gocred"]}]"#;
+    let objs = objects(&helm.template(&["--set-json", own]));
+    let toml_text = check_rendered_config(&objs, "gocred", &dir.path().join("own"));
+    assert_eq!(toml_text.matches("[[oidc.issuers]]").count(), 1, "{toml_text}");
+    assert!(toml_text.contains("issuer = \"https://k8s.corp.example\""), "{toml_text}");
+
+    let wrong = r#"config.oidc.issuers=[{"name":"cluster","kind":"kubernetes","issuer":"https://k8s.corp.example","audiences":["vault"]}]"#;
+    let err = helm.template_err(&["--set-json", wrong]);
+    assert!(err.contains("webhook.inject.tokenAudience") && err.contains("\"gocred\""), "{err}");
+
+    // The init container's memory limit holds the helper binary (memory-backed volume).
+    let small = dir.path().join("small.yaml");
+    std::fs::write(&small, "webhook:\n  inject:\n    initResources: \"cpu=50m,memory=32Mi\"\n").unwrap();
+    let err = helm.template_err(&["-f", small.to_str().unwrap()]);
+    assert!(err.contains("initResources") && err.contains("64Mi"), "{err}");
 }

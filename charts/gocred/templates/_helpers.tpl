@@ -79,6 +79,49 @@ app.kubernetes.io/part-of: gocred
 {{- end -}}
 {{- end -}}
 
+{{/*
+The [[oidc.issuers]] entry the chart adds when the webhook is enabled and config.oidc.issuers has
+no kind = "kubernetes" entry (YAML, read back with fromYaml).
+*/}}
+{{- define "gocred.kubernetesIssuer" -}}
+{{- $k := .Values.webhook.kubernetesIssuer -}}
+{{- $i := dict "name" $k.name "issuer" $k.issuer "kind" "kubernetes" "audiences" (list .Values.webhook.inject.tokenAudience) -}}
+{{- if $k.discoveryUrl -}}
+{{- $_ := set $i "discovery_url" $k.discoveryUrl -}}
+{{- end -}}
+{{- if $k.caConfigMap -}}
+{{- $_ := set $i "ca_cert" (include "gocred.kubeRootCaFile" .) -}}
+{{- end -}}
+{{- toYaml $i -}}
+{{- end -}}
+
+{{/* Where webhook.kubernetesIssuer.caConfigMap (default kube-root-ca.crt) is mounted. */}}
+{{- define "gocred.kubeRootCaFile" -}}
+/etc/gocred/kube-root-ca/ca.crt
+{{- end -}}
+
+{{/* Is the CA of the cluster's service-account issuer mounted in the broker? */}}
+{{- define "gocred.mountKubeRootCa" -}}
+{{- if and .Values.webhook.enabled .Values.webhook.kubernetesIssuer.caConfigMap -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The webhook's namespaceSelector: webhook.namespaceSelector (matchLabels and matchExpressions
+kept as given) plus a requirement that is always there, whatever the values say: never the
+control-plane namespaces nor the release namespace (a webhook with failurePolicy Fail there can
+keep the cluster's own pods, or the broker itself, from starting).
+*/}}
+{{- define "gocred.webhookNamespaceSelector" -}}
+{{- $sel := deepCopy (default (dict) .Values.webhook.namespaceSelector) -}}
+{{- $never := list "kube-system" "kube-node-lease" "kube-public" .Release.Namespace | uniq -}}
+{{- $req := dict "key" "kubernetes.io/metadata.name" "operator" "NotIn" "values" $never -}}
+{{- $_ := set $sel "matchExpressions" (append (default (list) $sel.matchExpressions) $req) -}}
+{{- if not $sel.matchLabels -}}
+{{- $_ := unset $sel "matchLabels" -}}
+{{- end -}}
+{{- toYaml $sel -}}
+{{- end -}}
+
 {{- define "gocred.vaultAuthMount" -}}
 {{- default .Values.vault.auth.method .Values.vault.auth.mount -}}
 {{- end -}}
@@ -104,6 +147,17 @@ app.kubernetes.io/part-of: gocred
 {{- end -}}
 {{- if and (eq .Values.vault.auth.method "kubernetes") (not .Values.vault.auth.role) -}}
 {{- fail "vault.auth.role is required with vault.auth.method=kubernetes" -}}
+{{- end -}}
+{{- /* The init container copies the helper binary into a memory-backed emptyDir, which counts
+against its memory limit: below 64Mi it is OOM-killed. */ -}}
+{{- with regexFind "(^|,)\\s*memory=[0-9.]+[A-Za-z]*" .Values.webhook.inject.initResources -}}
+{{- $q := regexReplaceAll "^.*memory=" . "" -}}
+{{- $n := regexFind "^[0-9.]+" $q -}}
+{{- $unit := trimPrefix $n $q -}}
+{{- $scale := dict "" 1.0 "k" 1000.0 "M" 1000000.0 "G" 1000000000.0 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 -}}
+{{- if and (hasKey $scale $unit) (lt (mulf (float64 $n) (get $scale $unit)) 67108864.0) -}}
+{{- fail (printf "webhook.inject.initResources: memory=%s is below 64Mi; the init container copies the helper binary into a memory-backed volume, which counts against its memory limit" $q) -}}
+{{- end -}}
 {{- end -}}
 {{- if and (eq .Values.vault.auth.method "approle") (or (not .Values.vault.auth.approle.roleId) (not .Values.vault.auth.approle.secretIdSecret.name)) -}}
 {{- fail "vault.auth.approle.roleId and vault.auth.approle.secretIdSecret.name are required with vault.auth.method=approle" -}}
@@ -155,6 +209,28 @@ is escaped correctly.
 {{- $_ := unset $c "upstreams" -}}
 {{- end -}}
 {{- $w := .Values.webhook.inject -}}
+{{- if .Values.webhook.enabled -}}
+{{- /* The broker refuses `[webhook] enabled = true` unless a kind = "kubernetes" issuer accepts
+the injected pods' token audience: add the cluster's issuer when none is configured. */ -}}
+{{- $issuers := dig "oidc" "issuers" (list) $c -}}
+{{- $k8s := list -}}
+{{- $accepting := list -}}
+{{- range $issuers -}}
+{{- if eq (toString .kind) "kubernetes" -}}
+{{- $k8s = append $k8s .name -}}
+{{- if has $w.tokenAudience (default (list) .audiences) -}}
+{{- $accepting = append $accepting .name -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if not $k8s -}}
+{{- $oidc := default (dict) $c.oidc -}}
+{{- $_ := set $oidc "issuers" (append $issuers (include "gocred.kubernetesIssuer" . | fromYaml)) -}}
+{{- $_ := set $c "oidc" $oidc -}}
+{{- else if not $accepting -}}
+{{- fail (printf "config.oidc.issuers: no kind=kubernetes issuer (%s) lists webhook.inject.tokenAudience %q in its audiences, so the broker would refuse every injected pod's token: add %q to its audiences (or remove it to get the chart's default issuer %q)" (join ", " $k8s) $w.tokenAudience $w.tokenAudience .Values.webhook.kubernetesIssuer.name) -}}
+{{- end -}}
+{{- end -}}
 {{- if not .Values.webhook.enabled -}}
 {{- $_ := set $c "webhook" (dict "enabled" false) -}}
 {{- else -}}
