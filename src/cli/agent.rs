@@ -230,24 +230,25 @@ fn install(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
         crate::fsutil::write_private_atomic(&dir.join(name), data)
             .with_context(|| format!("cannot write {}", dir.join(name).display()))
     };
-    write("gitconfig", gitconfig.as_bytes())?;
-    if let Ok(pem) = std::env::var("GOCRED_CA_PEM")
-        && !pem.trim().is_empty()
-    {
-        // The broker's CA in addition to the image's system roots (SSL_CERT_FILE replaces them).
-        let mut bundle = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"]
-            .iter()
-            .find_map(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default();
-        if !bundle.is_empty() && !bundle.ends_with('\n') {
-            bundle.push('\n');
+    let ca = std::env::var("GOCRED_CA_PEM").ok().filter(|p| !p.trim().is_empty());
+    if let Some(pem) = &ca {
+        if !pem.contains("-----BEGIN CERTIFICATE-----") || pem.contains("PRIVATE KEY") {
+            bail!("GOCRED_CA_PEM must hold PEM certificates only");
         }
-        bundle.push_str(pem.trim());
-        bundle.push('\n');
-        write("ca.pem", bundle.as_bytes())?;
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir.join("ca.pem"), std::fs::Permissions::from_mode(0o644))?;
+        // The broker's CA is added to what each tool trusts, never substituted: `ca.pem` for the
+        // helper (GOCRED_CA_CERT) and for git on the broker's URLs only; `certs/` as an extra
+        // directory for Go and OpenSSL (SSL_CERT_DIR), next to the image's own roots.
+        let text = format!("{}\n", pem.trim());
+        write("ca.pem", text.as_bytes())?;
+        std::fs::create_dir_all(dir.join("certs"))?;
+        write("certs/gocred-ca.pem", text.as_bytes())?;
+        for f in ["ca.pem", "certs/gocred-ca.pem"] {
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644))?;
+        }
+        std::fs::set_permissions(dir.join("certs"), std::fs::Permissions::from_mode(0o755))?;
+        gitconfig.push_str(&format!("[http \"{broker}/\"]\n\tsslCAInfo = {}\n", dir.join("ca.pem").display()));
     }
+    write("gitconfig", gitconfig.as_bytes())?;
     // Containers of the pod may run as other users: the files are world-readable, the binary
     // executable, and `state/` is shared (sticky, world-writable): each user's helper keeps its
     // session in its own 0700 `state/uid-<uid>/` below it.

@@ -78,6 +78,11 @@ pub mod env {
     pub const GOAUTH_VALUE: &str = "/gocred/bin/gocred goauth";
     pub const GIT_CONFIG_GLOBAL_VALUE: &str = "/gocred/gitconfig";
     pub const CA_FILE_VALUE: &str = "/gocred/ca.pem";
+    /// Go and OpenSSL read every directory listed here *in addition to* their default bundle
+    /// file, so the workload image's own roots stay trusted (unlike `SSL_CERT_FILE`).
+    pub const CERT_DIR_VALUE: &str = "/gocred/certs:/etc/ssl/certs:/etc/pki/tls/certs";
+    /// The CA the gocred helper trusts for the broker, on top of the system roots.
+    pub const CA_CERT: &str = "GOCRED_CA_CERT";
 }
 
 /// How `go` reaches private modules in an injected pod.

@@ -46,8 +46,11 @@ pub(super) fn workload_env(settings: &InjectSettings, wanted: &Wanted) -> Vec<En
         v.push(var("GONOPROXY", "none"));
     }
     if settings.ca_pem.is_some() {
-        v.push(var("SSL_CERT_FILE", env::CA_FILE_VALUE));
-        v.push(var("GIT_SSL_CAINFO", env::CA_FILE_VALUE));
+        // The broker's CA is added to the trust, never substituted for it: Go via an extra
+        // certificate directory, git per URL (`http.<broker>/.sslCAInfo` in the installed
+        // gitconfig), the helper via GOCRED_CA_CERT.
+        v.push(var("SSL_CERT_DIR", env::CERT_DIR_VALUE));
+        v.push(var(env::CA_CERT, env::CA_FILE_VALUE));
     }
     v
 }

@@ -82,8 +82,8 @@ fn ours(modules: &str) -> Vec<EnvVar> {
         var("GONOSUMDB", modules),
         var("GOPROXY", "https://gocred.gocred.svc:8443/mod,https://proxy.golang.org,direct"),
         var("GONOPROXY", "none"),
-        var("SSL_CERT_FILE", "/gocred/ca.pem"),
-        var("GIT_SSL_CAINFO", "/gocred/ca.pem"),
+        var("SSL_CERT_DIR", "/gocred/certs:/etc/ssl/certs:/etc/pki/tls/certs"),
+        var("GOCRED_CA_CERT", "/gocred/ca.pem"),
     ]
 }
 
@@ -405,7 +405,7 @@ fn volume_and_mount_path_conflicts_are_refused_clearly() {
 
 #[test]
 fn settings_shape_the_patch() {
-    // No CA: no SSL_CERT_FILE / GIT_SSL_CAINFO / GOCRED_CA_PEM. Other audience, lifetime,
+    // No CA: no SSL_CERT_DIR / GOCRED_CA_CERT / GOCRED_CA_PEM. Other audience, lifetime,
     // fallback, default resources.
     let mut s = settings();
     s.ca_pem = None;
@@ -418,7 +418,7 @@ fn settings_shape_the_patch() {
     let p = pod(&patched);
     let spec = p.spec.unwrap();
     let env = env_of(&spec.containers[0]);
-    assert!(!env.iter().any(|v| v.name == "SSL_CERT_FILE" || v.name == "GIT_SSL_CAINFO"));
+    assert!(!env.iter().any(|v| v.name == "SSL_CERT_DIR" || v.name == "GOCRED_CA_CERT" || v.name == "SSL_CERT_FILE"));
     assert_eq!(
         env.iter().find(|v| v.name == "GOPROXY").unwrap().value.as_deref(),
         Some("https://gocred.gocred.svc:8443/mod,off")

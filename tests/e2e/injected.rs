@@ -133,6 +133,8 @@ async fn go_mod_download_works_in_an_injected_pod_with_no_other_setup() {
     // The gitconfig keeps the user's own config and sends the broker's git hosts to the broker.
     let gitconfig = std::fs::read_to_string(root.join("gocred/gitconfig")).unwrap();
     assert!(gitconfig.contains("[include]\n\tpath = ~/.gitconfig"), "{gitconfig}");
+    // The broker's CA is added for the broker's URLs, not substituted for the system roots.
+    assert!(gitconfig.contains(&format!("[http \"{broker_url}/\"]\n\tsslCAInfo = ")), "{gitconfig}");
     assert!(
         gitconfig.contains(&format!("[url \"{broker_url}/git/git.corp.test/\"]\n\tinsteadOf = https://git.corp.test/")),
         "{gitconfig}"
@@ -147,6 +149,7 @@ async fn go_mod_download_works_in_an_injected_pod_with_no_other_setup() {
     for want in ["GOAUTH", "GIT_CONFIG_GLOBAL", "GOPRIVATE", "GONOSUMDB", "GOPROXY", "GONOPROXY", "GOCRED_TOKEN_FILE"] {
         assert!(names.contains(&want), "{want} injected: {names:?}");
     }
+    assert!(!names.contains(&"SSL_CERT_FILE"), "the image's own roots stay trusted: {names:?}");
     let home = root.join("home");
     std::fs::create_dir_all(&home).unwrap();
     let work = root.join("work");

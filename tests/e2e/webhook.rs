@@ -145,8 +145,8 @@ fn ours(modules: &str, git_mode: bool) -> Vec<(String, String)> {
         v.push(("GOPROXY", &proxy));
         v.push(("GONOPROXY", "none"));
     }
-    v.push(("SSL_CERT_FILE", "/gocred/ca.pem"));
-    v.push(("GIT_SSL_CAINFO", "/gocred/ca.pem"));
+    v.push(("SSL_CERT_DIR", "/gocred/certs:/etc/ssl/certs:/etc/pki/tls/certs"));
+    v.push(("GOCRED_CA_CERT", "/gocred/ca.pem"));
     pairs(&v)
 }
 
