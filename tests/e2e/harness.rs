@@ -230,6 +230,21 @@ impl OpenBao {
         if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap() }
     }
 
+    /// An ID token of identity OIDC role `role`, read with `client_token` (a token with an
+    /// entity: root tokens have none).
+    pub async fn identity_token(&self, client_token: &str, role: &str) -> String {
+        let r: serde_json::Value = client(None)
+            .get(format!("{}/v1/identity/oidc/token/{role}", self.addr))
+            .header("X-Vault-Token", client_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["data"]["token"].as_str().unwrap_or_else(|| panic!("no identity token for role {role}: {r}")).to_string()
+    }
+
     /// Log in with AppRole; the client token.
     pub async fn approle_login(&self, role_id: &str, secret_id: &str) -> String {
         let login: serde_json::Value = client(None)
@@ -662,16 +677,7 @@ impl BaoIssuer {
 
     /// A fresh token of role `name`.
     pub async fn token(&self, name: &str) -> String {
-        let r: serde_json::Value = client(None)
-            .get(format!("{}/v1/identity/oidc/token/{name}", self.bao.addr))
-            .header("X-Vault-Token", &self.reader)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        r["data"]["token"].as_str().unwrap_or_else(|| panic!("no token for role {name}: {r}")).to_string()
+        self.bao.identity_token(&self.reader, name).await
     }
 }
 

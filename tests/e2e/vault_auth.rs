@@ -55,18 +55,8 @@ async fn assert_broker_uses_vault(g: &Gocred, bao: &OpenBao) {
 /// An ID token from OpenBao's own OIDC identity provider for role `role`. Root tokens have no
 /// entity and cannot get one, so this logs in with the AppRole `issuer` first.
 async fn identity_token(bao: &OpenBao, role: &str) -> String {
-    let c = client(None);
     let token = bao.approle_login("issuer-role", "issuer-secret").await;
-    let r: serde_json::Value = c
-        .get(format!("{}/v1/identity/oidc/token/{role}", bao.addr))
-        .header("X-Vault-Token", token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["data"]["token"].as_str().unwrap_or_else(|| panic!("no identity token: {r}")).to_string()
+    bao.identity_token(&token, role).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
