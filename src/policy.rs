@@ -365,9 +365,11 @@ impl Policies {
             cedar::Decision::Allow => {
                 Decision { allowed: true, reason: format!("permitted by polic{plural} {names}"), policy_ids }
             }
-            cedar::Decision::Deny if !policy_ids.is_empty() => {
-                Decision { allowed: false, reason: format!("forbidden by polic{plural} {names}"), policy_ids }
-            }
+            cedar::Decision::Deny if !policy_ids.is_empty() => Decision {
+                allowed: false,
+                reason: format!("forbidden by polic{plural} {names}: {what} for {who}"),
+                policy_ids,
+            },
             cedar::Decision::Deny => {
                 let mut reason = format!("no policy permits {what} for {who}");
                 if !failed.is_empty() {
@@ -428,6 +430,7 @@ impl Policies {
                 let host = segments.next().unwrap_or_default();
                 let mut attrs = HashMap::from([
                     ("path".to_owned(), cedar::RestrictedExpression::new_string(path.clone())),
+                    ("folded_path".to_owned(), cedar::RestrictedExpression::new_string(folded_path(path))),
                     ("host".to_owned(), cedar::RestrictedExpression::new_string(host.to_owned())),
                     ("upstream".to_owned(), cedar::RestrictedExpression::new_string(upstream.clone())),
                 ]);
@@ -724,6 +727,22 @@ fn uid(type_name: &str, id: &str) -> Result<cedar::EntityUid, String> {
     Ok(cedar::EntityUid::from_type_name_and_id(type_name, cedar::EntityId::new(id)))
 }
 
+/// The spelling-independent form of a module or repository path that policies match on
+/// (`resource.folded_path`): lower-cased, with a `.git` ending of any element removed, so
+/// `Acme/SECRET.Git`, `acme/secret.git` and `acme/secret` are one name whatever the route.
+pub fn folded_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            let lower = seg.to_ascii_lowercase();
+            match lower.strip_suffix(".git") {
+                Some(stem) if !stem.is_empty() => stem.to_owned(),
+                _ => lower,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// Why `path` cannot be a module path (structural checks only), or `None`.
 fn module_path_problem(path: &str) -> Option<&'static str> {
     if path.is_empty() {
@@ -801,8 +820,8 @@ mod tests {
         let p = shipped();
         assert_eq!(p.len(), 8);
         assert!(!p.is_empty());
-        assert_eq!(p.location("developers-download-corp"), Some("gocred.cedar:8"));
-        assert_eq!(p.location("no-push"), Some("gocred.cedar:91"));
+        assert_eq!(p.location("developers-download-corp"), Some("gocred.cedar:12"));
+        assert_eq!(p.location("no-push"), Some("gocred.cedar:95"));
     }
 
     #[test]
@@ -838,7 +857,7 @@ mod tests {
         let d = p.decide(&user("alice", &["developers"]), Action::Push, &lib);
         assert!(!d.allowed);
         assert_eq!(d.policy_ids, ["no-push"]);
-        assert_eq!(d.reason, "forbidden by policy no-push");
+        assert_eq!(d.reason, "forbidden by policy no-push: push of git.corp.example/acme/lib for user:alice");
     }
 
     #[test]
@@ -1017,7 +1036,7 @@ mod tests {
             &[("a.cedar".to_owned(), shipped_text()), ("b.cedar".to_owned(), dup.to_owned())],
         )
         .expect_err("duplicate id");
-        assert_eq!(err.to_string(), "b.cedar:2: policy id `no-push` is already used by the policy at a.cedar:91");
+        assert_eq!(err.to_string(), "b.cedar:2: policy id `no-push` is already used by the policy at a.cedar:95");
     }
 
     #[test]

@@ -177,39 +177,70 @@ pub async fn host_routed(State(state): State<AppState>, req: Request) -> Result<
     forward(state.clone(), a, t, parts.method, parts.headers, body).await
 }
 
-/// `?go-get=1` for a host-routed module: the repository root comes from the upstream's own
-/// go-import answer (fetched with the upstream credential), else the first two path elements.
+/// `?go-get=1` for a host-routed module: the repository root and its path come from the
+/// upstream's own go-import answer (fetched with the upstream credential) — the broker
+/// advertises itself under the host the caller asked for, with exactly the repository path the
+/// upstream advertises (with or without `.git`) — else the first two path elements + `.git`.
 async fn go_import(state: &AppState, a: &Authed, idx: usize, host: &str, path: &str) -> Result<Response, ApiError> {
     let p = proxy(state)?;
     let path = path.trim_end_matches('/');
     if !route::clean_path(path) {
         return Err(ApiError::BadRequest("malformed module path".into()));
     }
-    let module = format!("{host}/{path}");
     let upstream = &p.upstreams()[idx];
-    authorize(state, &a.request_id, &a.principal, Action::Download, &Resource::module(&module, &upstream.name))?;
-    let mut root = None;
+    let host = route::canonical_host(upstream, host).unwrap_or(host).to_string();
+    let module = format!("{host}/{path}");
+    let resource = Resource::module(&route::repo_module(&host, path), &upstream.name);
+    authorize(state, &a.request_id, &a.principal, Action::Download, &resource)?;
+    let mut found = None;
     if let Ok(resp) = p.forward(idx, Method::GET, &format!("/{path}?go-get=1"), &HeaderMap::new(), None).await
         && resp.status().is_success()
     {
         let text = resp.text().await.unwrap_or_default();
-        root = parse_go_import(&text).filter(|r| module == *r || module.starts_with(&format!("{r}/")));
+        found = parse_go_import(&text, &module).and_then(|gi| {
+            let repo = route::upstream_relative_path(&upstream.url, &gi.repo_url)?;
+            Some((gi.prefix, repo))
+        });
     }
-    let root = root.unwrap_or_else(|| module.split('/').take(3).collect::<Vec<_>>().join("/"));
-    let repo = root.strip_prefix(&format!("{host}/")).unwrap_or(&root);
+    let (root, repo) = found.unwrap_or_else(|| {
+        let root = module.split('/').take(3).collect::<Vec<_>>().join("/");
+        let repo = format!("{}.git", root.strip_prefix(&format!("{host}/")).unwrap_or(&root));
+        (root, repo)
+    });
     let page = format!(
-        "<!DOCTYPE html>\n<html><head><meta name=\"go-import\" content=\"{root} git https://{host}/{repo}.git\"></head><body>{root}</body></html>\n"
+        "<!DOCTYPE html>\n<html><head><meta name=\"go-import\" content=\"{root} git https://{host}/{repo}\"></head><body>{root}</body></html>\n"
     );
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response())
 }
 
-/// The import prefix of the first `<meta name="go-import" content="PREFIX VCS URL">`.
-pub fn parse_go_import(html: &str) -> Option<String> {
-    let i = html.find("name=\"go-import\"")?;
-    let rest = &html[i..];
-    let c = rest.find("content=\"")? + 9;
-    let end = rest[c..].find('"')?;
-    rest[c..c + end].split_whitespace().next().map(str::to_string)
+/// One `<meta name="go-import" content="PREFIX VCS REPO-URL">`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoImport {
+    pub prefix: String,
+    pub vcs: String,
+    pub repo_url: String,
+}
+
+/// The go-import tag (of vcs `git`) whose prefix is `module` or a parent of it, as the go
+/// command picks it.
+pub fn parse_go_import(html: &str, module: &str) -> Option<GoImport> {
+    let mut rest = html;
+    while let Some(i) = rest.find("name=\"go-import\"") {
+        let tag_start = rest[..i].rfind('<').unwrap_or(0);
+        let tag_end = rest[i..].find('>').map(|e| i + e).unwrap_or(rest.len());
+        let tag = &rest[tag_start..tag_end];
+        rest = &rest[tag_end..];
+        let Some(c) = tag.find("content=\"") else { continue };
+        let content = &tag[c + 9..];
+        let Some(end) = content.find('"') else { continue };
+        let fields: Vec<&str> = content[..end].split_whitespace().collect();
+        let [prefix, vcs, url] = fields[..] else { continue };
+        let covers = module == prefix || module.starts_with(&format!("{prefix}/"));
+        if covers && vcs == "git" && route::clean_path(prefix) {
+            return Some(GoImport { prefix: prefix.into(), vcs: vcs.into(), repo_url: url.into() });
+        }
+    }
+    None
 }
 
 #[derive(serde::Deserialize)]
@@ -227,15 +258,15 @@ pub async fn credentials(
     let rest =
         q.url.strip_prefix("https://").ok_or_else(|| ApiError::BadRequest("url must be an https:// URL".into()))?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let path = path.trim_end_matches('/').trim_end_matches(".git");
     let idx = route::git_upstream(p.upstreams(), host)
         .filter(|i| p.upstreams()[*i].mode == crate::config::UpstreamMode::Vend)
         .ok_or_else(|| ApiError::NotFoundMsg(format!("no vend-mode upstream serves {host}")))?;
-    let module = if path.is_empty() { host.to_string() } else { format!("{host}/{path}") };
+    let u = p.upstreams()[idx].clone();
+    let host = route::canonical_host(&u, host).unwrap_or(host);
+    let module = route::repo_module(host, path);
     if !route::clean_path(&module) {
         return Err(ApiError::BadRequest("malformed URL path".into()));
     }
-    let u = p.upstreams()[idx].clone();
     authorize(&state, &a.request_id, &a.principal, Action::Credentials, &Resource::module(&module, &u.name))?;
     let cred = p
         .credential(&u, false)

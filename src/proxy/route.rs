@@ -124,6 +124,42 @@ fn split_git(path: &str, query: Option<&str>) -> Result<(String, GitOp, String),
     Ok((repo.to_string(), op, suffix.to_string()))
 }
 
+/// The configured spelling of `host` on upstream `u`, if it serves it.
+pub fn canonical_host<'a>(u: &'a Upstream, host: &str) -> Option<&'a str> {
+    u.hosts.iter().find(|h| h.eq_ignore_ascii_case(host)).map(String::as_str)
+}
+
+/// The name policies are asked about for repository (or package) path `repo` on the git host
+/// `host` (its configured spelling): the path lower-cased (git servers commonly treat
+/// repository paths case-insensitively) with a trailing `.git` removed in any case. Every git
+/// route — `/git/`, host-routed smart HTTP and `?go-get=1`, vend mode — names repositories
+/// through this one function.
+pub fn repo_module(host: &str, repo: &str) -> String {
+    let lower = repo.trim_end_matches('/').to_ascii_lowercase();
+    let stem = lower.strip_suffix(".git").filter(|s| !s.is_empty() && !s.ends_with('/')).unwrap_or(&lower);
+    if stem.is_empty() { host.to_string() } else { format!("{host}/{stem}") }
+}
+
+/// The repository path (no leading `/`) an upstream advertises in its go-import `repo_url`,
+/// relative to the upstream's base URL `base`: what the broker advertises under its own name
+/// and forwards back to the same place. `None` for anything but a plain http(s) URL whose path
+/// is clean.
+pub fn upstream_relative_path(base: &str, repo_url: &str) -> Option<String> {
+    let rest = repo_url.strip_prefix("https://").or_else(|| repo_url.strip_prefix("http://"))?;
+    let (_, path) = rest.split_once('/')?;
+    if path.contains(['?', '#']) {
+        return None;
+    }
+    let base_path = base.split_once("://").and_then(|(_, r)| r.split_once('/')).map(|(_, p)| p).unwrap_or("");
+    let base_path = base_path.trim_matches('/');
+    let path = path.trim_end_matches('/');
+    let rel = match path.strip_prefix(base_path) {
+        Some(r) if !base_path.is_empty() && r.starts_with('/') => &r[1..],
+        _ => path,
+    };
+    clean_path(rel).then(|| rel.to_string())
+}
+
 /// The git upstream for `host`.
 pub fn git_upstream(upstreams: &[Upstream], host: &str) -> Option<usize> {
     upstreams.iter().position(|u| u.kind == UpstreamKind::Git && u.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
@@ -133,11 +169,8 @@ pub fn git_upstream(upstreams: &[Upstream], host: &str) -> Option<usize> {
 pub fn resolve_git(upstreams: &[Upstream], host: &str, path: &str, query: Option<&str>) -> Result<Target, ProxyError> {
     let upstream = git_upstream(upstreams, host).ok_or_else(|| ProxyError::NoUpstream(host.to_string()))?;
     let (repo, op, suffix) = split_git(path, query)?;
-    // The configured spelling of the host, and a lower-cased repository path: git servers
-    // commonly treat repository paths case-insensitively, so policies see one canonical name.
-    let canonical =
-        upstreams[upstream].hosts.iter().find(|h| h.eq_ignore_ascii_case(host)).cloned().unwrap_or_default();
-    let module = format!("{canonical}/{}", repo.strip_suffix(".git").unwrap_or(&repo).to_ascii_lowercase());
+    let canonical = canonical_host(&upstreams[upstream], host).unwrap_or_default();
+    let module = repo_module(canonical, &repo);
     if !upstreams[upstream].serves(&module) {
         return Err(ProxyError::NoUpstream(module));
     }
@@ -219,6 +252,22 @@ mod tests {
         let t =
             resolve_git(&ups(), "GIT.corp.TEST", "Acme/Lib.git/info/refs", Some("service=git-upload-pack")).unwrap();
         assert_eq!(t.module, "git.corp.test/acme/lib");
+        for spelling in ["acme/LIB.GIT", "Acme/lib.Git", "acme/lib"] {
+            let t = resolve_git(&ups(), "Git.Corp.Test", &format!("{spelling}/info/refs"), Some("service=git-upload-pack"))
+                .unwrap();
+            assert_eq!(t.module, "git.corp.test/acme/lib", "{spelling}");
+            assert_eq!(t.upstream_path, format!("/{spelling}/info/refs?service=git-upload-pack"));
+        }
+        assert_eq!(repo_module("h", "a/b.git/"), "h/a/b");
+        assert_eq!(upstream_relative_path("http://127.0.0.1:1", "https://git.x/acme/lib").as_deref(), Some("acme/lib"));
+        assert_eq!(
+            upstream_relative_path("https://up/gitea", "https://up/gitea/acme/lib.git").as_deref(),
+            Some("acme/lib.git")
+        );
+        assert_eq!(upstream_relative_path("https://up", "ssh://up/acme/lib"), None);
+        assert_eq!(upstream_relative_path("https://up", "https://up/acme/../x"), None);
+        assert_eq!(upstream_relative_path("https://up", "https://up/a?x=1"), None);
+        assert_eq!(repo_module("h", ".git"), "h/.git");
         assert!(
             resolve_git(&ups(), "git.corp.test", "acme/lib.git/info/refs", Some("service=git-upload-pack&x=1"))
                 .is_err()

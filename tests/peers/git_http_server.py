@@ -78,8 +78,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send(401, b"unauthorized\n", extra=[("WWW-Authenticate", 'Basic realm="upstream"')])
         if args.go_import_host and "go-get=1" in query.split("&"):
             parts = path.strip("/").split("/")
+            repo = "/".join(parts[:2])
+            # Advertise the repository under the name it has on disk: `<root>` or `<root>.git`.
+            if not os.path.isdir(os.path.join(args.git_root or "", repo)):
+                repo += ".git"
             root = args.go_import_host + "/" + "/".join(parts[:2])
-            page = ('<html><head><meta name="go-import" content="%s git https://%s.git"></head></html>\n' % (root, root)).encode()
+            page = ('<html><head><meta name="go-import" content="%s git https://%s/%s"></head></html>\n'
+                    % (root, args.go_import_host, repo)).encode()
             return self.send(200, page, "text/html")
         if path.startswith("/mod/") and args.goproxy_root:
             rel = os.path.normpath(path[len("/mod/"):])
@@ -90,6 +95,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self.send(200, f.read(), "application/octet-stream")
         if not args.git_root:
             return self.send(404, b"not found\n")
+        # Exact repository paths only (git http-backend would also try `<path>.git`): like many
+        # servers, `/<root>.git/...` is not found when the repository is `<root>`, and vice versa.
+        repo = path
+        for suffix in ("/info/refs", "/git-upload-pack", "/git-receive-pack"):
+            if repo.endswith(suffix):
+                repo = repo[: -len(suffix)]
+        if not os.path.isdir(os.path.join(args.git_root, repo.strip("/"))):
+            return self.send(404, b"repository not found\n")
         env = dict(os.environ, GIT_PROJECT_ROOT=args.git_root, GIT_HTTP_EXPORT_ALL="1", REQUEST_METHOD=self.command,
                    PATH_INFO=path, QUERY_STRING=query, CONTENT_TYPE=self.headers.get("Content-Type", ""),
                    CONTENT_LENGTH=str(len(data)), REMOTE_USER=who, REMOTE_ADDR=self.client_address[0],
