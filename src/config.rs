@@ -57,6 +57,18 @@ struct RawConfig {
     policy: Option<RawPolicy>,
     audit: Option<RawAudit>,
     webhook: Option<RawWebhook>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    login_per_second: Option<f64>,
+    login_burst: Option<u32>,
+    requests_per_second: Option<f64>,
+    requests_burst: Option<u32>,
+    revocations_per_minute: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +165,12 @@ struct RawServer {
     public_url: Option<String>,
     tls: Option<RawTls>,
     shutdown_grace: Option<String>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    request_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -417,6 +435,62 @@ pub struct ServerConfig {
     /// How often the TLS certificate and key files are checked for a new version (cert-manager
     /// renewals, rotated secrets), which is then served without a restart.
     pub tls_reload_every: Duration,
+    /// A client must send a request's headers (and finish the TLS handshake) within this.
+    pub header_read_timeout: Duration,
+    /// A connection on which nothing moved for this long is closed.
+    pub idle_timeout: Duration,
+    /// Non-streaming routes (login, token, whoami, webhook, ...) answer within this or fail.
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    /// Peers whose `X-Forwarded-For` names the client (ingress, load balancers).
+    pub trusted_proxies: Vec<crate::ratelimit::Cidr>,
+    pub limits: LimitsConfig,
+}
+
+/// Rate limits (`[limits]`).
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Per client address (IPv6 by /64): login and token-exchange requests.
+    pub login_per_second: f64,
+    pub login_burst: u32,
+    /// Per principal, on every authenticated route.
+    pub requests_per_second: f64,
+    pub requests_burst: u32,
+    /// Per principal.
+    pub revocations_per_minute: f64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            login_per_second: 20.0,
+            login_burst: 60,
+            requests_per_second: 100.0,
+            requests_burst: 1000,
+            revocations_per_minute: 10.0,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Defaults for the connection settings (used by `--dev` and tests).
+    pub fn with_defaults(listen: SocketAddr, tls: Option<TlsFiles>) -> ServerConfig {
+        ServerConfig {
+            listen,
+            public_url: None,
+            tls,
+            shutdown_grace: Duration::from_secs(10),
+            tls_reload_every: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_connections_per_client: 256,
+            trusted_proxies: Vec::new(),
+            limits: LimitsConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -656,13 +730,10 @@ impl Config {
         }
         Ok(Config {
             source: None,
-            server: ServerConfig {
+            server: ServerConfig::with_defaults(
                 listen,
-                public_url: None,
-                tls: Some(TlsFiles { cert: data_dir.join("tls/server.pem"), key: data_dir.join("tls/server.key") }),
-                shutdown_grace: Duration::from_secs(10),
-                tls_reload_every: Duration::from_secs(30),
-            },
+                Some(TlsFiles { cert: data_dir.join("tls/server.pem"), key: data_dir.join("tls/server.key") }),
+            ),
             tokens: TokensConfig {
                 ttl: Duration::from_secs(15 * 60),
                 max_session: Duration::from_secs(12 * 3600),
@@ -1164,17 +1235,71 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
     if tls_reload_every < Duration::from_millis(100) {
         return Err(err("server.tls.reload_every", "must be at least 100ms".into()));
     }
+    let d = ServerConfig::with_defaults(listen, None);
+    let positive = |key: &str, v: Duration| {
+        if v.is_zero() { Err(err(key, "must be more than 0s".into())) } else { Ok(v) }
+    };
+    let count = |key: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(err(key, "must be at least 1".into())),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let trusted_proxies = raw
+        .server
+        .trusted_proxies
+        .unwrap_or_default()
+        .iter()
+        .map(|c| crate::ratelimit::Cidr::parse(c).map_err(|m| err("server.trusted_proxies", m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let l = raw.limits;
+    let dl = LimitsConfig::default();
+    let rate = |key: &str, v: Option<f64>, default: f64| match v {
+        Some(r) if !(r.is_finite() && r > 0.0) => Err(err(key, format!("must be a number above 0, not {r}"))),
+        Some(r) => Ok(r),
+        None => Ok(default),
+    };
+    let burst = |key: &str, v: Option<u32>, default: u32| match v {
+        Some(0) => Err(err(key, "must be at least 1".into())),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let limits = LimitsConfig {
+        login_per_second: rate("limits.login_per_second", l.login_per_second, dl.login_per_second)?,
+        login_burst: burst("limits.login_burst", l.login_burst, dl.login_burst)?,
+        requests_per_second: rate("limits.requests_per_second", l.requests_per_second, dl.requests_per_second)?,
+        requests_burst: burst("limits.requests_burst", l.requests_burst, dl.requests_burst)?,
+        revocations_per_minute: rate(
+            "limits.revocations_per_minute",
+            l.revocations_per_minute,
+            dl.revocations_per_minute,
+        )?,
+    };
     let server = ServerConfig {
         tls_reload_every,
         listen,
         public_url,
         tls: raw.server.tls.map(|t| TlsFiles { cert: rel(t.cert), key: rel(t.key) }),
-        shutdown_grace: duration(
-            origin,
-            "server.shutdown_grace",
-            raw.server.shutdown_grace.as_deref(),
-            Duration::from_secs(10),
+        shutdown_grace: duration(origin, "server.shutdown_grace", raw.server.shutdown_grace.as_deref(), d.shutdown_grace)?,
+        header_read_timeout: positive(
+            "server.header_read_timeout",
+            duration(origin, "server.header_read_timeout", raw.server.header_read_timeout.as_deref(), d.header_read_timeout)?,
         )?,
+        idle_timeout: positive(
+            "server.idle_timeout",
+            duration(origin, "server.idle_timeout", raw.server.idle_timeout.as_deref(), d.idle_timeout)?,
+        )?,
+        request_timeout: positive(
+            "server.request_timeout",
+            duration(origin, "server.request_timeout", raw.server.request_timeout.as_deref(), d.request_timeout)?,
+        )?,
+        max_connections: count("server.max_connections", raw.server.max_connections, d.max_connections)?,
+        max_connections_per_client: count(
+            "server.max_connections_per_client",
+            raw.server.max_connections_per_client,
+            d.max_connections_per_client,
+        )?,
+        trusted_proxies,
+        limits,
     };
 
     let t = raw.tokens;

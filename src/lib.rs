@@ -36,6 +36,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod fsutil;
 pub mod health;
 pub mod http;

@@ -38,17 +38,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// The tracing filter for `GOCRED_LOG`: the user's directives, with vaultrs/rustify off unless
+/// the user named them (they log expected answers, such as a 404 for a record not yet written, as
+/// errors; gocred reports real backend failures itself, with context).
+fn log_filter(user: Option<&str>) -> String {
+    let user = user.map(str::trim).filter(|u| !u.is_empty()).unwrap_or("info");
+    let mut f = user.to_string();
+    for quiet in ["vaultrs", "rustify"] {
+        if !user.split(',').any(|d| d.trim().starts_with(quiet)) {
+            f.push_str(&format!(",{quiet}=off"));
+        }
+    }
+    f
+}
+
 /// Logs go to stderr; `GOCRED_LOG` sets the filter (default `info`; vaultrs/rustify's own
 /// error logs are off because gocred reports those failures itself, with context),
 /// `GOCRED_LOG_FORMAT=json` switches to JSON lines.
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("GOCRED_LOG").unwrap_or_else(|_| EnvFilter::new("info,vaultrs=off,rustify=off"));
+    let filter = EnvFilter::new(log_filter(std::env::var("GOCRED_LOG").ok().as_deref()));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("GOCRED_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().init();
     } else {
         builder.with_ansi(false).init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vault_client_logs_stay_off_whatever_the_user_filter() {
+        assert_eq!(super::log_filter(None), "info,vaultrs=off,rustify=off");
+        assert_eq!(super::log_filter(Some("debug")), "debug,vaultrs=off,rustify=off");
+        assert_eq!(super::log_filter(Some("info,vaultrs=debug")), "info,vaultrs=debug,rustify=off");
     }
 }

@@ -58,7 +58,7 @@ pub struct Broker {
     pub policy: Arc<PolicyEngine>,
     pub audit: Arc<Audit>,
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
-    pub login_limit: Arc<crate::ratelimit::RateLimiter>,
+    pub limits: Arc<crate::ratelimit::Limiters>,
     pub oidc: Arc<crate::auth::oidc::OidcVerifier>,
 }
 
@@ -92,6 +92,7 @@ impl Broker {
         let keys = Arc::new(keys);
         let prefix = &config.secrets.prefix;
         let revocations = Arc::new(Revocations::new(store.clone(), prefix));
+        revocations.ensure_record().await.map_err(ServerError::OpenSecrets)?;
         revocations.sync(crate::unix_now()).await.map_err(ServerError::OpenSecrets)?;
         let tokens = Arc::new(TokenService::new(
             keys.clone(),
@@ -121,8 +122,10 @@ impl Broker {
                 "tokens.require_proof = false: tokens alone authenticate (bearer tokens); use only for legacy tools"
             );
         }
-        // 20 login requests per second per client address, bursts of 60 (a login is two).
-        let login_limit = Arc::new(crate::ratelimit::RateLimiter::new(20.0, 60.0));
+        let limits = Arc::new(crate::ratelimit::Limiters::new(
+            &config.server.limits,
+            config.server.trusted_proxies.clone(),
+        ));
         let oidc = Arc::new(crate::auth::oidc::OidcVerifier::new(&config.oidc).map_err(ServerError::SetupOidc)?);
         Ok(Broker {
             config,
@@ -137,7 +140,7 @@ impl Broker {
             policy,
             audit,
             proxy,
-            login_limit,
+            limits,
             oidc,
         })
     }
@@ -157,7 +160,8 @@ impl Broker {
             require_proof: self.config.tokens.require_proof,
             max_session_secs: self.config.tokens.max_session.as_secs(),
             proxy: self.proxy.clone(),
-            login_limit: self.login_limit.clone(),
+            limits: self.limits.clone(),
+            request_timeout: self.config.server.request_timeout,
             webhook: self.config.webhook.clone().map(Arc::new),
             oidc: self.oidc.clone(),
         }
@@ -233,38 +237,57 @@ impl Broker {
         }
         // Client addresses feed the login rate limit.
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let result = match &self.config.server.tls {
+        let srv = &self.config.server;
+        let guard = crate::conn::ConnGuard::new(crate::conn::ConnLimits {
+            max_connections: srv.max_connections,
+            max_connections_per_client: srv.max_connections_per_client,
+            idle_timeout: srv.idle_timeout,
+            trusted_proxies: srv.trusted_proxies.clone(),
+        });
+        let acceptor = GuardAcceptor(guard, self.metrics.clone());
+        let mut server = axum_server::from_tcp(listener)
+            .map_err(ServerError::Serve)?
+            .first_request_timeout(srv.header_read_timeout)
+            .handle(handle);
+        server.http_builder().http1().header_read_timeout(srv.header_read_timeout);
+        let result = match &srv.tls {
             Some(t) => {
                 let cfg = crate::tls::server_config(&t.cert, &t.key).map_err(ServerError::Tls)?;
                 let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(cfg);
                 // Renewed certificates (cert-manager, a rotated Secret) are picked up without a
                 // restart: the files are checked regularly; a broken pair keeps the old one.
                 {
-                    let (rc, files, every) = (rustls_config.clone(), t.clone(), self.config.server.tls_reload_every);
+                    let (rc, files, every) = (rustls_config.clone(), t.clone(), srv.tls_reload_every);
                     tasks.spawn(async move { tls_reload_loop(rc, files, every).await });
                 }
-                // TCP_NODELAY: responses are written as headers then body chunks; without it
-                // small answers wait for delayed ACKs (tens of ms each).
                 let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls_config)
-                    .acceptor(axum_server::accept::NoDelayAcceptor::new());
-                axum_server::from_tcp(listener)
-                    .map_err(ServerError::Serve)?
-                    .acceptor(acceptor)
-                    .handle(handle)
-                    .serve(service)
-                    .await
+                    .handshake_timeout(srv.header_read_timeout)
+                    .acceptor(acceptor);
+                server.acceptor(acceptor).serve(service).await
             }
-            None => {
-                axum_server::from_tcp(listener)
-                    .map_err(ServerError::Serve)?
-                    .acceptor(axum_server::accept::NoDelayAcceptor::new())
-                    .handle(handle)
-                    .serve(service)
-                    .await
-            }
+            None => server.acceptor(acceptor).serve(service).await,
         };
         tasks.abort_all();
         result.map_err(ServerError::Serve)
+    }
+}
+
+/// Admits a connection within the connection caps, wrapped in the idle timeout (TCP_NODELAY set).
+#[derive(Clone)]
+struct GuardAcceptor(Arc<crate::conn::ConnGuard>, Arc<Metrics>);
+
+impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for GuardAcceptor {
+    type Stream = crate::conn::GuardedStream;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(Self::Stream, S)>>;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        let r = crate::conn::GuardedStream::admit(&self.0, stream).map(|s| (s, service));
+        if r.is_err() {
+            // Counted, not logged: a flood of refused connections must not flood the log too.
+            self.1.inc("gocred_connections_refused_total");
+        }
+        std::future::ready(r)
     }
 }
 

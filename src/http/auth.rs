@@ -119,6 +119,12 @@ impl FromRequestParts<AppState> for Authed {
             None => {}
         }
         let principal = claims.principal();
+        if !state.limits.principal.allow(&principal.display()) {
+            return Err(ApiError::TooManyRequests(format!(
+                "too many requests from {}; wait a moment (limits.requests_per_second)",
+                principal.display()
+            )));
+        }
         state.audit.record(&Event {
             action: "authenticate".into(),
             resource: path,
@@ -452,10 +458,16 @@ pub async fn revoke(
     if !own && !a.principal.groups.iter().any(|g| g == ADMIN_GROUP) {
         return Err(ApiError::Forbidden(format!("{} may only revoke its own tokens", a.principal.display())));
     }
+    if !state.limits.revoke.allow(&a.principal.display()) {
+        return Err(ApiError::TooManyRequests(format!(
+            "too many revocations by {}; wait a minute (limits.revocations_per_minute)",
+            a.principal.display()
+        )));
+    }
     state
         .tokens
         .revocations()
-        .revoke(&target.jti, target.exp, &target.sid, target.session_end, now)
+        .revoke(&target.sid, target.session_end.max(target.exp), now)
         .await
         .map_err(|e| ApiError::Internal(format!("cannot record the revocation: {e}")))?;
     state.audit.record(&Event {

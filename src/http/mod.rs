@@ -39,8 +39,11 @@ pub struct AppState {
     pub max_session_secs: u64,
     /// The forwarding half of the proxy, when upstreams are configured.
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
-    /// Per-client limit on SSH login requests (each costs a signature check).
-    pub login_limit: Arc<crate::ratelimit::RateLimiter>,
+    /// Rate limits: per client on logins (each costs a signature check), per principal on
+    /// authenticated routes and revocations.
+    pub limits: Arc<crate::ratelimit::Limiters>,
+    /// Non-streaming routes answer within this.
+    pub request_timeout: std::time::Duration,
     /// Injection settings of the admission webhook; `None`: `POST /v1/admission` is not routed.
     pub webhook: Option<Arc<crate::webhook::InjectSettings>>,
     /// Trusted OIDC issuers, for `POST /v1/token` exchanges.
@@ -87,12 +90,15 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// 429 when a client address exceeds its login budget (no address: tests calling the router
-/// without a socket are not limited).
+/// 429 when a client exceeds its login budget (no address: tests calling the router without a
+/// socket are not limited). The client is the TCP peer, or who a trusted proxy says it is.
 async fn limit_login(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(axum::extract::ConnectInfo(addr)) =
         req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        && !state.login_limit.allow(addr.ip())
+        && !state.limits.login.allow(&state.limits.login_key(
+            addr.ip(),
+            req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+        ))
     {
         return ApiError::TooManyRequests("too many login attempts from this address; wait a moment".into())
             .into_response();
@@ -130,7 +136,20 @@ async fn outer(State(state): State<AppState>, mut req: Request, next: Next) -> R
         || path.starts_with("/git/")
         || proxy::routed_host(&state, req.uri(), req.headers()).is_some();
     req.extensions_mut().insert(id.clone());
-    let resp = next.run(req).await;
+    // Proxied routes stream for as long as the transfer takes (bounded by the upstream timeouts
+    // and the connection's idle timeout); everything else answers within request_timeout.
+    let resp = if plain {
+        next.run(req).await
+    } else {
+        match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::Unavailable(format!(
+                "the request took longer than {} (server.request_timeout)",
+                humantime::format_duration(state.request_timeout)
+            ))
+            .into_response(),
+        }
+    };
     let mut resp = error::render(resp, &id, plain);
     if let Ok(v) = HeaderValue::from_str(&id.0) {
         resp.headers_mut().insert("x-request-id", v);

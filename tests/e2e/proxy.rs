@@ -32,7 +32,12 @@ fn git(dir: &Path, args: &[&str]) {
 
 /// A bare repository `root/<name>.git` holding module `module` at v1.0.0.
 fn make_repo(root: &Path, name: &str, module: &str) {
-    let work = root.join(format!("{name}-work"));
+    make_bare(root, &format!("{name}.git"), module)
+}
+
+/// A bare repository in exactly `root/<dir>` holding module `module` at v1.0.0.
+fn make_bare(root: &Path, dir: &str, module: &str) {
+    let work = root.join(format!("{dir}-work"));
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("go.mod"), format!("module {module}\n\ngo 1.21\n")).unwrap();
     std::fs::write(
@@ -44,7 +49,7 @@ fn make_repo(root: &Path, name: &str, module: &str) {
     git(&work, &["add", "."]);
     git(&work, &["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "v1"]);
     git(&work, &["tag", "v1.0.0"]);
-    let bare = root.join(format!("{name}.git"));
+    let bare = root.join(dir);
     std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
     run_ok(
         Command::new("git").args(["clone", "-q", "--bare"]).arg(&work).arg(&bare).env("GIT_CONFIG_GLOBAL", "/dev/null"),
@@ -679,7 +684,10 @@ async fn host_routed_go_import_and_git_over_tls() {
     let d = w.dir.path();
     let ip = "127.0.0.2";
     let srv2 = d.join("srv2");
+    // Served as `ip/lib.git` only, and `ip/plain` only (no `.git` alias, like many servers):
+    // the broker must advertise whichever path the upstream advertises.
     make_repo(&srv2, "ip/lib", "127.0.0.2/ip/lib");
+    make_bare(&srv2, "ip/plain", "127.0.0.2/ip/plain");
     let (host_ca, cert, key) = ip_cert(d, ip);
     let bundle = d.join("bundle.pem");
     std::fs::write(&bundle, std::fs::read_to_string(&host_ca).unwrap() + &std::fs::read_to_string(&w.ca).unwrap())
@@ -689,7 +697,7 @@ async fn host_routed_go_import_and_git_over_tls() {
     // its credential in a netrc (go-get and git both read it).
     let mut up = Command::new("python3");
     up.arg(repo_root().join("tests/peers/git_http_server.py"))
-        .args(["--bind", ip, "--port", "443", "--user", UP_USER, "--password", UP_PASS, "--go-import-host", ip])
+        .args(["--bind", ip, "--port", "443", "--user", UP_USER, "--password", UP_PASS, "--go-import-host", ip, "--exact-repo-paths"])
         .arg("--git-root")
         .arg(&srv2)
         .arg("--tls-cert")
@@ -701,8 +709,9 @@ async fn host_routed_go_import_and_git_over_tls() {
     let dhome = d.join("direct-home");
     std::fs::create_dir_all(&dhome).unwrap();
     std::fs::write(dhome.join(".netrc"), format!("machine {ip} login {UP_USER} password {UP_PASS}\n")).unwrap();
-    let mut cmd = Command::new(go_bin());
-    cmd.args(["mod", "download", "-json", "127.0.0.2/ip/lib@v1.0.0"])
+    let direct_sum = |module: &str| {
+        let mut cmd = Command::new(go_bin());
+        cmd.args(["mod", "download", "-json", &format!("{module}@v1.0.0")])
         .current_dir(d)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -717,16 +726,18 @@ async fn host_routed_go_import_and_git_over_tls() {
         .env("SSL_CERT_FILE", &bundle)
         .env("GIT_SSL_CAINFO", &bundle)
         .env("GIT_TERMINAL_PROMPT", "0");
-    let out = run_ok(&mut cmd);
-    let direct: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let direct_sum = direct["Sum"].as_str().unwrap().to_string();
+        let out = run_ok(&mut cmd);
+        let direct: serde_json::Value = serde_json::from_str(&out).unwrap();
+        direct["Sum"].as_str().unwrap().to_string()
+    };
+    let (direct_lib, direct_plain) = (direct_sum("127.0.0.2/ip/lib"), direct_sum("127.0.0.2/ip/plain"));
     direct_up.kill();
 
     // The same upstream, plain HTTP on a free port, behind a second broker on 127.0.0.2:443.
     let port = free_port();
     let mut up = Command::new("python3");
     up.arg(repo_root().join("tests/peers/git_http_server.py"))
-        .args(["--port", &port.to_string(), "--user", UP_USER, "--password", UP_PASS, "--go-import-host", ip])
+        .args(["--port", &port.to_string(), "--user", UP_USER, "--password", UP_PASS, "--go-import-host", ip, "--exact-repo-paths"])
         .arg("--git-root")
         .arg(&srv2);
     let mut upstream = Proc::spawn("upstream-ip", up);
@@ -782,7 +793,15 @@ async fn host_routed_go_import_and_git_over_tls() {
     assert_eq!(code, 0, "{out}{err}");
     let (ok, out, sum) = go_get(&w, "ip", &env, "127.0.0.2/ip/lib");
     assert!(ok, "(e) host-routed: {out}");
-    assert_eq!(h1_of(&sum, "127.0.0.2/ip/lib").as_deref(), Some(direct_sum.as_str()), "(e) hash: {sum}");
+    assert_eq!(h1_of(&sum, "127.0.0.2/ip/lib").as_deref(), Some(direct_lib.as_str()), "(e) hash: {sum}");
+    let (ok, out, sum) = go_get(&w, "ip-plain", &env, "127.0.0.2/ip/plain");
+    assert!(ok, "(e) host-routed, repository without .git: {out}");
+    assert_eq!(h1_of(&sum, "127.0.0.2/ip/plain").as_deref(), Some(direct_plain.as_str()), "(e) hash: {sum}");
+    // The broker asked the upstream for each repository under the name the upstream advertises.
+    let reqs = upstream.stderr();
+    assert!(reqs.iter().any(|l| l.contains("GET /ip/plain/info/refs")), "{reqs:#?}");
+    assert!(!reqs.iter().any(|l| l.contains("/ip/plain.git/")), "{reqs:#?}");
+    assert!(reqs.iter().any(|l| l.contains("GET /ip/lib.git/info/refs")), "{reqs:#?}");
     let audit = std::fs::read_to_string(d.join("audit-ip.log")).unwrap();
     assert!(audit.contains("\"upstream\":\"ip-git\"") && audit.contains("127.0.0.2/ip/lib"), "{audit}");
     // The broker fetched the upstream's own go-get answer with the upstream credential.

@@ -4,7 +4,7 @@ plus static GOPROXY files, for gocred's end-to-end tests. Standard library only.
 
 usage: git_http_server.py --port N [--bind ADDR] [--tls-cert C --tls-key K] [--git-root DIR]
                           [--goproxy-root DIR] [--user U --password P] [--bearer TOKEN]
-                          [--go-import-host HOST]
+                          [--go-import-host HOST] [--exact-repo-paths]
 Every request is logged to stderr as `REQ <method> <path> auth=<scheme or none>` (never the
 credential itself), so tests can count what reached the upstream.
 """
@@ -18,6 +18,8 @@ ap.add_argument("--user")
 ap.add_argument("--password")
 ap.add_argument("--bearer")
 ap.add_argument("--go-import-host")
+ap.add_argument("--exact-repo-paths", action="store_true",
+                help="serve a repository only under its on-disk name (no `<path>.git` fallback)")
 ap.add_argument("--bind", default="127.0.0.1")
 ap.add_argument("--tls-cert")
 ap.add_argument("--tls-key")
@@ -95,13 +97,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self.send(200, f.read(), "application/octet-stream")
         if not args.git_root:
             return self.send(404, b"not found\n")
-        # Exact repository paths only (git http-backend would also try `<path>.git`): like many
-        # servers, `/<root>.git/...` is not found when the repository is `<root>`, and vice versa.
+        # git http-backend finds `<path>.git` for `<path>` (but not `<path>` for `<path>.git`); with
+        # --exact-repo-paths, like many servers, only the on-disk name is served.
         repo = path
         for suffix in ("/info/refs", "/git-upload-pack", "/git-receive-pack"):
             if repo.endswith(suffix):
                 repo = repo[: -len(suffix)]
-        if not os.path.isdir(os.path.join(args.git_root, repo.strip("/"))):
+        if args.exact_repo_paths and not os.path.isdir(os.path.join(args.git_root, repo.strip("/"))):
             return self.send(404, b"repository not found\n")
         env = dict(os.environ, GIT_PROJECT_ROOT=args.git_root, GIT_HTTP_EXPORT_ALL="1", REQUEST_METHOD=self.command,
                    PATH_INFO=path, QUERY_STRING=query, CONTENT_TYPE=self.headers.get("Content-Type", ""),
