@@ -64,11 +64,40 @@ struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    #[serde(default, deserialize_with = "num")]
     login_per_second: Option<f64>,
+    #[serde(default, deserialize_with = "num")]
     login_burst: Option<u32>,
+    #[serde(default, deserialize_with = "num")]
     requests_per_second: Option<f64>,
+    #[serde(default, deserialize_with = "num")]
     requests_burst: Option<u32>,
+    #[serde(default, deserialize_with = "num")]
     revocations_per_minute: Option<f64>,
+}
+
+/// A number, written as one in TOML or as text (environment overrides are text).
+fn num<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrText<T> {
+        Num(T),
+        Text(String),
+    }
+    match Option::<NumOrText<T>>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumOrText::Num(v)) => Ok(Some(v)),
+        Some(NumOrText::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("`{t}` is not a number of the right kind: {e}"))),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,7 +197,9 @@ struct RawServer {
     header_read_timeout: Option<String>,
     idle_timeout: Option<String>,
     request_timeout: Option<String>,
+    #[serde(default, deserialize_with = "num")]
     max_connections: Option<usize>,
+    #[serde(default, deserialize_with = "num")]
     max_connections_per_client: Option<usize>,
     trusted_proxies: Option<Vec<String>>,
 }
@@ -1594,6 +1625,33 @@ mod tests {
             BackendConfig::File(f) => assert_eq!(f.path, Path::new("/etc/gocred/s.enc")),
             _ => panic!("expected file backend"),
         }
+    }
+
+    #[test]
+    fn connection_and_rate_limit_settings_have_defaults_and_are_validated() {
+        let c = parse(MIN, &[]).unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.limits.login_burst, 60);
+        let text = format!(
+            "{}\nheader_read_timeout = \"2s\"\nmax_connections_per_client = 5\ntrusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\"]\n{}[limits]\nlogin_per_second = 2\nrequests_burst = 7\n",
+            "[server]\nlisten = \"127.0.0.1:0\"",
+            "[secrets]\nbackend = \"file\"\nfile = \"s.enc\"\n"
+        );
+        let c = parse(&text, &[("GOCRED_SERVER__MAX_CONNECTIONS", "99"), ("GOCRED_LIMITS__LOGIN_BURST", "4")]).unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(2));
+        assert_eq!((c.server.max_connections, c.server.max_connections_per_client), (99, 5));
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        assert_eq!((c.server.limits.login_per_second, c.server.limits.login_burst), (2.0, 4));
+        assert_eq!(c.server.limits.requests_burst, 7);
+        let e = parse(&text.replace("10.0.0.0/8", "10.0.0.0/40"), &[]).unwrap_err().to_string();
+        assert!(e.contains("server.trusted_proxies") && e.contains("0..=32"), "{e}");
+        let e = parse(&text, &[("GOCRED_LIMITS__LOGIN_BURST", "many")]).unwrap_err().to_string();
+        assert!(e.contains("limits.login_burst") && e.contains("GOCRED_LIMITS__LOGIN_BURST"), "{e}");
+        let e = parse(&text, &[("GOCRED_SERVER__IDLE_TIMEOUT", "0s")]).unwrap_err().to_string();
+        assert!(e.contains("server.idle_timeout"), "{e}");
+        let e = parse(&text, &[("GOCRED_LIMITS__LOGIN_PER_SECOND", "-1")]).unwrap_err().to_string();
+        assert!(e.contains("limits.login_per_second"), "{e}");
     }
 
     #[test]

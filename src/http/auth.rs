@@ -438,6 +438,12 @@ pub async fn revoke(
     headers: HeaderMap,
     bytes: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    if !state.limits.revoke.allow(&a.principal.display()) {
+        return Err(ApiError::TooManyRequests(format!(
+            "too many revocations by {}; wait a minute (limits.revocations_per_minute)",
+            a.principal.display()
+        )));
+    }
     let req: RevokeReq =
         if bytes.is_empty() { RevokeReq { token: None, token_type_hint: None } } else { body(&headers, &bytes)? };
     let now = crate::unix_now();
@@ -457,12 +463,6 @@ pub async fn revoke(
         && target.attrs.get("issuer") == a.claims.attrs.get("issuer");
     if !own && !a.principal.groups.iter().any(|g| g == ADMIN_GROUP) {
         return Err(ApiError::Forbidden(format!("{} may only revoke its own tokens", a.principal.display())));
-    }
-    if !state.limits.revoke.allow(&a.principal.display()) {
-        return Err(ApiError::TooManyRequests(format!(
-            "too many revocations by {}; wait a minute (limits.revocations_per_minute)",
-            a.principal.display()
-        )));
     }
     state
         .tokens

@@ -70,17 +70,42 @@ const PASS_REQUEST: &[&str] = &[
     "if-none-match",
     "if-modified-since",
 ];
-/// Response headers never passed back to the caller.
-const STRIP_RESPONSE: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "trailer",
-    "upgrade",
-    "set-cookie",
-    "www-authenticate",
-    "content-length",
+/// The only response headers passed back to the caller (an allowlist, as for requests:
+/// `Set-Cookie`, `WWW-Authenticate`, `Proxy-Authenticate`, an upstream `Authorization`, hop-by-hop
+/// headers and anything else an upstream sends stay with the broker). `Content-Length` is not
+/// passed: bodies are streamed.
+const PASS_RESPONSE: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "content-language",
+    "content-disposition",
+    "content-range",
+    "accept-ranges",
+    "cache-control",
+    "etag",
+    "last-modified",
+    "expires",
+    "pragma",
+    "vary",
 ];
+/// The allowlisted headers of `h`, minus any that its `Connection` header names (hop-by-hop by
+/// declaration, RFC 9110 §7.6.1).
+pub fn pass_response_headers(h: &http::HeaderMap) -> http::HeaderMap {
+    let hop: Vec<String> = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = http::HeaderMap::new();
+    for (name, value) in h {
+        if PASS_RESPONSE.contains(&name.as_str()) && !hop.iter().any(|t| t == name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
 
 pub struct Proxy {
     upstreams: Vec<Upstream>,
@@ -256,10 +281,36 @@ impl Proxy {
 
     /// Headers of an upstream response that may be passed back.
     pub fn response_headers(resp: &reqwest::Response) -> http::HeaderMap {
-        let mut h = resp.headers().clone();
-        for name in STRIP_RESPONSE {
-            h.remove(*name);
+        pass_response_headers(resp.headers())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allowlisted_response_headers_pass_and_connection_named_ones_never() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("content-type", "application/x-git-upload-pack-advertisement"),
+            ("cache-control", "no-cache"),
+            ("etag", "\"abc\""),
+            ("connection", "keep-alive, X-Upstream-Session, etag"),
+            ("x-upstream-session", "s3cr3t"),
+            ("proxy-authenticate", "Basic realm=\"corp\""),
+            ("www-authenticate", "Basic realm=\"corp\""),
+            ("authorization", "Basic dXA6cGFzcw=="),
+            ("set-cookie", "session=abc"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "12"),
+            ("x-gitlab-meta", "internal"),
+        ] {
+            h.append(k, v.parse().unwrap());
         }
-        h
+        let out = pass_response_headers(&h);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "cache-control"], "etag is named by Connection: hop-by-hop");
     }
 }

@@ -6,6 +6,7 @@
 
 mod chart;
 mod foundation;
+mod hardening;
 mod harness;
 mod injected;
 mod oidc;

@@ -17,7 +17,7 @@ pub struct World {
     pub upstream: Proc,
     pub broker: Gocred,
     pub ca: PathBuf,
-    key: PathBuf,
+    pub key: PathBuf,
     /// h1: hash of the module as downloaded directly from the repository.
     pub direct_sum: String,
 }
@@ -123,6 +123,12 @@ async fn world() -> World {
 
 /// The world with the broker listening on `listen` and `extra` appended to its config.
 pub async fn world_with(listen: &str, extra: &str) -> World {
+    world_full(listen, "", extra, &[]).await
+}
+
+/// The world with `server_extra` in the broker's `[server]` table, `extra` appended to its config
+/// and `env` in the broker's environment.
+pub async fn world_full(listen: &str, server_extra: &str, extra: &str, env: &[(&str, &str)]) -> World {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // Repositories and the direct download (the reference hash and the GOPROXY layout).
@@ -203,7 +209,7 @@ pub async fn world_with(listen: &str, extra: &str) -> World {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"{listen}\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+            "[server]\nlisten = \"{listen}\"\n{server_extra}\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
              [secrets]\nbackend = \"vault\"\n[vault]\naddress = \"{}\"\n[vault.auth]\nmethod = \"token\"\ntoken = \"root\"\n\
              [ssh]\nauthorized_keys = \"authorized_keys\"\n[policy]\ndir = \"policies\"\n[audit]\npath = \"audit.log\"\n\
              [[upstreams]]\nname = \"corp-git\"\nkind = \"git\"\nhosts = [\"git.corp.test\"]\nurl = \"http://127.0.0.1:{port}\"\ncredentials = \"vault:upstreams/corp-git\"\n\
@@ -215,7 +221,7 @@ pub async fn world_with(listen: &str, extra: &str) -> World {
         ),
     )
     .unwrap();
-    let broker = Gocred::start(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    let broker = Gocred::start(&["serve", "--config", cfg.to_str().unwrap()], env);
     let w = World { dir, _bao: bao, upstream, broker, ca: tls.ca_cert, key, direct_sum };
     // alice logs in once; every helper below works from this session.
     let env = go_env(&w, "unused", &[]);
@@ -377,12 +383,12 @@ async fn denied_module_fails_go_with_the_brokers_reason_and_upstream_sees_nothin
     assert_eq!(w.upstream.stderr().len(), before, "upstream contacted by unauthenticated requests");
 }
 
-fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
 }
 
 /// Token and proof for direct HTTP calls as alice.
-fn alice_auth(w: &World) -> (String, String) {
+pub fn alice_auth(w: &World) -> (String, String) {
     let env = go_env(w, "unused", &[]);
     let (code, token, err) = Gocred::run(&["token"], &env_refs(&env));
     assert_eq!(code, 0, "{err}");

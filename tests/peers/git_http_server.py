@@ -60,6 +60,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.rfile.readline()
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+    def end_headers(self):
+        # Headers a proxy must never hand back to its caller: one named hop-by-hop by Connection,
+        # an upstream challenge, an upstream credential, a cookie.
+        self.send_header("Connection", "X-Upstream-Session")
+        self.send_header("X-Upstream-Session", "upstream-session-value")
+        self.send_header("Proxy-Authenticate", 'Basic realm="upstream-proxy"')
+        self.send_header("Authorization", "Basic dXBzdHJlYW06aW50ZXJuYWw=")
+        self.send_header("Set-Cookie", "upstream_session=cookie-value")
+        super().end_headers()
+
     def send(self, status, payload, ctype="text/plain", extra=()):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
