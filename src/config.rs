@@ -109,6 +109,7 @@ struct RawSsh {
     #[serde(default)]
     groups: std::collections::BTreeMap<String, Vec<String>>,
     challenge_ttl: Option<String>,
+    require_user_verification: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,6 +319,9 @@ pub struct SshConfig {
     pub groups: std::collections::BTreeMap<String, Vec<String>>,
     /// How long a login challenge may be answered (default 60s).
     pub challenge_ttl: Duration,
+    /// Security keys (`sk-ssh-ed25519`, `sk-ecdsa-sha2-nistp256`) must also verify the user (PIN
+    /// or biometric), not only their presence (default false; presence is always required).
+    pub require_user_verification: bool,
 }
 
 /// Who an OIDC issuer's tokens speak for.
@@ -789,6 +793,7 @@ impl Config {
                 trusted_user_ca_keys: Vec::new(),
                 groups: std::collections::BTreeMap::new(),
                 challenge_ttl: Duration::from_secs(60),
+                require_user_verification: false,
             },
             oidc: Vec::new(),
             upstreams: Vec::new(),
@@ -1467,6 +1472,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
             trusted_user_ca_keys: Vec::new(),
             groups: Default::default(),
             challenge_ttl: Duration::from_secs(60),
+            require_user_verification: false,
         },
         Some(r) => {
             let authorized_keys = match r.authorized_keys {
@@ -1503,7 +1509,13 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
             if challenge_ttl.is_zero() || challenge_ttl > Duration::from_secs(600) {
                 return Err(err("ssh.challenge_ttl", "must be between 1s and 10m".into()));
             }
-            SshConfig { authorized_keys, trusted_user_ca_keys: cas, groups: r.groups, challenge_ttl }
+            SshConfig {
+                authorized_keys,
+                trusted_user_ca_keys: cas,
+                groups: r.groups,
+                challenge_ttl,
+                require_user_verification: r.require_user_verification.unwrap_or(false),
+            }
         }
     };
     let oidc = validate_oidc(raw.oidc, origin, &rel)?;

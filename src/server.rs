@@ -108,7 +108,7 @@ impl Broker {
             SshLogin::new(&challenge_key, origin.clone(), config.ssh.clone(), store.clone())
                 .map_err(ServerError::SetupLogin)?,
         );
-        let proofs = Arc::new(ProofVerifier::new(origin.clone()));
+        let proofs = Arc::new(ProofVerifier::new(origin.clone(), config.ssh.require_user_verification));
         let policy = Arc::new(PolicyEngine::new(policies, policy_dir));
         let proxy = if config.upstreams.is_empty() {
             None

@@ -92,6 +92,8 @@ pub enum AuthError {
     WrongNamespace { got: String, expected: &'static str },
     #[error("signature verification failed")]
     BadSignature,
+    #[error("security-key signature {0}")]
+    SecurityKeyFlags(&'static str),
     #[error("invalid challenge (not issued by this broker, or corrupted)")]
     InvalidChallenge,
     #[error("challenge expired; request a new one")]

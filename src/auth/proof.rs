@@ -71,12 +71,14 @@ pub fn parse(proof: &str) -> Result<ParsedProof, AuthError> {
 /// Verifies proofs for one broker origin, with a cache of good signatures.
 pub struct ProofVerifier {
     origin: String,
+    require_uv: bool,
     cache: Mutex<HashMap<String, u64>>,
 }
 
 impl ProofVerifier {
-    pub fn new(origin: String) -> Self {
-        ProofVerifier { origin, cache: Mutex::new(HashMap::new()) }
+    /// `require_uv`: security-key proofs must carry user verification (`ssh.require_user_verification`).
+    pub fn new(origin: String, require_uv: bool) -> Self {
+        ProofVerifier { origin, require_uv, cache: Mutex::new(HashMap::new()) }
     }
 
     /// Check `proof` for `token`, bound to key `bound_fingerprint`, on a request to
@@ -108,7 +110,8 @@ impl ProofVerifier {
         }
         let sig = sshsig::parse(&p.sig)?;
         let signer =
-            sshsig::verify(&sig, PROOF_NAMESPACE, proof_message(token, &p.prefix, p.exp).as_bytes()).map_err(|e| {
+            sshsig::verify(&sig, PROOF_NAMESPACE, proof_message(token, &p.prefix, p.exp).as_bytes(), self.require_uv)
+                .map_err(|e| {
                 match e {
                     AuthError::BadSignature => AuthError::ProofSignature,
                     other => other,
@@ -157,7 +160,7 @@ mod tests {
 
     #[test]
     fn prefix_must_stay_within_origin() {
-        let v = ProofVerifier::new("https://b.example".into());
+        let v = ProofVerifier::new("https://b.example".into(), false);
         let now = 1000;
         for prefix in ["https://b.example.evil/", "https://other/", "https://b.example"] {
             let proof = encode(now + 60, prefix, "AAAA");

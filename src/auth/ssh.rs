@@ -167,7 +167,12 @@ impl SshLogin {
         }
         let sig = sshsig::parse(signature)?;
         let mut signer =
-            sshsig::verify(&sig, LOGIN_NAMESPACE, login_message(challenge, &self.origin, user).as_bytes())?;
+            sshsig::verify(
+            &sig,
+            LOGIN_NAMESPACE,
+            login_message(challenge, &self.origin, user).as_bytes(),
+            self.cfg.require_user_verification,
+        )?;
         if signer.certificate.is_none()
             && let Some(text) = certificate
         {
@@ -298,7 +303,7 @@ pub fn authorized_keys(text: &str) -> Vec<KeyData> {
 /// RSA keys must be at least 2048 bits and sign with SHA-2.
 fn check_key_strength(key: &KeyData, sig: &ssh_key::SshSig) -> Result<(), AuthError> {
     if let KeyData::Rsa(rsa) = key {
-        let bits = rsa.n().as_positive_bytes().map(|b| b.len() * 8).unwrap_or(0);
+        let bits = sshsig::rsa_bits(rsa);
         if bits < 2048 {
             return Err(AuthError::MalformedSignature(format!("RSA key of {bits} bits is too small (minimum 2048)")));
         }
