@@ -257,10 +257,19 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
         go_env.push(("GOPRIVATE".into(), modules.join(",")));
         go_env.push(("GONOSUMDB".into(), modules.join(",")));
     }
+    let direct: Vec<String> = meta["direct_modules"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if let Some(bad) = direct.iter().find(|m| !crate::proxy::route::clean_path(m) || !modules.contains(m)) {
+        bail!("the broker's metadata lists an unexpected direct module pattern `{bad}`; not configuring anything");
+    }
     if let Some(gp) = meta["goproxy"].as_str() {
         go_env.push(("GOPROXY".into(), format!("{gp},https://proxy.golang.org,direct")));
-        go_env.push(("GONOPROXY".into(), "none".into()));
     }
+    // Modules only a git host serves are fetched with git (through the broker's /git/ via
+    // insteadOf); everything else private goes through the broker's /mod.
+    go_env.push(("GONOPROXY".into(), if direct.is_empty() { "none".into() } else { direct.join(",") }));
     go_env.push(("GOAUTH".into(), format!("{me} goauth")));
     let mut git: Vec<(String, String)> = vec![(format!("credential.{broker}.helper"), format!("{me} credential"))];
     for g in meta["git"].as_array().into_iter().flatten() {

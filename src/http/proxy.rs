@@ -317,7 +317,18 @@ pub async fn well_known(State(state): State<AppState>) -> impl IntoResponse {
         })
         .collect();
     let has_goproxy = ups.iter().any(|u| u.kind == crate::config::UpstreamKind::Goproxy);
+    // Module prefixes of proxied git hosts that no module-proxy upstream serves: `go` fetches
+    // them with git (GONOPROXY), which `insteadOf` sends to /git/.
+    let proxied: Vec<&String> =
+        ups.iter().filter(|u| u.kind == crate::config::UpstreamKind::Goproxy).flat_map(|u| u.modules.iter()).collect();
+    let direct_modules: Vec<&String> = ups
+        .iter()
+        .filter(|u| u.kind == crate::config::UpstreamKind::Git && u.mode == crate::config::UpstreamMode::Proxy)
+        .flat_map(|u| u.modules.iter())
+        .filter(|m| !proxied.iter().any(|p| *m == *p || m.starts_with(&format!("{p}/"))))
+        .collect();
     axum::Json(serde_json::json!({
+        "direct_modules": direct_modules,
         "issuer": state.origin,
         "origin": state.origin,
         "modules": modules,

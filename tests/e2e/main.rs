@@ -5,6 +5,7 @@
 //! whose peer is missing fails with a message saying how to install it.
 
 mod chart;
+mod docs;
 mod foundation;
 mod hardening;
 mod harness;

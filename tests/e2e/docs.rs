@@ -1,0 +1,252 @@
+//! Documented command sequences, run exactly as written. The README's names
+//! (`gocred.corp.example`, `git.corp.example`, `mods.corp.example`) resolve inside a private
+//! network namespace (`ip netns`, with its own `/etc/hosts`) to a broker, a git server and a
+//! module proxy started there; the commands themselves are taken from the document text.
+
+use crate::harness::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A network namespace with loopback up and `names` resolving to 127.0.0.1; removed on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(names: &[&str]) -> Netns {
+        let name = format!("gocred-docs-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let st = Command::new("ip").args(["netns", "add", &name]).status().expect(
+            "`ip` (iproute2) is needed for the docs tests: they run the README's commands in a network namespace",
+        );
+        assert!(st.success(), "ip netns add failed (the docs tests need root)");
+        let dir = PathBuf::from("/etc/netns").join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), format!("127.0.0.1 localhost {}\n::1 localhost\n", names.join(" "))).unwrap();
+        let ns = Netns { name };
+        run_ok(&mut ns.cmd("ip", &["link", "set", "lo", "up"]));
+        ns
+    }
+
+    /// `prog args` inside the namespace.
+    fn cmd(&self, prog: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(prog).args(args);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.name));
+    }
+}
+
+/// The lines of the first ```sh block after `marker` in `doc` (comments kept: `sh` ignores them).
+fn sh_block(doc: &str, marker: &str) -> Vec<String> {
+    let at = doc.find(marker).unwrap_or_else(|| panic!("the document no longer contains {marker:?}"));
+    let rest = &doc[at..];
+    let start = rest.find("```sh\n").expect("a ```sh block after the marker") + 6;
+    let end = rest[start..].find("```").unwrap() + start;
+    rest[start..end].lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    run_ok(Command::new("git").current_dir(dir).args(args).env("GIT_CONFIG_GLOBAL", "/dev/null"));
+}
+
+/// A bare repository `root/<dir>` with module `module` at v1.0.0.
+fn bare_repo(root: &Path, dir: &str, module: &str) {
+    let work = root.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("go.mod"), format!("module {module}\n\ngo 1.21\n")).unwrap();
+    std::fs::write(work.join("lib.go"), "package lib\n\n// Hello greets.\nfunc Hello() string { return \"hi\" }\n").unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "."]);
+    git(&work, &["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "v1"]);
+    git(&work, &["tag", "v1.0.0"]);
+    let bare = root.join(dir);
+    std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+    run_ok(Command::new("git").args(["clone", "-q", "--bare"]).arg(&work).arg(&bare).env("GIT_CONFIG_GLOBAL", "/dev/null"));
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+/// README, "Private modules": `gocred login`, `gocred setup`, then plain `go get` of a module
+/// served by a module-proxy upstream and of a git-hosted `.git` module — exactly the commands the
+/// README shows, as a user would type them, in a fresh HOME.
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_private_module_flow() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let lines = sh_block(&readme, "Private modules, once the broker has");
+    assert!(lines.iter().any(|l| l.starts_with("gocred login")) && lines.iter().any(|l| l.starts_with("go get")));
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ns = Netns::new(&["gocred.corp.example", "git.corp.example", "mods.corp.example", "proxy.golang.org"]);
+
+    // The upstreams' content: a git repository, and a GOPROXY layout for mods.corp.example made
+    // by a direct download from a local repository.
+    let srv = d.join("srv");
+    bare_repo(&srv, "acme/tool.git", "git.corp.example/acme/tool.git");
+    let layout = d.join("layout");
+    goproxy_layout(&layout, "mods.corp.example/acme/lib");
+    let upstream_port = free_port();
+    let mut up = ns.cmd("python3", &[]);
+    up.arg(repo_root().join("tests/peers/git_http_server.py"))
+        .args(["--port", &upstream_port.to_string(), "--user", "up", "--password", "up-pass", "--bearer", "up-token"])
+        .arg("--git-root")
+        .arg(&srv)
+        .arg("--goproxy-root")
+        .arg(&layout);
+    let mut upstream = Proc::spawn("upstream", up);
+    upstream.wait_stdout("listening", Duration::from_secs(10));
+    // The broker: https://gocred.corp.example (a test CA), the file backend holding the
+    // upstream credentials, alice's key.
+    let (ca, cert, key) = name_cert(d, "gocred.corp.example");
+    let home = d.join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    ssh_keygen(&home.join(".ssh/id_ed25519"), "ed25519", "");
+    std::fs::create_dir_all(d.join("authorized_keys")).unwrap();
+    std::fs::copy(home.join(".ssh/id_ed25519.pub"), d.join("authorized_keys/alice")).unwrap();
+    let pol = d.join("policies");
+    std::fs::create_dir_all(&pol).unwrap();
+    for f in ["gocred.cedarschema", "gocred.cedar"] {
+        std::fs::copy(repo_root().join("policies").join(f), pol.join(f)).unwrap();
+    }
+    std::fs::write(
+        pol.join("alice.cedar"),
+        "@id(\"alice-corp\")\npermit (principal == User::\"alice\", action == Action::\"download\", resource)\n\
+         when { resource.folded_path like \"git.corp.example/acme/*\" || resource.folded_path like \"mods.corp.example/acme/*\" };\n",
+    )
+    .unwrap();
+    let file_key = d.join("file.key");
+    {
+        let cfg = gocred::config::FileBackendConfig {
+            path: d.join("secrets.enc"),
+            key_file: Some(file_key.clone()),
+            create_key: true,
+        };
+        let store = gocred::secrets::file::FileStore::open(&cfg).await.unwrap();
+        let mut git = std::collections::BTreeMap::new();
+        git.insert("username".to_string(), secrecy::SecretString::from("up".to_string()));
+        git.insert("password".to_string(), secrecy::SecretString::from("up-pass".to_string()));
+        store.put("upstreams/corp-git", &gocred::secrets::SecretData(git), gocred::secrets::Cas::Create).await.unwrap();
+        store
+            .put(
+                "upstreams/athens",
+                &gocred::secrets::SecretData::single("token", secrecy::SecretString::from("up-token".to_string())),
+                gocred::secrets::Cas::Create,
+            )
+            .await
+            .unwrap();
+    }
+    let cfg = d.join("broker.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:443\"\npublic_url = \"https://gocred.corp.example\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [secrets]\nbackend = \"file\"\nfile = \"secrets.enc\"\nkey_file = \"file.key\"\n\
+             [ssh]\nauthorized_keys = \"authorized_keys\"\n[policy]\ndir = \"policies\"\n[audit]\npath = \"audit.log\"\n\
+             [[upstreams]]\nname = \"corp-git\"\nkind = \"git\"\nhosts = [\"git.corp.example\"]\nurl = \"http://127.0.0.1:{upstream_port}\"\ncredentials = \"vault:upstreams/corp-git\"\n\
+             [[upstreams]]\nname = \"athens\"\nkind = \"goproxy\"\nmodules = [\"mods.corp.example\"]\nurl = \"http://127.0.0.1:{upstream_port}/mod\"\ncredentials = \"vault:upstreams/athens\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let mut serve = ns.cmd(gocred_bin(), &["serve", "--config", cfg.to_str().unwrap()]);
+    serve.env("GOCRED_LOG", "info");
+    let mut broker = Proc::spawn("broker", serve);
+    broker.wait_stdout("gocred: listening on ", Duration::from_secs(20));
+
+    // The user's machine: a fresh HOME, gocred and go on PATH, the corporate CA trusted (Go and
+    // OpenSSL read SSL_CERT_FILE; git built with GnuTLS needs GIT_SSL_CAINFO).
+    let app = d.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("go.mod"), "module example.com/app\n\ngo 1.21\n").unwrap();
+    let path = format!(
+        "{}:{}:/usr/local/bin:/usr/bin:/bin",
+        gocred_bin().parent().unwrap().display(),
+        crate::proxy::go_bin().parent().unwrap().display()
+    );
+    for line in &lines {
+        let mut c = ns.cmd("sh", &["-c", line]);
+        c.current_dir(&app).env_clear().env("PATH", &path).env("HOME", &home).env("USER", "alice").env("SSL_CERT_FILE", &ca).env("GIT_SSL_CAINFO", &ca).env(
+            "GOTOOLCHAIN",
+            "local",
+        );
+        let out = c.output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "README command failed: {line}\n{text}\nupstream: {:#?}\nbroker: {:#?}",
+            upstream.stderr(),
+            broker.stderr()
+        );
+    }
+    let sum = std::fs::read_to_string(app.join("go.sum")).unwrap();
+    assert!(sum.contains("mods.corp.example/acme/lib v1.0.0 h1:"), "{sum}");
+    assert!(sum.contains("git.corp.example/acme/tool.git v1.0.0 h1:"), "{sum}");
+    // Both went through the broker with the upstream's credentials, not the user's.
+    let reqs = upstream.stderr();
+    assert!(reqs.iter().any(|l| l.contains("/mod/mods.corp.example/acme/lib/@v/") && l.contains("auth=Bearer")), "{reqs:#?}");
+    assert!(reqs.iter().any(|l| l.contains("/acme/tool") && l.contains("auth=Basic")), "{reqs:#?}");
+    broker.kill();
+    upstream.kill();
+}
+
+/// `gocred serve --check --config examples/broker.toml`, as the example's header says.
+#[test]
+fn example_broker_toml_checks_as_documented() {
+    let text = std::fs::read_to_string(repo_root().join("examples/broker.toml")).unwrap();
+    let cmd = text
+        .lines()
+        .find_map(|l| l.split_once("Validate without starting:").map(|(_, c)| c.trim().to_string()))
+        .expect("the example names its validation command");
+    assert_eq!(cmd, "gocred serve --check --config examples/broker.toml");
+    let mut c = Command::new("sh");
+    c.args(["-c", &cmd]).current_dir(repo_root()).env(
+        "PATH",
+        format!("{}:/usr/bin:/bin", gocred_bin().parent().unwrap().display()),
+    );
+    let out = run_ok(&mut c);
+    assert!(out.contains("config OK"), "{out}");
+}
+
+/// A GOPROXY directory serving `module` at v1.0.0 (list, info, mod, zip), as a module proxy
+/// such as Athens lays it out.
+fn goproxy_layout(root: &Path, module: &str) {
+    let v = root.join(module).join("@v");
+    std::fs::create_dir_all(&v).unwrap();
+    std::fs::write(v.join("list"), "v1.0.0\n").unwrap();
+    std::fs::write(v.join("v1.0.0.info"), "{\"Version\":\"v1.0.0\",\"Time\":\"2026-01-01T00:00:00Z\"}\n").unwrap();
+    let gomod = format!("module {module}\n\ngo 1.21\n");
+    std::fs::write(v.join("v1.0.0.mod"), &gomod).unwrap();
+    let script = "import sys, zipfile\n\
+z = zipfile.ZipFile(sys.argv[1], 'w')\n\
+p = sys.argv[2] + '@v1.0.0/'\n\
+z.writestr(p + 'go.mod', sys.argv[3])\n\
+z.writestr(p + 'lib.go', 'package lib\\n\\n// Hello greets.\\nfunc Hello() string { return \"hi\" }\\n')\n\
+z.close()\n";
+    run_ok(Command::new("python3").args(["-c", script]).arg(v.join("v1.0.0.zip")).arg(module).arg(&gomod));
+}
+
+/// A CA and a server certificate for DNS name `name`.
+fn name_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "corp test CA");
+    let ca_kp = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_kp).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_kp);
+    let leaf = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    let leaf_kp = rcgen::KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_kp, &issuer).unwrap();
+    let (ca, cert, key) = (dir.join("corp-ca.pem"), dir.join("corp.pem"), dir.join("corp.key"));
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    std::fs::write(&cert, leaf_cert.pem()).unwrap();
+    std::fs::write(&key, leaf_kp.serialize_pem()).unwrap();
+    (ca, cert, key)
+}
