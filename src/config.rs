@@ -1315,10 +1315,20 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
         listen,
         public_url,
         tls: raw.server.tls.map(|t| TlsFiles { cert: rel(t.cert), key: rel(t.key) }),
-        shutdown_grace: duration(origin, "server.shutdown_grace", raw.server.shutdown_grace.as_deref(), d.shutdown_grace)?,
+        shutdown_grace: duration(
+            origin,
+            "server.shutdown_grace",
+            raw.server.shutdown_grace.as_deref(),
+            d.shutdown_grace,
+        )?,
         header_read_timeout: positive(
             "server.header_read_timeout",
-            duration(origin, "server.header_read_timeout", raw.server.header_read_timeout.as_deref(), d.header_read_timeout)?,
+            duration(
+                origin,
+                "server.header_read_timeout",
+                raw.server.header_read_timeout.as_deref(),
+                d.header_read_timeout,
+            )?,
         )?,
         idle_timeout: positive(
             "server.idle_timeout",
@@ -1647,8 +1657,7 @@ mod tests {
         assert_eq!(c.server.limits.login_burst, 60);
         let text = format!(
             "{}\nheader_read_timeout = \"2s\"\nmax_connections_per_client = 5\ntrusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\"]\n{}[limits]\nlogin_per_second = 2\nrequests_burst = 7\n",
-            "[server]\nlisten = \"127.0.0.1:0\"",
-            "[secrets]\nbackend = \"file\"\nfile = \"s.enc\"\n"
+            "[server]\nlisten = \"127.0.0.1:0\"", "[secrets]\nbackend = \"file\"\nfile = \"s.enc\"\n"
         );
         let c = parse(&text, &[("GOCRED_SERVER__MAX_CONNECTIONS", "99"), ("GOCRED_LIMITS__LOGIN_BURST", "4")]).unwrap();
         assert_eq!(c.server.header_read_timeout, Duration::from_secs(2));

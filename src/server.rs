@@ -122,10 +122,8 @@ impl Broker {
                 "tokens.require_proof = false: tokens alone authenticate (bearer tokens); use only for legacy tools"
             );
         }
-        let limits = Arc::new(crate::ratelimit::Limiters::new(
-            &config.server.limits,
-            config.server.trusted_proxies.clone(),
-        ));
+        let limits =
+            Arc::new(crate::ratelimit::Limiters::new(&config.server.limits, config.server.trusted_proxies.clone()));
         let oidc = Arc::new(crate::auth::oidc::OidcVerifier::new(&config.oidc).map_err(ServerError::SetupOidc)?);
         Ok(Broker {
             config,

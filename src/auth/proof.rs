@@ -111,11 +111,9 @@ impl ProofVerifier {
         let sig = sshsig::parse(&p.sig)?;
         let signer =
             sshsig::verify(&sig, PROOF_NAMESPACE, proof_message(token, &p.prefix, p.exp).as_bytes(), self.require_uv)
-                .map_err(|e| {
-                match e {
-                    AuthError::BadSignature => AuthError::ProofSignature,
-                    other => other,
-                }
+                .map_err(|e| match e {
+                AuthError::BadSignature => AuthError::ProofSignature,
+                other => other,
             })?;
         let fp = signer.fingerprint();
         if !bool::from(fp.as_bytes().ct_eq(bound_fingerprint.as_bytes())) {

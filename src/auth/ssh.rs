@@ -166,8 +166,7 @@ impl SshLogin {
             return Err(AuthError::ChallengeUserMismatch);
         }
         let sig = sshsig::parse(signature)?;
-        let mut signer =
-            sshsig::verify(
+        let mut signer = sshsig::verify(
             &sig,
             LOGIN_NAMESPACE,
             login_message(challenge, &self.origin, user).as_bytes(),

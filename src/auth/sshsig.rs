@@ -216,7 +216,7 @@ mod tests {
             .output()
             .expect("ssh-keygen (OpenSSH) is needed for this test: install openssh-client");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let public = ssh_key::PublicKey::read_openssh_file(&k.with_extension("pub")).unwrap();
+        let public = ssh_key::PublicKey::read_openssh_file(k.with_extension("pub")).unwrap();
         let KeyData::Rsa(r) = public.key_data() else { panic!("not RSA") };
         assert_eq!(rsa_bits(r), 2047);
         assert!(check_key_strength(public.key_data()).is_err());

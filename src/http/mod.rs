@@ -95,10 +95,9 @@ pub fn app(state: AppState) -> Router {
 async fn limit_login(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(axum::extract::ConnectInfo(addr)) =
         req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        && !state.limits.login.allow(&state.limits.login_key(
-            addr.ip(),
-            req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-        ))
+        && !state.limits.login.allow(
+            &state.limits.login_key(addr.ip(), req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok())),
+        )
     {
         return ApiError::TooManyRequests("too many login attempts from this address; wait a moment".into())
             .into_response();

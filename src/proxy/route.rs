@@ -253,8 +253,9 @@ mod tests {
             resolve_git(&ups(), "GIT.corp.TEST", "Acme/Lib.git/info/refs", Some("service=git-upload-pack")).unwrap();
         assert_eq!(t.module, "git.corp.test/acme/lib");
         for spelling in ["acme/LIB.GIT", "Acme/lib.Git", "acme/lib"] {
-            let t = resolve_git(&ups(), "Git.Corp.Test", &format!("{spelling}/info/refs"), Some("service=git-upload-pack"))
-                .unwrap();
+            let t =
+                resolve_git(&ups(), "Git.Corp.Test", &format!("{spelling}/info/refs"), Some("service=git-upload-pack"))
+                    .unwrap();
             assert_eq!(t.module, "git.corp.test/acme/lib", "{spelling}");
             assert_eq!(t.upstream_path, format!("/{spelling}/info/refs?service=git-upload-pack"));
         }

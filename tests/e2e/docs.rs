@@ -62,14 +62,17 @@ fn bare_repo(root: &Path, dir: &str, module: &str) {
     let work = root.join("work");
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("go.mod"), format!("module {module}\n\ngo 1.21\n")).unwrap();
-    std::fs::write(work.join("lib.go"), "package lib\n\n// Hello greets.\nfunc Hello() string { return \"hi\" }\n").unwrap();
+    std::fs::write(work.join("lib.go"), "package lib\n\n// Hello greets.\nfunc Hello() string { return \"hi\" }\n")
+        .unwrap();
     git(&work, &["init", "-q", "-b", "main"]);
     git(&work, &["add", "."]);
     git(&work, &["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "v1"]);
     git(&work, &["tag", "v1.0.0"]);
     let bare = root.join(dir);
     std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
-    run_ok(Command::new("git").args(["clone", "-q", "--bare"]).arg(&work).arg(&bare).env("GIT_CONFIG_GLOBAL", "/dev/null"));
+    run_ok(
+        Command::new("git").args(["clone", "-q", "--bare"]).arg(&work).arg(&bare).env("GIT_CONFIG_GLOBAL", "/dev/null"),
+    );
     std::fs::remove_dir_all(&work).unwrap();
 }
 
@@ -173,10 +176,14 @@ async fn readme_private_module_flow() {
     );
     for line in &lines {
         let mut c = ns.cmd("sh", &["-c", line]);
-        c.current_dir(&app).env_clear().env("PATH", &path).env("HOME", &home).env("USER", "alice").env("SSL_CERT_FILE", &ca).env("GIT_SSL_CAINFO", &ca).env(
-            "GOTOOLCHAIN",
-            "local",
-        );
+        c.current_dir(&app)
+            .env_clear()
+            .env("PATH", &path)
+            .env("HOME", &home)
+            .env("USER", "alice")
+            .env("SSL_CERT_FILE", &ca)
+            .env("GIT_SSL_CAINFO", &ca)
+            .env("GOTOOLCHAIN", "local");
         let out = c.output().unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(
@@ -191,7 +198,10 @@ async fn readme_private_module_flow() {
     assert!(sum.contains("git.corp.example/acme/tool.git v1.0.0 h1:"), "{sum}");
     // Both went through the broker with the upstream's credentials, not the user's.
     let reqs = upstream.stderr();
-    assert!(reqs.iter().any(|l| l.contains("/mod/mods.corp.example/acme/lib/@v/") && l.contains("auth=Bearer")), "{reqs:#?}");
+    assert!(
+        reqs.iter().any(|l| l.contains("/mod/mods.corp.example/acme/lib/@v/") && l.contains("auth=Bearer")),
+        "{reqs:#?}"
+    );
     assert!(reqs.iter().any(|l| l.contains("/acme/tool") && l.contains("auth=Basic")), "{reqs:#?}");
     broker.kill();
     upstream.kill();
@@ -207,10 +217,9 @@ fn example_broker_toml_checks_as_documented() {
         .expect("the example names its validation command");
     assert_eq!(cmd, "gocred serve --check --config examples/broker.toml");
     let mut c = Command::new("sh");
-    c.args(["-c", &cmd]).current_dir(repo_root()).env(
-        "PATH",
-        format!("{}:/usr/bin:/bin", gocred_bin().parent().unwrap().display()),
-    );
+    c.args(["-c", &cmd])
+        .current_dir(repo_root())
+        .env("PATH", format!("{}:/usr/bin:/bin", gocred_bin().parent().unwrap().display()));
     let out = run_ok(&mut c);
     assert!(out.contains("config OK"), "{out}");
 }

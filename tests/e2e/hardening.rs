@@ -55,7 +55,8 @@ async fn one_forbid_holds_on_every_route_and_spelling_and_says_which_policy() {
         .unwrap();
     let git = "info/refs?service=git-upload-pack";
     let mut cases: Vec<(String, Option<&str>)> = Vec::new();
-    for repo in ["acme/secret.git", "acme/secret", "acme/SECRET.git", "Acme/Secret.GIT", "acme/secret.GIT", "acme/secret-2"]
+    for repo in
+        ["acme/secret.git", "acme/secret", "acme/SECRET.git", "Acme/Secret.GIT", "acme/secret.GIT", "acme/secret-2"]
     {
         for host in ["git.corp.test", "GIT.Corp.Test"] {
             cases.push((format!("/git/{host}/{repo}/{git}"), None));
@@ -88,7 +89,8 @@ async fn one_forbid_holds_on_every_route_and_spelling_and_says_which_policy() {
         let body = r.text().await.unwrap();
         assert_eq!(status, 403, "{path} (Host {host:?}): {body}");
         assert!(
-            body.contains("forbidden by policy acme-secret-off-limits: download of ") && body.contains("for user:alice"),
+            body.contains("forbidden by policy acme-secret-off-limits: download of ")
+                && body.contains("for user:alice"),
             "{path}: {body}"
         );
     }
@@ -129,11 +131,8 @@ async fn one_forbid_holds_on_every_route_and_spelling_and_says_which_policy() {
     // (5) The go command shows the user the plain reason, naming policy, action, module and
     // principal.
     let me = gocred_bin().display().to_string();
-    let env = go_env(
-        &w,
-        "cache-forbid",
-        &[("GOPROXY", format!("{}/mod", w.broker.url)), ("GOAUTH", format!("{me} goauth"))],
-    );
+    let env =
+        go_env(&w, "cache-forbid", &[("GOPROXY", format!("{}/mod", w.broker.url)), ("GOAUTH", format!("{me} goauth"))]);
     let (ok, out, _) = go_get(&w, "forbid", &env, "git.corp.test/acme/secret.git");
     assert!(!ok, "{out}");
     assert!(
@@ -157,7 +156,11 @@ async fn one_forbid_holds_on_every_route_and_spelling_and_says_which_policy() {
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
         for bad in ["x-upstream-session", "proxy-authenticate", "authorization", "set-cookie", "www-authenticate"] {
-            assert!(r.headers().get(bad).is_none(), "{path}: upstream header {bad} reached the caller: {:?}", r.headers());
+            assert!(
+                r.headers().get(bad).is_none(),
+                "{path}: upstream header {bad} reached the caller: {:?}",
+                r.headers()
+            );
         }
         assert!(r.headers().get("content-type").is_some(), "{path}");
         let body = r.bytes().await.unwrap();
@@ -297,11 +300,8 @@ async fn idle_and_slow_connections_are_closed_in_time_while_logins_and_downloads
     // Meanwhile: a real login and a real download, from another client address.
     let started = Instant::now();
     let me = gocred_bin().display().to_string();
-    let env = go_env(
-        &w,
-        "cache-dos",
-        &[("GOPROXY", format!("{}/mod", w.broker.url)), ("GOAUTH", format!("{me} goauth"))],
-    );
+    let env =
+        go_env(&w, "cache-dos", &[("GOPROXY", format!("{}/mod", w.broker.url)), ("GOAUTH", format!("{me} goauth"))]);
     let (code, out, err) =
         Gocred::run(&["login", "--ssh", w.key.to_str().unwrap(), "--broker", &w.broker.url], &env_refs(&env));
     assert_eq!(code, 0, "login while flooded: {out}{err}");

@@ -703,7 +703,19 @@ async fn host_routed_go_import_and_git_over_tls() {
     // its credential in a netrc (go-get and git both read it).
     let mut up = Command::new("python3");
     up.arg(repo_root().join("tests/peers/git_http_server.py"))
-        .args(["--bind", ip, "--port", "443", "--user", UP_USER, "--password", UP_PASS, "--go-import-host", ip, "--exact-repo-paths"])
+        .args([
+            "--bind",
+            ip,
+            "--port",
+            "443",
+            "--user",
+            UP_USER,
+            "--password",
+            UP_PASS,
+            "--go-import-host",
+            ip,
+            "--exact-repo-paths",
+        ])
         .arg("--git-root")
         .arg(&srv2)
         .arg("--tls-cert")
@@ -718,20 +730,20 @@ async fn host_routed_go_import_and_git_over_tls() {
     let direct_sum = |module: &str| {
         let mut cmd = Command::new(go_bin());
         cmd.args(["mod", "download", "-json", &format!("{module}@v1.0.0")])
-        .current_dir(d)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", &dhome)
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "direct")
-        .env("GOPRIVATE", ip)
-        .env("GOMODCACHE", d.join("direct-cache2"))
-        .env("GOPATH", d.join("gopath"))
-        .env("GOCACHE", d.join("gocache"))
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("SSL_CERT_FILE", &bundle)
-        .env("GIT_SSL_CAINFO", &bundle)
-        .env("GIT_TERMINAL_PROMPT", "0");
+            .current_dir(d)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &dhome)
+            .env("GOTOOLCHAIN", "local")
+            .env("GOPROXY", "direct")
+            .env("GOPRIVATE", ip)
+            .env("GOMODCACHE", d.join("direct-cache2"))
+            .env("GOPATH", d.join("gopath"))
+            .env("GOCACHE", d.join("gocache"))
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("SSL_CERT_FILE", &bundle)
+            .env("GIT_SSL_CAINFO", &bundle)
+            .env("GIT_TERMINAL_PROMPT", "0");
         let out = run_ok(&mut cmd);
         let direct: serde_json::Value = serde_json::from_str(&out).unwrap();
         direct["Sum"].as_str().unwrap().to_string()
@@ -743,7 +755,17 @@ async fn host_routed_go_import_and_git_over_tls() {
     let port = free_port();
     let mut up = Command::new("python3");
     up.arg(repo_root().join("tests/peers/git_http_server.py"))
-        .args(["--port", &port.to_string(), "--user", UP_USER, "--password", UP_PASS, "--go-import-host", ip, "--exact-repo-paths"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--user",
+            UP_USER,
+            "--password",
+            UP_PASS,
+            "--go-import-host",
+            ip,
+            "--exact-repo-paths",
+        ])
         .arg("--git-root")
         .arg(&srv2);
     let mut upstream = Proc::spawn("upstream-ip", up);
