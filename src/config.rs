@@ -87,11 +87,18 @@ where
     #[serde(untagged)]
     enum NumOrText<T> {
         Num(T),
+        // Helm renders every YAML number as a float (`30.0`).
+        Float(f64),
         Text(String),
     }
     match Option::<NumOrText<T>>::deserialize(d)? {
         None => Ok(None),
         Some(NumOrText::Num(v)) => Ok(Some(v)),
+        Some(NumOrText::Float(f)) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64)
+            .parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("`{f}` is not a number of the right kind: {e}"))),
+        Some(NumOrText::Float(f)) => Err(serde::de::Error::custom(format!("`{f}` must be a whole number"))),
         Some(NumOrText::Text(t)) => t
             .trim()
             .parse()
