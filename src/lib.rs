@@ -51,6 +51,7 @@ pub mod server;
 pub mod tls;
 pub mod token;
 pub mod webhook;
+pub mod wire;
 
 /// Seconds since the Unix epoch (the clock every expiry in gocred is measured with).
 pub fn unix_now() -> u64 {

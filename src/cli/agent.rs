@@ -119,6 +119,9 @@ async fn write_bundle(dir: &Path, s: &Session, proof: &str, until: u64, ca: Opti
     let origin = checked_origin(&s.broker)?;
     let hp = origin.split_once("://").map(|(_, r)| r).unwrap_or(&origin).to_string();
     let host = hp.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_else(|| hp.clone());
+    if !crate::wire::is_token(&s.token) || !crate::wire::is_proof(proof) {
+        anyhow::bail!("the session holds a malformed token or proof; run gocred login");
+    }
     let secret = zeroize::Zeroizing::new(format!("{}~{proof}", s.token));
     let mut netrc = zeroize::Zeroizing::new(format!("machine {hp} login gocred password {}\n", secret.as_str()));
     if host != hp {

@@ -141,46 +141,99 @@ pub fn askpass_prompt_is_for(prompt: &str, scheme: &str, hp: &str) -> bool {
     host == hp
 }
 
-/// netrc text without the `machine NAME` entries for `names`, and with `ours` inserted before any
-/// `default` entry (which would otherwise shadow it). Works line by line: comments, other
-/// entries and `macdef` bodies (up to their blank line) are kept as they are.
+/// `ours` (gocred's entries) first, then `text` without any entry for `names`. netrc is
+/// token-based, not line-based, and its readers differ: curl reads `#` comments and takes the
+/// first matching entry (or `default`); Go's reader has no comments and reads tokens in pairs.
+/// Putting ours first means nothing earlier can shadow them (a `default`, a stale entry) and no
+/// unterminated `macdef` at the end can swallow them; stale entries for `names` are removed
+/// wherever they are — alone, within a line of several entries, spread over lines, or on a `#`
+/// line (which Go would read). Everything else is kept byte for byte; a line mixing a foreign
+/// entry with a stale one keeps the foreign tokens.
 pub fn netrc_with(text: &str, names: &[&str], ours: &str) -> String {
-    let mut out = String::new();
+    let mut out = String::from(ours);
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let names_us = |t: &[&str]| t.windows(2).any(|w| w[0] == "machine" && names.contains(&w[1]));
+    // Inside an entry for one of `names` (its tokens are dropped until the next entry starts).
     let mut skipping = false;
-    let mut in_macdef = false;
-    let mut inserted = false;
-    for line in text.lines() {
-        if in_macdef {
-            // A macdef belongs to the entry before it: kept or dropped with it.
-            if !skipping {
-                out.push_str(line);
-                out.push('\n');
+    // Inside a macdef body (to the next empty line); `drop_macro`: it belongs to a dropped entry.
+    let (mut in_macro, mut drop_macro) = (false, false);
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    for raw in lines {
+        let line = raw.trim_end_matches(['\n', '\r']);
+        if in_macro {
+            if line.is_empty() {
+                in_macro = false;
             }
-            if line.trim().is_empty() {
-                in_macdef = false;
+            if !drop_macro || line.is_empty() {
+                out.push_str(raw);
             }
             continue;
         }
-        let mut tokens = line.split_whitespace();
-        match tokens.next() {
-            Some("machine") => skipping = tokens.next().is_some_and(|n| names.contains(&n)),
-            Some("default") => {
-                skipping = false;
-                if !inserted {
-                    out.push_str(ours);
-                    inserted = true;
+        let tokens: Vec<&str> = line.split_whitespace().collect();
+        if line.trim_start().starts_with('#') {
+            if !names_us(&tokens) {
+                out.push_str(raw);
+            }
+            continue;
+        }
+        let mut kept: Vec<&str> = Vec::new();
+        let mut changed = false;
+        let mut i = 0;
+        while i < tokens.len() {
+            match tokens[i] {
+                "machine" => {
+                    let name = tokens.get(i + 1).copied().unwrap_or("");
+                    skipping = names.contains(&name);
+                    if skipping {
+                        changed = true;
+                    } else {
+                        kept.push("machine");
+                        kept.extend(tokens.get(i + 1));
+                    }
+                    i += 2;
+                }
+                "default" => {
+                    skipping = false;
+                    kept.push("default");
+                    i += 1;
+                }
+                "macdef" => {
+                    in_macro = true;
+                    drop_macro = skipping;
+                    if skipping {
+                        changed = true;
+                    } else {
+                        kept.extend(&tokens[i..]);
+                    }
+                    i = tokens.len();
+                }
+                t @ ("login" | "password" | "account") => {
+                    if skipping {
+                        changed = true;
+                    } else {
+                        kept.push(t);
+                        kept.extend(tokens.get(i + 1));
+                    }
+                    i += 2;
+                }
+                t => {
+                    if skipping {
+                        changed = true;
+                    } else {
+                        kept.push(t);
+                    }
+                    i += 1;
                 }
             }
-            Some("macdef") => in_macdef = true,
-            _ => {}
         }
-        if !skipping {
-            out.push_str(line);
+        if !changed {
+            out.push_str(raw);
+        } else if !kept.is_empty() {
+            out.push_str(&kept.join(" "));
             out.push('\n');
         }
-    }
-    if !inserted {
-        out.push_str(ours);
     }
     out
 }
@@ -317,18 +370,47 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    const NAMES: &[&str] = &["127.0.0.1:8443", "127.0.0.1"];
+    const OURS: &str = "machine 127.0.0.1:8443 login gocred password new\nmachine 127.0.0.1 login gocred password new\n";
+
     #[test]
     fn netrc_keeps_other_machines_comments_and_macdefs() {
         let t = "# machine commented.example login c password d\nmachine a.example login x password y\n\
                  macdef init\nmachine inside-macdef\n\nmachine 127.0.0.1:8443 login gocred password old\n\
                  default login anon password z\n";
-        let out = netrc_with(t, &["127.0.0.1:8443", "127.0.0.1"], "machine 127.0.0.1:8443 login gocred password new\n");
+        let out = netrc_with(t, NAMES, OURS);
+        assert!(out.starts_with(OURS), "ours first: {out}");
         assert!(out.contains("# machine commented.example login c password d"), "{out}");
         assert!(out.contains("machine a.example login x password y"));
         assert!(out.contains("macdef init\nmachine inside-macdef\n\n"), "{out}");
-        assert!(!out.contains("old"));
-        let new_at = out.find("password new").unwrap();
-        assert!(new_at < out.find("default").unwrap(), "inserted before default: {out}");
+        assert!(out.contains("default login anon password z"));
+        assert!(!out.contains("old"), "{out}");
+    }
+
+    #[test]
+    fn netrc_stale_entries_go_wherever_they_are_and_nothing_shadows_ours() {
+        for (name, text, keep) in [
+            ("unterminated macdef at the end", "machine a login x password y\nmacdef m\necho hi\n", "echo hi"),
+            ("default first", "default login anon password anon\n", "default login anon password anon"),
+            (
+                "stale entry on a multi-entry line",
+                "machine a login x password y machine 127.0.0.1:8443 login old password old machine b login u password v\n",
+                "machine a login x password y machine b login u password v",
+            ),
+            ("stale entry over several lines", "machine 127.0.0.1\n  login old\n  password old\nmachine c login p password q\n", "machine c login p password q"),
+            ("commented-out stale entry Go would read", "# x machine 127.0.0.1:8443 login old password old\n", ""),
+            ("stale entry with its macdef", "machine 127.0.0.1 login old password old macdef m\nold body\n\nmachine d login e password f\n", "machine d login e password f"),
+        ] {
+            let out = netrc_with(text, NAMES, OURS);
+            assert!(out.starts_with(OURS), "{name}: {out}");
+            assert!(!out.contains("old"), "{name}: {out}");
+            assert!(out.contains(keep), "{name}: {out}");
+        }
+        // Idempotent: running again replaces ours.
+        let once = netrc_with("machine a login x password y\n", NAMES, OURS);
+        let twice = netrc_with(&once, NAMES, &OURS.replace("new", "newer"));
+        assert_eq!(twice.matches("machine 127.0.0.1 ").count(), 1, "{twice}");
+        assert!(!twice.contains("password new\n"), "{twice}");
     }
 
     #[test]

@@ -464,8 +464,11 @@ pub async fn credentials(store: &Store, force_refresh: bool) -> anyhow::Result<(
         store.save(&s)?;
     }
     let mut s = fresh_session(store).await?;
+    if !crate::wire::is_token(&s.token) {
+        return Err(ClientError::MalformedToken("the session holds a malformed token").into());
+    }
     let now = crate::unix_now();
-    if let Some(p) = s.proof.clone().filter(|_| s.proof_exp > now + 60) {
+    if let Some(p) = s.proof.clone().filter(|p| s.proof_exp > now + 60 && crate::wire::is_proof(p)) {
         let exp = s.proof_exp;
         return Ok((s, p, exp));
     }
@@ -473,6 +476,9 @@ pub async fn credentials(store: &Store, force_refresh: bool) -> anyhow::Result<(
         .map_err(|e| anyhow::anyhow!("cannot sign a proof ({e}): run gocred login"))?;
     let exp = (now + HELPER_PROOF_SECS).min(s.expires_at.max(now + 60));
     let proof = signer.proof(&s.token, &format!("{}/", s.broker.trim_end_matches('/')), exp)?;
+    if !crate::wire::is_proof(&proof) {
+        return Err(ClientError::MalformedToken("made a malformed proof").into());
+    }
     s.proof = Some(proof.clone());
     s.proof_exp = exp;
     store.save(&s)?;
@@ -482,6 +488,9 @@ pub async fn credentials(store: &Store, force_refresh: bool) -> anyhow::Result<(
 pub async fn token() -> anyhow::Result<()> {
     let store = Store::lock()?;
     let s = fresh_session(&store).await?;
+    if !crate::wire::is_token(&s.token) {
+        return Err(ClientError::MalformedToken("the session holds a malformed token").into());
+    }
     println!("{}", s.token);
     Ok(())
 }

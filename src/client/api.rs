@@ -31,6 +31,16 @@ struct ErrorBody {
     message: String,
 }
 
+/// A token answer whose token is outside the token alphabet is refused (never stored, never
+/// printed): a CR/LF in it would add lines to the helpers' protocols.
+fn checked(t: TokenResponse) -> Result<TokenResponse, ClientError> {
+    if crate::wire::is_token(&t.access_token) {
+        Ok(t)
+    } else {
+        Err(ClientError::MalformedToken("the broker sent a malformed token"))
+    }
+}
+
 pub struct BrokerClient {
     pub url: String,
     http: reqwest::Client,
@@ -108,7 +118,7 @@ impl BrokerClient {
             .send()
             .await
             .map_err(|e| self.net(e))?;
-        self.decode(resp).await
+        checked(self.decode(resp).await?)
     }
 
     fn authed(&self, req: reqwest::RequestBuilder, token: &str, proof: &str) -> reqwest::RequestBuilder {
@@ -128,7 +138,7 @@ impl BrokerClient {
         ];
         let resp =
             self.http.post(format!("{}/v1/token", self.url)).form(&form).send().await.map_err(|e| self.net(e))?;
-        self.decode(resp).await
+        checked(self.decode(resp).await?)
     }
 
     /// A new token for the same session.
@@ -136,7 +146,7 @@ impl BrokerClient {
         let req =
             self.http.post(format!("{}/v1/token", self.url)).form(&[("grant_type", crate::http::auth::REFRESH_GRANT)]);
         let resp = self.authed(req, token, proof).send().await.map_err(|e| self.net(e))?;
-        self.decode(resp).await
+        checked(self.decode(resp).await?)
     }
 
     pub async fn revoke(&self, token: &str, proof: &str) -> Result<(), ClientError> {

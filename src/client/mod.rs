@@ -31,6 +31,9 @@ pub enum ClientError {
     State { path: String, reason: String },
     #[error("not logged in: run `gocred login --ssh --broker URL`")]
     NotLoggedIn,
+    /// A token or proof outside its alphabet (the text itself is never shown).
+    #[error("{0}; run gocred login")]
+    MalformedToken(&'static str),
     #[error("no usable SSH key: {0}")]
     NoKey(String),
     /// The identity provider (SSO) failed or refused.

@@ -6,6 +6,7 @@
 use crate::harness::*;
 use crate::proxy::{alice_auth, env_refs, go_env, go_get, world_full};
 use std::io::{Read, Write};
+use std::process::Command;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -438,4 +439,54 @@ async fn rate_limits_follow_trusted_proxies_principals_and_revocations() {
     let r = authed(&from("127.0.0.3"), reqwest::Method::GET, "/v1/whoami").send().await.unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.text().await.unwrap().contains("too many requests from user:alice"));
+}
+
+/// (3) `gocred netrc --out FILE` over files that used to shadow or swallow its entries: real
+/// curl (`--netrc-file`) and real go (`GOAUTH=netrc`) must then send gocred's credential.
+#[tokio::test(flavor = "multi_thread")]
+async fn netrc_out_writes_entries_curl_and_go_actually_use() {
+    let w = world_full("127.0.0.1:0", "", "", &[]).await;
+    let hp = w.broker.url.trim_start_matches("https://").to_string();
+    let host = hp.split(':').next().unwrap().to_string();
+    let cases = [
+        ("unterminated macdef at the end", "machine other.example login x password y\nmacdef init\nls\n".to_string()),
+        ("default before", "default login anonymous password anon\n".to_string()),
+        (
+            "stale entry on a multi-entry line",
+            format!("machine other.example login x password y machine {hp} login old password stale\n"),
+        ),
+        ("stale entry for the bare host", format!("machine {host} login old password stale\n")),
+        ("commented-out stale entry", format!("# old: machine {hp} login old password stale\n")),
+    ];
+    for (i, (name, text)) in cases.iter().enumerate() {
+        let netrc = w.dir.path().join(format!("netrc-{i}"));
+        std::fs::write(&netrc, text).unwrap();
+        let env = go_env(&w, &format!("cache-netrc-{i}"), &[]);
+        let (code, out, err) = Gocred::run(&["netrc", "--out", netrc.to_str().unwrap()], &env_refs(&env));
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        let written = std::fs::read_to_string(&netrc).unwrap();
+        assert!(!written.contains("stale"), "{name}: {written}");
+        // curl: the whoami route needs the token and the proof, here as the Basic password.
+        let curl = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--netrc-file"])
+            .arg(&netrc)
+            .arg("--cacert")
+            .arg(&w.ca)
+            .arg(format!("{}/v1/whoami", w.broker.url))
+            .output()
+            .expect("curl is needed for this test");
+        assert_eq!(String::from_utf8_lossy(&curl.stdout), "200", "{name}: curl did not send gocred's entry\n{written}");
+        // go: GOAUTH=netrc reads NETRC.
+        let genv = go_env(
+            &w,
+            &format!("cache-netrc-go-{i}"),
+            &[
+                ("GOPROXY", format!("{}/mod", w.broker.url)),
+                ("GOAUTH", "netrc".into()),
+                ("NETRC", netrc.display().to_string()),
+            ],
+        );
+        let (ok, out, _) = go_get(&w, &format!("netrc-{i}"), &genv, "git.corp.test/acme/lib.git");
+        assert!(ok, "{name}: go did not send gocred's entry: {out}\n{written}");
+    }
 }
