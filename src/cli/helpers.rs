@@ -371,7 +371,8 @@ mod tests {
     use super::*;
 
     const NAMES: &[&str] = &["127.0.0.1:8443", "127.0.0.1"];
-    const OURS: &str = "machine 127.0.0.1:8443 login gocred password new\nmachine 127.0.0.1 login gocred password new\n";
+    const OURS: &str =
+        "machine 127.0.0.1:8443 login gocred password new\nmachine 127.0.0.1 login gocred password new\n";
 
     #[test]
     fn netrc_keeps_other_machines_comments_and_macdefs() {
@@ -397,9 +398,17 @@ mod tests {
                 "machine a login x password y machine 127.0.0.1:8443 login old password old machine b login u password v\n",
                 "machine a login x password y machine b login u password v",
             ),
-            ("stale entry over several lines", "machine 127.0.0.1\n  login old\n  password old\nmachine c login p password q\n", "machine c login p password q"),
+            (
+                "stale entry over several lines",
+                "machine 127.0.0.1\n  login old\n  password old\nmachine c login p password q\n",
+                "machine c login p password q",
+            ),
             ("commented-out stale entry Go would read", "# x machine 127.0.0.1:8443 login old password old\n", ""),
-            ("stale entry with its macdef", "machine 127.0.0.1 login old password old macdef m\nold body\n\nmachine d login e password f\n", "machine d login e password f"),
+            (
+                "stale entry with its macdef",
+                "machine 127.0.0.1 login old password old macdef m\nold body\n\nmachine d login e password f\n",
+                "machine d login e password f",
+            ),
         ] {
             let out = netrc_with(text, NAMES, OURS);
             assert!(out.starts_with(OURS), "{name}: {out}");

@@ -73,18 +73,47 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// This process's user id (the owner of `/proc/self`).
+fn my_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|p| p.uid()).unwrap_or(u32::MAX)
+}
+
 /// A shared state dir (sticky and world-writable, like the one `gocred agent --install` makes
 /// in a pod whose containers run as different users) gets one private subdirectory per user.
 fn per_user(dir: PathBuf) -> PathBuf {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     match std::fs::metadata(&dir) {
-        Ok(m) if m.permissions().mode() & 0o1002 == 0o1002 => {
-            // The owner of /proc/self is this process's user.
-            let uid = std::fs::metadata("/proc/self").map(|p| p.uid()).unwrap_or(u32::MAX);
-            dir.join(format!("uid-{uid}"))
-        }
+        Ok(m) if m.permissions().mode() & 0o1002 == 0o1002 => dir.join(format!("uid-{}", my_uid())),
         _ => dir,
     }
+}
+
+/// Refuse a state directory or file that someone else could have planted or can change: not
+/// owned by this user, writable by group or others, or a symlink. Missing is fine (it is
+/// created private).
+fn check_owned(path: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |reason: String| ClientError::State { path: path.display().to_string(), reason };
+    let m = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(refuse(e.to_string())),
+    };
+    let me = my_uid();
+    if m.file_type().is_symlink() {
+        return Err(refuse("is a symlink; refusing to use it (remove it)".into()));
+    }
+    if m.uid() != me {
+        return Err(refuse(format!("owned by uid {}, not you (uid {me}); refusing to use it (remove it)", m.uid())));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "writable by group or others (mode {:o}); refusing to use it (chmod go-w, or remove it)",
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// `$GOCRED_STATE_DIR` (per user below it when it is a shared sticky dir), else `$XDG_CACHE_HOME/gocred` or `~/.cache/gocred`.
@@ -105,7 +134,10 @@ pub fn cache_dir() -> Result<PathBuf, ClientError> {
 
 /// The current session's token, read without taking the lock (writes are atomic renames).
 pub fn peek_token() -> Option<String> {
-    let bytes = std::fs::read(cache_dir().ok()?.join("session.json")).ok()?;
+    let dir = cache_dir().ok()?;
+    check_owned(&dir).ok()?;
+    check_owned(&dir.join("session.json")).ok()?;
+    let bytes = std::fs::read(dir.join("session.json")).ok()?;
     serde_json::from_slice::<Session>(&bytes).ok().map(|s| s.token)
 }
 
@@ -123,7 +155,12 @@ impl Store {
 
     pub fn lock_at(dir: &Path) -> Result<Store, ClientError> {
         let err = |reason: String| ClientError::State { path: dir.display().to_string(), reason };
+        // Before anything is created or chmod-ed in it: someone else's directory (a planted
+        // `uid-N/` in a shared dir) is refused, not adopted.
+        check_owned(dir)?;
         crate::fsutil::ensure_private_dir(dir).map_err(|e| err(e.to_string()))?;
+        check_owned(dir)?;
+        check_owned(&dir.join("session.lock"))?;
         use std::os::unix::fs::OpenOptionsExt;
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -150,6 +187,7 @@ impl Store {
     pub fn ephemeral_key(&self, name: &str) -> Result<PathBuf, ClientError> {
         let path = self.dir.join(name);
         let err = |reason: String| ClientError::State { path: path.display().to_string(), reason };
+        check_owned(&path)?;
         if path.exists() {
             return Ok(path);
         }
@@ -164,6 +202,7 @@ impl Store {
 
     pub fn load(&self) -> Result<Option<Session>, ClientError> {
         let p = self.path();
+        check_owned(&p)?;
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| ClientError::State {
                 path: p.display().to_string(),
@@ -187,5 +226,58 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(ClientError::State { path: self.path().display().to_string(), reason: e.to_string() }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn chown_to_other(p: &Path) {
+        std::os::unix::fs::chown(p, Some(4242), Some(4242))
+            .expect("this test plants files owned by another user: it must run as root (the test suite does)");
+    }
+
+    #[test]
+    fn a_state_dir_or_key_planted_by_someone_else_is_refused() {
+        let shared = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let mine = per_user(shared.path().to_path_buf());
+        assert_eq!(mine, shared.path().join(format!("uid-{}", my_uid())));
+        // Another user pre-creates my per-user dir with a key of theirs in it.
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::write(mine.join("workload_ed25519"), "planted").unwrap();
+        chown_to_other(&mine);
+        let e = Store::lock_at(&mine).err().expect("refused").to_string();
+        assert!(e.contains("owned by uid 4242, not you") && e.contains(&mine.display().to_string()), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+        // The dir was not adopted (no chmod, no lock file).
+        assert!(!mine.join("session.lock").exists());
+
+        // A group-writable state dir of mine.
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770)).unwrap();
+        let e = Store::lock_at(&dir).err().expect("refused").to_string();
+        assert!(e.contains("writable by group or others"), "{e}");
+
+        // My own dir, but a key file planted in it by someone else.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let store = Store::lock_at(&dir).unwrap();
+        std::fs::write(dir.join("sso_ed25519"), "planted").unwrap();
+        chown_to_other(&dir.join("sso_ed25519"));
+        let e = store.ephemeral_key("sso_ed25519").unwrap_err().to_string();
+        assert!(e.contains("owned by uid 4242"), "{e}");
+        // A session file of someone else.
+        std::fs::write(dir.join("session.json"), "{}").unwrap();
+        chown_to_other(&dir.join("session.json"));
+        assert!(store.load().unwrap_err().to_string().contains("owned by uid 4242"));
+        std::fs::remove_file(dir.join("session.json")).unwrap();
+        // The normal path still works: a fresh key, created private.
+        let k = store.ephemeral_key("workload_ed25519").unwrap();
+        assert_eq!(std::fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(store.load().unwrap().is_none());
     }
 }

@@ -6,9 +6,9 @@
 use crate::harness::*;
 use crate::proxy::{alice_auth, env_refs, go_env, go_get, world_full};
 use std::io::{Read, Write};
-use std::process::Command;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -488,5 +488,53 @@ async fn netrc_out_writes_entries_curl_and_go_actually_use() {
         );
         let (ok, out, _) = go_get(&w, &format!("netrc-{i}"), &genv, "git.corp.test/acme/lib.git");
         assert!(ok, "{name}: go did not send gocred's entry: {out}\n{written}");
+    }
+}
+
+/// (12) A token carrying CR/LF (from a tampered session file or a broker answer) never reaches
+/// the line protocols: the helpers fail with one line and print nothing on stdout.
+#[tokio::test(flavor = "multi_thread")]
+async fn helpers_refuse_tokens_outside_their_alphabet() {
+    let w = world_full("127.0.0.1:0", "", "", &[]).await;
+    let real = w.dir.path().join("home/.cache/gocred/session.json");
+    let mut session: serde_json::Value = serde_json::from_slice(&std::fs::read(&real).unwrap()).unwrap();
+    let token = session["token"].as_str().unwrap().to_string();
+    for (i, evil) in [
+        format!("{token}\r\nAuthorization: Bearer attacker"),
+        format!("{token}\nusername=attacker"),
+        format!("{token} x"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        session["token"] = serde_json::Value::String(evil.clone());
+        session["proof"] = serde_json::Value::Null;
+        let cache = w.dir.path().join(format!("evil-cache-{i}"));
+        std::fs::create_dir_all(cache.join("gocred")).unwrap();
+        gocred::fsutil::write_private_atomic(&cache.join("gocred/session.json"), session.to_string().as_bytes())
+            .unwrap();
+        let env = go_env(&w, "unused", &[("XDG_CACHE_HOME", cache.display().to_string())]);
+        let e = env_refs(&env);
+        for args in [
+            &["goauth"][..],
+            &["goauth", &format!("{}/mod/x", w.broker.url)][..],
+            &["credential", "get"][..],
+            &["token"][..],
+        ] {
+            let mut cmd = gocred_cmd(args, &e);
+            cmd.stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            let hp = w.broker.url.trim_start_matches("https://").to_string();
+            child.stdin.take().unwrap().write_all(format!("protocol=https\nhost={hp}\n\n").as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} accepted a malformed token: {stdout}");
+            assert!(stdout.is_empty(), "{args:?} printed: {stdout:?}");
+            assert!(stderr.contains("malformed token") && !stderr.contains("attacker"), "{args:?}: {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        }
     }
 }
