@@ -55,7 +55,7 @@ async fn run(n: usize) {
         gocred::config::PolicyConfig::Dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"));
     let origin = "https://bench.gocred.test".to_string();
     let broker = gocred::server::Broker::start(config, origin.clone()).await.unwrap();
-    let app = gocred::http::app(broker.app_state());
+    let app = gocred::http::app(broker.clone());
 
     let time =
         |label: &'static str, elapsed: std::time::Duration, ops: usize| (label, ops as f64 / elapsed.as_secs_f64());
@@ -76,8 +76,9 @@ async fn run(n: usize) {
     for _ in 0..logins {
         let (st, ch) = call(&app, json_post("/v1/login/ssh/challenge", serde_json::json!({"user": "bench"}))).await;
         assert_eq!(st, 200);
-        let sig = signer.sign(gocred::auth::ssh::LOGIN_NAMESPACE, ch["message"].as_str().unwrap().as_bytes()).unwrap();
-        let sig = gocred::auth::sshsig::to_b64url(&sig).unwrap();
+        let sig =
+            signer.sign(gocred::proto::login::LOGIN_NAMESPACE, ch["message"].as_str().unwrap().as_bytes()).unwrap();
+        let sig = gocred::proto::proof::signature_b64url(&sig).unwrap();
         let (st, body) = call(
             &app,
             json_post(

@@ -20,7 +20,7 @@ fn main() {
 }
 
 async fn run(n: usize) {
-    gocred::tls::install_crypto_provider();
+    gocred::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // Upstream GOPROXY layout.
@@ -79,7 +79,7 @@ async fn run(n: usize) {
         )
         .await
         .unwrap();
-    tokio::spawn(broker.serve(listener, std::future::pending()));
+    tokio::spawn(gocred::server::serve(broker, listener, std::future::pending()));
 
     let http = reqwest::Client::builder().tls_certs_only(Vec::new()).build().unwrap();
     // Log in (SSH) and make one proof, as a client would.
@@ -92,10 +92,10 @@ async fn run(n: usize) {
         .json()
         .await
         .unwrap();
-    let sig = signer.sign(gocred::auth::ssh::LOGIN_NAMESPACE, ch["message"].as_str().unwrap().as_bytes()).unwrap();
+    let sig = signer.sign(gocred::proto::login::LOGIN_NAMESPACE, ch["message"].as_str().unwrap().as_bytes()).unwrap();
     let login: serde_json::Value = http
         .post(format!("{origin}/v1/login/ssh"))
-        .json(&serde_json::json!({"user": "bench", "challenge": ch["challenge"], "signature": gocred::auth::sshsig::to_b64url(&sig).unwrap()}))
+        .json(&serde_json::json!({"user": "bench", "challenge": ch["challenge"], "signature": gocred::proto::proof::signature_b64url(&sig).unwrap()}))
         .send()
         .await
         .unwrap()

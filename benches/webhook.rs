@@ -97,7 +97,7 @@ async fn max_rate(c: &reqwest::Client, base: &str, req: Req<'_>, n: usize) -> (V
 }
 
 async fn run(server_rt: &tokio::runtime::Handle, secs: u64, n: usize) {
-    gocred::tls::install_crypto_provider();
+    gocred::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let tls = gocred::tls::ensure_dev_ca(&d.join("tls")).unwrap();
@@ -115,7 +115,7 @@ async fn run(server_rt: &tokio::runtime::Handle, secs: u64, n: usize) {
     let base = format!("https://{}", listener.local_addr().unwrap());
     let broker = server_rt.spawn(gocred::server::Broker::start(config, base.clone())).await.unwrap().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = server_rt.spawn(broker.serve(listener, async move {
+    let server = server_rt.spawn(gocred::server::serve(broker, listener, async move {
         let _ = stop_rx.await;
     }));
 

@@ -10,6 +10,7 @@
 //!
 //! Must not: open sockets, read secrets backends, or create files.
 
+use crate::proto::rules::secure_url;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -386,20 +387,6 @@ pub struct OidcIssuer {
     pub username_prefix: String,
     /// Put before each group (default `<name>:`).
     pub groups_prefix: String,
-}
-
-/// `https://...`, or `http://` to a loopback host (tests, local development).
-pub fn secure_url(u: &str) -> bool {
-    if u.starts_with("https://") {
-        return true;
-    }
-    let Some(rest) = u.strip_prefix("http://") else { return false };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority),
-    };
-    host == "localhost" || host == "::1" || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What an upstream speaks.

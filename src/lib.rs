@@ -43,15 +43,16 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod proto;
 pub mod proxy;
 pub mod ratelimit;
 pub mod revocation;
 pub mod secrets;
 pub mod server;
+pub mod service;
 pub mod tls;
 pub mod token;
 pub mod webhook;
-pub mod wire;
 
 /// Seconds since the Unix epoch (the clock every expiry in gocred is measured with).
 pub fn unix_now() -> u64 {
@@ -72,6 +73,11 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s.replace('\n', " ")
+}
+
+/// Install rustls' `ring` provider as the process default (idempotent; client and broker).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// `n` random bytes from the operating system.

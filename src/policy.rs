@@ -104,10 +104,12 @@ pub enum Action {
     Push,
     Credentials,
     Tunnel,
+    Revoke,
 }
 
 impl Action {
-    pub const ALL: [Action; 5] = [Action::Login, Action::Download, Action::Push, Action::Credentials, Action::Tunnel];
+    pub const ALL: [Action; 6] =
+        [Action::Login, Action::Download, Action::Push, Action::Credentials, Action::Tunnel, Action::Revoke];
 
     /// The Cedar action id (`Action::"<as_str>"`).
     pub fn as_str(&self) -> &'static str {
@@ -117,6 +119,7 @@ impl Action {
             Action::Push => "push",
             Action::Credentials => "credentials",
             Action::Tunnel => "tunnel",
+            Action::Revoke => "revoke",
         }
     }
 }
@@ -145,6 +148,8 @@ pub enum Resource {
     /// A Go module (Cedar `Module::"<path>"`); `upstream` names the configured upstream serving
     /// it, or is empty.
     Module { path: String, upstream: String },
+    /// The sessions of one principal (Cedar `Session::"<kind>:<id>"`); the resource of `revoke`.
+    Session { owner_kind: String, owner: String, auth_method: String },
 }
 
 impl Resource {
@@ -157,6 +162,7 @@ impl Resource {
         match self {
             Resource::Broker => "broker".to_owned(),
             Resource::Module { path, .. } => path.clone(),
+            Resource::Session { owner_kind, owner, .. } => format!("session of {owner_kind}:{owner}"),
         }
     }
 }
@@ -332,6 +338,7 @@ impl Policies {
         let what = match resource {
             Resource::Broker => action.as_str().to_owned(),
             Resource::Module { path, .. } => format!("{action} of {path}"),
+            Resource::Session { .. } => format!("{action} of the {}", resource.display()),
         };
         if let Resource::Module { path, .. } = resource
             && let Some(problem) = module_path_problem(path)
@@ -442,6 +449,18 @@ impl Policies {
                 );
                 module
             }
+            Resource::Session { owner_kind, owner, auth_method } => {
+                let session = uid("Session", &format!("{owner_kind}:{owner}"))?;
+                let attrs = HashMap::from([
+                    ("owner_kind".to_owned(), cedar::RestrictedExpression::new_string(owner_kind.clone())),
+                    ("owner".to_owned(), cedar::RestrictedExpression::new_string(owner.clone())),
+                    ("auth_method".to_owned(), cedar::RestrictedExpression::new_string(auth_method.clone())),
+                ]);
+                entities.push(
+                    cedar::Entity::new(session.clone(), attrs, HashSet::new()).map_err(|e| diagnostic_message(&e))?,
+                );
+                session
+            }
         };
 
         let entities =
@@ -511,35 +530,19 @@ impl PolicyEngine {
     }
 
     /// Re-read the policy directory (SIGHUP). On success the new set replaces the old one and
-    /// the decision cache is cleared; on error the old set stays in force, the error is logged
-    /// and returned. Without a directory this only logs and returns the current count.
-    pub fn reload(&self) -> Result<usize, PolicyError> {
-        let Some(dir) = &self.dir else {
-            let n = self.read().policies.len();
-            tracing::warn!("policies are built in (no policy directory); nothing to reload");
-            return Ok(n);
-        };
-        match Policies::load_dir(dir) {
-            Ok(policies) => {
-                let n = policies.len();
-                {
-                    let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-                    current.policies = Arc::new(policies);
-                    current.generation += 1;
-                }
-                self.cache().clear();
-                tracing::info!(dir = %dir.display(), policies = n, "policies reloaded");
-                Ok(n)
-            }
-            Err(e) => {
-                tracing::error!(
-                    dir = %dir.display(),
-                    "policy reload failed, keeping the previous policies: {}",
-                    error_chain(&e)
-                );
-                Err(e)
-            }
+    /// the decision cache is cleared; on error the old set stays in force and the error is
+    /// returned (the caller logs it). `Ok(None)`: built-in policies, nothing to reload.
+    pub fn reload(&self) -> Result<Option<usize>, PolicyError> {
+        let Some(dir) = &self.dir else { return Ok(None) };
+        let policies = Policies::load_dir(dir)?;
+        let n = policies.len();
+        {
+            let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+            current.policies = Arc::new(policies);
+            current.generation += 1;
         }
+        self.cache().clear();
+        Ok(Some(n))
     }
 
     /// [`Policies::decide`] with the current set, reusing a decision for the same principal,
@@ -705,18 +708,6 @@ fn diagnostic_message(diagnostic: &dyn Diagnostic) -> String {
     }
 }
 
-/// `error: cause: cause` for log lines.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut s = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        source = e.source();
-    }
-    s
-}
-
 fn id_str(id: &cedar::PolicyId) -> &str {
     AsRef::<str>::as_ref(id)
 }
@@ -772,7 +763,7 @@ mod tests {
     fn shipped() -> Policies {
         match Policies::load_dir(&shipped_dir()) {
             Ok(p) => p,
-            Err(e) => panic!("shipped policies do not load: {}", error_chain(&e)),
+            Err(e) => panic!("shipped policies do not load: {}", crate::error_chain(&e)),
         }
     }
 
@@ -816,9 +807,21 @@ mod tests {
     }
 
     #[test]
+    fn only_admins_may_revoke_others_sessions() {
+        let p = shipped();
+        let bobs = Resource::Session { owner_kind: "user".into(), owner: "bob".into(), auth_method: "ssh".into() };
+        let d = p.decide(&user("alice", &["developers"]), Action::Revoke, &bobs);
+        assert!(!d.allowed);
+        assert_eq!(d.reason, "no policy permits revoke of the session of user:bob for user:alice");
+        let d = p.decide(&user("root", &["gocred-admins"]), Action::Revoke, &bobs);
+        assert!(d.allowed, "{}", d.reason);
+        assert_eq!(d.policy_ids, ["admins-revoke-any"]);
+    }
+
+    #[test]
     fn shipped_policies_load() {
         let p = shipped();
-        assert_eq!(p.len(), 8);
+        assert_eq!(p.len(), 9);
         assert!(!p.is_empty());
         assert_eq!(p.location("developers-download-corp"), Some("gocred.cedar:12"));
         assert_eq!(p.location("no-push"), Some("gocred.cedar:95"));
@@ -1087,12 +1090,12 @@ mod tests {
         let err = engine.reload().expect_err("broken file");
         assert!(err.to_string().starts_with("zz-extra.cedar:1:"), "{err}");
         assert_eq!(engine.decide(&alice, Action::Download, &lib), before);
-        assert_eq!(engine.read().policies.len(), 8);
+        assert_eq!(engine.read().policies.len(), 9);
 
         // Fixed: reload succeeds, and the cached "allowed" is not served any more.
         std::fs::write(&extra, "@id(\"no-alice\")\nforbid (principal == User::\"alice\", action, resource);\n")
             .expect("write");
-        assert_eq!(engine.reload().expect("reloads"), 9);
+        assert_eq!(engine.reload().expect("reloads"), Some(10));
         assert!(engine.cache().is_empty());
         let after = engine.decide(&alice, Action::Download, &lib);
         assert!(!after.allowed);
@@ -1110,7 +1113,7 @@ mod tests {
         assert!(!engine.decide(&user("alice", &[]), Action::Download, &lib).allowed);
         assert_eq!(engine.cache().len(), 2);
         // Reload without a directory is a no-op.
-        assert_eq!(engine.reload().expect("no-op"), 8);
+        assert_eq!(engine.reload().expect("no-op"), None);
         assert_eq!(engine.cache().len(), 2);
     }
 

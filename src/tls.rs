@@ -21,15 +21,9 @@ pub enum TlsError {
     DevCa { dir: PathBuf, reason: String },
 }
 
-/// Install ring as the process-wide rustls provider (idempotent). Every TLS client and server
-/// in gocred (reqwest, vaultrs, axum-server) uses it.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// A rustls server config from PEM files.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    install_crypto_provider();
+    crate::install_crypto_provider();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| TlsError::ReadCert { path: cert.into(), reason: e.to_string() })?
         .collect::<Result<_, _>>()

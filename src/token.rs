@@ -107,7 +107,7 @@ struct Header {
 /// A freshly minted token.
 #[derive(Debug, Clone)]
 pub struct Minted {
-    pub token: String,
+    pub token: crate::proto::token::AccessToken,
     pub claims: Claims,
 }
 
@@ -187,7 +187,10 @@ impl TokenService {
             B64URL.encode(serde_json::to_vec(&claims).expect("claims serialise"))
         );
         let sig = key.sign(signing_input.as_bytes());
-        Ok(Minted { token: format!("{signing_input}.{}", B64URL.encode(sig)), claims })
+        Ok(Minted {
+            token: crate::proto::token::AccessToken::new(format!("{signing_input}.{}", B64URL.encode(sig))),
+            claims,
+        })
     }
 
     /// Verify signature, header, issuer, audience, times and revocation. Tokens that passed the

@@ -146,7 +146,7 @@ pub struct OidcVerifier {
 struct HttpFailure(String);
 
 fn http_client(cfg: &OidcIssuer) -> Result<reqwest::Client, String> {
-    crate::tls::install_crypto_provider();
+    crate::install_crypto_provider();
     let mut b = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(5))
@@ -339,7 +339,7 @@ impl Issuer {
             return Err(fail("the discovery document names another issuer".into()));
         }
         let jwks_uri = doc.get("jwks_uri").and_then(|v| v.as_str()).ok_or_else(|| fail("no jwks_uri".into()))?;
-        if !crate::config::secure_url(jwks_uri) {
+        if !crate::proto::rules::secure_url(jwks_uri) {
             return Err(fail("jwks_uri is not https".into()));
         }
         let url = openidconnect::JsonWebKeySetUrl::new(jwks_uri.to_string()).map_err(|e| fail(e.to_string()))?;

@@ -12,34 +12,16 @@
 //! Must not: accept a proof whose prefix is wider than the broker's origin.
 
 use super::{AuthError, sshsig};
+pub use crate::proto::proof::{MAX_PROOF_LIFETIME_SECS, PROOF_NAMESPACE, encode, proof_message, token_hash};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use subtle::ConstantTimeEq;
 
-pub const PROOF_NAMESPACE: &str = "gocred-proof@v1";
-/// The longest a proof may live.
-pub const MAX_PROOF_LIFETIME_SECS: u64 = 600;
 /// Clock skew tolerated on the proof's expiry bound.
 const SKEW_SECS: u64 = 30;
 const CACHE_CAP: usize = 50_000;
-
-/// base64url (no padding) of SHA-256 of the token text.
-pub fn token_hash(token: &str) -> String {
-    B64URL.encode(sha2::Sha256::digest(token.as_bytes()))
-}
-
-/// The exact bytes signed for a proof.
-pub fn proof_message(token: &str, prefix: &str, exp: u64) -> String {
-    format!("gocred-proof-v1\ntoken:{}\nprefix:{prefix}\nexp:{exp}\n", token_hash(token))
-}
-
-/// Assemble the wire form from its parts (`sig_b64url`: the binary SSHSIG, base64url).
-pub fn encode(exp: u64, prefix: &str, sig_b64url: &str) -> String {
-    format!("v1.{exp}.{}.{sig_b64url}", B64URL.encode(prefix.as_bytes()))
-}
 
 /// A parsed (not yet verified) proof.
 #[derive(Debug, Clone)]

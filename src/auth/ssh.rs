@@ -24,23 +24,7 @@ use ssh_key::{Certificate, HashAlg, PublicKey, certificate::CertType, public::Ke
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub const LOGIN_NAMESPACE: &str = "gocred-login@v1";
-
-/// The exact bytes a client signs to log in.
-pub fn login_message(challenge: &str, origin: &str, user: &str) -> String {
-    format!("gocred-login-v1\nchallenge:{challenge}\norigin:{origin}\nuser:{user}\n")
-}
-
-/// A fresh challenge for a client.
-#[derive(Debug, Clone, Serialize)]
-pub struct Challenge {
-    pub challenge: String,
-    pub expires_at: u64,
-    pub namespace: &'static str,
-    pub origin: String,
-    /// What to sign (`login_message`).
-    pub message: String,
-}
+pub use crate::proto::login::{Challenge, LOGIN_NAMESPACE, login_message};
 
 #[derive(Serialize, Deserialize)]
 struct Sealed {
@@ -128,7 +112,7 @@ impl SshLogin {
             message: login_message(&challenge, &self.origin, user),
             challenge,
             expires_at: exp,
-            namespace: LOGIN_NAMESPACE,
+            namespace: LOGIN_NAMESPACE.into(),
             origin: self.origin.clone(),
         })
     }

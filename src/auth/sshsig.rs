@@ -57,14 +57,6 @@ fn decode_binary(bytes: &[u8]) -> Result<SshSig, AuthError> {
     Ok(sig)
 }
 
-/// The binary SSHSIG blob, base64url without padding (the proof wire form).
-pub fn to_b64url(sig: &SshSig) -> Result<String, AuthError> {
-    use ssh_key::encoding::Encode;
-    let mut out = Vec::new();
-    sig.encode(&mut out).map_err(|e| AuthError::MalformedSignature(e.to_string()))?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out))
-}
-
 /// FIDO authenticator data flags in a security-key (`sk-`) signature (WebAuthn §6.1).
 const SK_USER_PRESENT: u8 = 0x01;
 const SK_USER_VERIFIED: u8 = 0x04;

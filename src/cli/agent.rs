@@ -6,8 +6,8 @@
 //!
 //! Must not: print a token or proof (the bundle files are 0600 and written atomically).
 
-use super::session::{AmbientOverride, credentials, set_ambient_override};
 use crate::client::ambient::Source;
+use crate::client::session::{Ambient, credentials, set_ambient_override};
 use crate::client::state::{Session, Store};
 use anyhow::{Context, bail};
 use clap::Args;
@@ -46,7 +46,7 @@ fn checked_origin(url: &str) -> anyhow::Result<String> {
     let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).unwrap_or("");
     let ok = !rest.is_empty()
         && rest.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '[' | ']'))
-        && crate::config::secure_url(url);
+        && crate::proto::rules::secure_url(url);
     if !ok {
         bail!("broker URL `{url}` must be https://host[:port] (http:// only to a loopback address)");
     }
@@ -69,17 +69,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(_) => crate::client::state::cache_dir()?,
         None => crate::client::state::cache_dir()?.join("agent"),
     };
-    set_ambient_override(AmbientOverride { source: source.clone(), broker: broker.clone(), ca: args.ca_cert.clone() });
+    set_ambient_override(Ambient { source: source.clone(), broker: broker.clone(), ca: args.ca_cert.clone() });
     loop {
         let (session, proof, proof_exp) = {
             let store = Store::lock_at(&state_dir)?;
             // A session for another broker or from a login is not ours to reuse.
             if let Some(s) = store.load()?
-                && (s.broker != broker || s.method != "ambient")
+                && (s.broker != broker || s.method != crate::client::state::SessionMethod::Ambient)
             {
                 store.remove()?;
             }
-            credentials(&store, false).await?
+            credentials(&store, false, false).await?
         };
         let until = session.expires_at.min(proof_exp);
         if let Some(dir) = &args.out {
@@ -119,42 +119,32 @@ async fn write_bundle(dir: &Path, s: &Session, proof: &str, until: u64, ca: Opti
     let origin = checked_origin(&s.broker)?;
     let hp = origin.split_once("://").map(|(_, r)| r).unwrap_or(&origin).to_string();
     let host = hp.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_else(|| hp.clone());
-    if !crate::wire::is_token(&s.token) || !crate::wire::is_proof(proof) {
+    if !crate::proto::token::is_token(s.token.expose()) || !crate::proto::token::is_proof(proof) {
         anyhow::bail!("the session holds a malformed token or proof; run gocred login");
     }
-    let secret = zeroize::Zeroizing::new(format!("{}~{proof}", s.token));
+    let secret = zeroize::Zeroizing::new(format!("{}~{proof}", s.token.expose()));
     let mut netrc = zeroize::Zeroizing::new(format!("machine {hp} login gocred password {}\n", secret.as_str()));
     if host != hp {
         netrc.push_str(&format!("machine {host} login gocred password {}\n", secret.as_str()));
     }
     let client = crate::client::api::BrokerClient::new(&origin, ca)?;
     let meta = client.metadata().await?;
-    let modules: Vec<String> = meta["modules"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    if let Some(bad) = modules.iter().find(|m| !crate::proxy::route::clean_path(m)) {
-        bail!("the broker's metadata lists a malformed module pattern `{bad}`");
-    }
+    let meta = crate::client::meta::checked(meta, &origin)?;
+    let modules = &meta.modules;
     use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("gocred:{}", secret.as_str()));
     let mut gitconfig = zeroize::Zeroizing::new(format!(
         "# Written by gocred agent; valid until {until} (Unix time), renewed by the agent.\n\
          [http \"{origin}/\"]\n\textraHeader = Authorization: Basic {basic}\n"
     ));
-    for g in meta["git"].as_array().into_iter().flatten() {
-        if let (Some(h), Some(url)) = (g["host"].as_str(), g["url"].as_str())
-            && url == format!("{origin}/git/{h}/")
-            && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-        {
-            gitconfig.push_str(&format!("[url \"{url}\"]\n\tinsteadOf = https://{h}/\n"));
-        }
+    for g in &meta.git {
+        gitconfig.push_str(&format!("[url \"{}\"]\n\tinsteadOf = https://{}/\n", g.url, g.host));
     }
     let mut env = String::new();
     if !modules.is_empty() {
         env.push_str(&format!("GOPRIVATE={}\nGONOSUMDB={}\n", modules.join(","), modules.join(",")));
     }
-    if meta["goproxy"].as_str() == Some(format!("{origin}/mod").as_str()) {
+    if meta.goproxy.is_some() {
         env.push_str(&format!("GOPROXY={origin}/mod,https://proxy.golang.org,direct\nGONOPROXY=none\n"));
     }
     env.push_str(&format!(

@@ -4,11 +4,15 @@
 //! produce a credential prints one line saying why and what to run, and exits non-zero; it never
 //! prints a partial credential.
 
-use super::session::credentials;
 use crate::client::state::{Session, Store};
+
+/// The session and a proof for it (see [`crate::client::session::credentials`]).
+async fn credentials(store: &Store, force: bool) -> anyhow::Result<(Session, String, u64)> {
+    Ok(crate::client::session::credentials(store, force, std::io::stdin().is_terminal()).await?)
+}
 use anyhow::{Context, bail};
 use clap::Args;
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 /// `scheme://host[:port]` of the broker.
@@ -34,7 +38,7 @@ pub async fn goauth(url: Option<String>) -> anyhow::Result<()> {
     let store = Store::lock()?;
     let mut force = false;
     if let Some(u) = &url {
-        let session = super::session::current_session(&store).await?;
+        let session = crate::client::session::current(&store).await?;
         if !u.starts_with(&format!("{}/", origin(&session))) {
             return Ok(()); // not ours: no credentials for other origins
         }
@@ -44,7 +48,7 @@ pub async fn goauth(url: Option<String>) -> anyhow::Result<()> {
         force = status == "401";
     }
     let (s, proof, _) = credentials(&store, force).await?;
-    print!("{}/\n\nAuthorization: Bearer {}\nGocred-Proof: {}\n\n", origin(&s), s.token, proof);
+    print!("{}/\n\nAuthorization: Bearer {}\nGocred-Proof: {}\n\n", origin(&s), s.token.expose(), proof);
     Ok(())
 }
 
@@ -76,7 +80,7 @@ pub async fn credential(args: CredentialArgs) -> anyhow::Result<()> {
         other => bail!("unknown credential operation `{other}` (expected get, store or erase)"),
     }
     let store = Store::lock()?;
-    let session = super::session::current_session(&store).await?;
+    let session = crate::client::session::current(&store).await?;
     let (hp, _) = host_port(&origin(&session));
     let scheme_ok = attr("protocol").as_deref() == Some(origin(&session).split("://").next().unwrap_or("https"));
     if !scheme_ok || attr("host").as_deref() != Some(hp.as_str()) {
@@ -86,9 +90,9 @@ pub async fn credential(args: CredentialArgs) -> anyhow::Result<()> {
     let mut out = String::new();
     if capabilities.contains(&"authtype") {
         out.push_str("capability[]=authtype\nauthtype=Bearer\n");
-        out.push_str(&format!("credential={}~{}\n", s.token, proof));
+        out.push_str(&format!("credential={}~{}\n", s.token.expose(), proof));
     } else {
-        out.push_str(&format!("username=gocred\npassword={}~{}\n", s.token, proof));
+        out.push_str(&format!("username=gocred\npassword={}~{}\n", s.token.expose(), proof));
     }
     out.push_str(&format!("password_expiry_utc={}\n", expiry_of(&s, proof_exp)));
     print!("{out}");
@@ -98,7 +102,7 @@ pub async fn credential(args: CredentialArgs) -> anyhow::Result<()> {
 /// GIT_ASKPASS: git asks for the username, then the password, for `https://host[:port]`.
 pub async fn askpass(prompt: String) -> anyhow::Result<()> {
     let store = Store::lock()?;
-    let session = super::session::current_session(&store).await?;
+    let session = crate::client::session::current(&store).await?;
     let (hp, _) = host_port(&origin(&session));
     let scheme = origin(&session).split("://").next().unwrap_or("https").to_string();
     let ours = askpass_prompt_is_for(&prompt, &scheme, &hp);
@@ -110,7 +114,7 @@ pub async fn askpass(prompt: String) -> anyhow::Result<()> {
         return Ok(());
     }
     let (s, proof, _) = credentials(&store, false).await?;
-    println!("{}~{}", s.token, proof);
+    println!("{}~{}", s.token.expose(), proof);
     Ok(())
 }
 
@@ -243,9 +247,9 @@ pub async fn netrc(args: NetrcArgs) -> anyhow::Result<()> {
     let (s, proof, _) = credentials(&store, false).await?;
     let (hp, host) = host_port(&origin(&s));
     // Go matches `host:port`, git (curl) matches `host`.
-    let mut ours = format!("machine {hp} login gocred password {}~{}\n", s.token, proof);
+    let mut ours = format!("machine {hp} login gocred password {}~{}\n", s.token.expose(), proof);
     if host != hp {
-        ours.push_str(&format!("machine {host} login gocred password {}~{}\n", s.token, proof));
+        ours.push_str(&format!("machine {host} login gocred password {}~{}\n", s.token.expose(), proof));
     }
     match args.out {
         None => print!("{ours}"),
@@ -294,30 +298,15 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     let meta = client.metadata().await?;
     let me = std::env::current_exe().context("cannot find the gocred binary")?;
     let me = me.display().to_string();
-    let modules: Vec<String> = meta["modules"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    // Only what this broker can legitimately ask for: module prefixes, its own /mod and /git URLs.
-    if let Some(bad) = modules.iter().find(|m| !crate::proxy::route::clean_path(m)) {
-        bail!("the broker's metadata lists a malformed module pattern `{bad}`; not configuring anything");
-    }
-    if meta["goproxy"].as_str().is_some_and(|gp| gp != format!("{broker}/mod")) {
-        bail!("the broker's metadata names a GOPROXY other than {broker}/mod; not configuring anything");
-    }
+    let meta = crate::client::meta::checked(meta, &broker)?;
+    let modules = &meta.modules;
     let mut go_env: Vec<(String, String)> = Vec::new();
     if !modules.is_empty() {
         go_env.push(("GOPRIVATE".into(), modules.join(",")));
         go_env.push(("GONOSUMDB".into(), modules.join(",")));
     }
-    let direct: Vec<String> = meta["direct_modules"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    if let Some(bad) = direct.iter().find(|m| !crate::proxy::route::clean_path(m) || !modules.contains(m)) {
-        bail!("the broker's metadata lists an unexpected direct module pattern `{bad}`; not configuring anything");
-    }
-    if let Some(gp) = meta["goproxy"].as_str() {
+    let direct = &meta.direct_modules;
+    if let Some(gp) = &meta.goproxy {
         go_env.push(("GOPROXY".into(), format!("{gp},https://proxy.golang.org,direct")));
     }
     // Modules only a git host serves are fetched with git (through the broker's /git/ via
@@ -325,14 +314,8 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     go_env.push(("GONOPROXY".into(), if direct.is_empty() { "none".into() } else { direct.join(",") }));
     go_env.push(("GOAUTH".into(), format!("{me} goauth")));
     let mut git: Vec<(String, String)> = vec![(format!("credential.{broker}.helper"), format!("{me} credential"))];
-    for g in meta["git"].as_array().into_iter().flatten() {
-        if let (Some(host), Some(url)) = (g["host"].as_str(), g["url"].as_str()) {
-            let bare = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-            if !bare || url != format!("{broker}/git/{host}/") {
-                bail!("the broker's metadata has an unexpected git entry for `{host}`; not configuring anything");
-            }
-            git.push((format!("url.{url}.insteadOf"), format!("https://{host}/")));
-        }
+    for g in &meta.git {
+        git.push((format!("url.{}.insteadOf", g.url), format!("https://{}/", g.host)));
     }
     for (k, v) in &go_env {
         println!("go env -w {k}={v}");

@@ -104,7 +104,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("gocred:       gocred status");
         println!("gocred:       curl --cacert {} {url}/.well-known/jwks.json", ca.ca_cert.display());
     }
-    broker.serve(listener, shutdown_signal()).await?;
+    crate::server::serve(broker, listener, shutdown_signal()).await?;
     println!("gocred: stopped");
     Ok(())
 }

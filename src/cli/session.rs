@@ -1,18 +1,14 @@
 //! `gocred login --ssh`, `status`, `token`, `logout`: the laptop side of a session.
 
-use crate::client::api::{BrokerClient, TokenResponse};
+use crate::client::api::BrokerClient;
+use crate::client::session::{PROOF_SECS, SSO_KEY, session_from};
 use crate::client::signer::{Signer, default_key_files};
-use crate::client::state::{Session, Store};
+use crate::client::state::{Session, SessionMethod, Store};
 use crate::client::{ClientError, agent::Agent};
 use anyhow::{Context, bail};
 use clap::Args;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-
-/// Refresh when the token has less than this left (or a quarter of its lifetime, if shorter).
-const REFRESH_MARGIN_SECS: u64 = 120;
-/// Proofs the CLI makes for its own calls live this long.
-const PROOF_SECS: u64 = 300;
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("method").required(true).args(["ssh", "oidc", "device"])))]
@@ -60,25 +56,6 @@ fn left(until: u64, now: u64) -> String {
     }
     let s = until - now;
     if s >= 3600 { format!("{}h{:02}m", s / 3600, (s % 3600) / 60) } else { format!("{}m{:02}s", s / 60, s % 60) }
-}
-
-fn session_from(broker: &BrokerClient, ca: Option<PathBuf>, signer: &Signer, t: TokenResponse) -> Session {
-    Session {
-        broker: broker.url.clone(),
-        ca_cert: ca,
-        user: t.user,
-        token: t.access_token,
-        expires_at: t.expires_at,
-        obtained_at: crate::unix_now(),
-        session_expires_at: t.session_expires_at,
-        key_fingerprint: t.key_fingerprint,
-        key: signer.key_ref(),
-        groups: t.groups,
-        proof: None,
-        proof_exp: 0,
-        method: "ssh".into(),
-        idp: None,
-    }
 }
 
 enum Candidate {
@@ -167,7 +144,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         };
         match client.login_ssh(&user, &signer).await {
             Ok(t) => {
-                let s = session_from(&client, ca.clone(), &signer, t);
+                let s = session_from(&client, ca.clone(), &signer, t, SessionMethod::Ssh);
                 store.save(&s)?;
                 println!(
                     "gocred: logged in to {} as {} with {} ({}); token valid until {}",
@@ -210,11 +187,6 @@ pub async fn status() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Name of the ephemeral key file (in the state dir) SSO sessions are bound to.
-pub const SSO_KEY: &str = "sso_ed25519";
-/// Name of the ephemeral key file workload (ambient) sessions are bound to.
-pub const WORKLOAD_KEY: &str = "workload_ed25519";
-
 /// Open `url` with the configured browser command (or the platform's), without waiting.
 fn open_browser(url: &str, command: Option<&str>) -> bool {
     let cmd = command.map(str::to_string).or_else(|| std::env::var("BROWSER").ok().filter(|b| !b.is_empty()));
@@ -250,8 +222,8 @@ async fn login_sso(args: LoginArgs) -> anyhow::Result<()> {
     let store = Store::lock()?;
     let prev = store.load().unwrap_or(None);
     if let Some(p) = &prev
-        && p.method == "oidc"
-        && token_before.as_deref() != Some(p.token.as_str())
+        && p.method == SessionMethod::Oidc
+        && !token_before.as_ref().is_some_and(|t| p.token.matches(t.expose()))
         && p.expires_at > crate::unix_now()
     {
         println!("gocred: already logged in to {} as {} (a concurrent login just finished)", p.broker, p.user);
@@ -260,18 +232,13 @@ async fn login_sso(args: LoginArgs) -> anyhow::Result<()> {
     let (broker_url, ca) = broker_and_ca(&args, prev.as_ref())?;
     let client = BrokerClient::new(&broker_url, ca.as_deref())?;
     let meta = client.metadata().await?;
-    let oidc = meta.get("oidc").filter(|o| !o.is_null()).with_context(|| {
+    let oidc = meta.oidc.with_context(|| {
         format!(
             "broker {} has no SSO issuer configured (no [[oidc.issuers]] with kind = \"human\"); use --ssh",
             client.url
         )
     })?;
-    let issuer = oidc["issuer"].as_str().context("broker metadata: oidc.issuer missing")?;
-    let client_id = oidc["client_id"].as_str().context("broker metadata: oidc.client_id missing")?;
-    let scopes: Vec<String> = oidc["scopes"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-        .unwrap_or_else(|| vec!["openid".into()]);
+    let (issuer, client_id, scopes) = (oidc.issuer.as_str(), oidc.client_id.as_str(), oidc.scopes.clone());
     let provider = crate::client::oidc::Provider::discover(issuer, client_id, scopes, ca.as_deref()).await?;
     let tokens = if args.device {
         let d = provider.device_start().await?;
@@ -299,8 +266,7 @@ async fn login_sso(args: LoginArgs) -> anyhow::Result<()> {
     let key = store.ephemeral_key(SSO_KEY)?;
     let signer = Signer::file(&key, false)?;
     let t = client.exchange(&tokens.id_token, &signer).await?;
-    let mut s = session_from(&client, ca, &signer, t);
-    s.method = "oidc".into();
+    let mut s = session_from(&client, ca, &signer, t, SessionMethod::Oidc);
     s.idp = Some(crate::client::state::IdpState {
         issuer: provider.issuer.clone(),
         client_id: provider.client_id.clone(),
@@ -319,179 +285,13 @@ async fn login_sso(args: LoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Exchange the ambient workload token for a new session.
-async fn ambient_session(
-    store: &Store,
-    source: &crate::client::ambient::Source,
-    broker: &str,
-    ca: Option<PathBuf>,
-) -> anyhow::Result<Session> {
-    let client = BrokerClient::new(broker, ca.as_deref())?;
-    let key = store.ephemeral_key(WORKLOAD_KEY)?;
-    let signer = Signer::file(&key, false)?;
-    let subject = source.token().await?;
-    let t =
-        client.exchange(&subject, &signer).await.with_context(|| format!("exchanging the {}", source.describe()))?;
-    let mut s = session_from(&client, ca, &signer, t);
-    s.method = "ambient".into();
-    store.save(&s)?;
-    Ok(s)
-}
-
-/// Ambient workload configuration given on the command line (`gocred agent`), which wins over
-/// the environment for this process.
-#[derive(Debug, Clone)]
-pub struct AmbientOverride {
-    pub source: crate::client::ambient::Source,
-    pub broker: String,
-    pub ca: Option<PathBuf>,
-}
-
-static AMBIENT_OVERRIDE: std::sync::OnceLock<AmbientOverride> = std::sync::OnceLock::new();
-
-pub fn set_ambient_override(o: AmbientOverride) {
-    let _ = AMBIENT_OVERRIDE.set(o);
-}
-
-/// Ambient workload configuration: (source, broker, CA), from `gocred agent`'s flags or the
-/// environment (`GOCRED_BROKER` plus a token source).
-pub fn ambient_from_env() -> Option<(crate::client::ambient::Source, String, Option<PathBuf>)> {
-    if let Some(o) = AMBIENT_OVERRIDE.get() {
-        return Some((o.source.clone(), o.broker.clone(), o.ca.clone()));
-    }
-    let source = crate::client::ambient::Source::detect(None, None)?;
-    let broker = std::env::var("GOCRED_BROKER").ok().filter(|b| !b.is_empty())?;
-    let ca = std::env::var_os("GOCRED_CA_CERT").filter(|v| !v.is_empty()).map(PathBuf::from);
-    Some((source, broker, ca))
-}
-
-/// The stored session (maybe stale), or a new one from the ambient workload token.
-pub async fn current_session(store: &Store) -> anyhow::Result<Session> {
-    if let Some(s) = store.load()? {
-        return Ok(s);
-    }
-    match ambient_from_env() {
-        Some((source, broker, ca)) => ambient_session(store, &source, &broker, ca).await,
-        None => Err(anyhow::anyhow!(
-            "not logged in: run gocred login (or configure a workload token: GOCRED_TOKEN_FILE and GOCRED_BROKER)"
-        )),
-    }
-}
-
-/// A session whose token is good for at least the refresh margin: refreshed with a proof, or
-/// renewed the way it was obtained (SSH login with the session key, the IdP's refresh token, or
-/// the ambient workload token) when refresh is no longer possible. With no session at all, an
-/// ambient workload token (see [`crate::client::ambient`]) starts one.
-pub async fn fresh_session(store: &Store) -> anyhow::Result<Session> {
-    let ambient = ambient_from_env();
-    let s = match store.load()? {
-        Some(s) => s,
-        None => match &ambient {
-            Some((source, broker, ca)) => return ambient_session(store, source, broker, ca.clone()).await,
-            None => return Err(ClientError::NotLoggedIn.into()),
-        },
-    };
-    let now = crate::unix_now();
-    let margin = REFRESH_MARGIN_SECS.min(s.expires_at.saturating_sub(s.obtained_at) / 4);
-    if s.expires_at > now + margin {
-        return Ok(s);
-    }
-    let interactive = std::io::stdin().is_terminal();
-    let signer = Signer::from_ref(&s.key, interactive)
-        .map_err(|e| anyhow::anyhow!("token expired and no key available ({e}): run gocred login"))?;
-    let client = BrokerClient::new(&s.broker, s.ca_cert.as_deref())?;
-    let refreshed = if s.expires_at > now + 1 && s.session_expires_at > now + margin {
-        let proof = signer.proof(&s.token, &format!("{}/", client.url), now + PROOF_SECS)?;
-        client.refresh(&s.token, &proof).await.ok()
-    } else {
-        None
-    };
-    let t = match refreshed {
-        Some(t) => t,
-        None => match s.method.as_str() {
-            "oidc" => {
-                let idp = s.idp.as_ref().context("SSO session without provider state: run gocred login --oidc")?;
-                let refresh_token = idp
-                    .refresh_token
-                    .as_deref()
-                    .context("SSO session expired and the provider gave no refresh token: run gocred login --oidc")?;
-                let provider = crate::client::oidc::Provider::discover(
-                    &idp.issuer,
-                    &idp.client_id,
-                    Vec::new(),
-                    s.ca_cert.as_deref(),
-                )
-                .await?;
-                let tokens = provider
-                    .refresh(refresh_token)
-                    .await
-                    .context("SSO session expired and the provider refused the refresh: run gocred login --oidc")?;
-                let t = client.exchange(&tokens.id_token, &signer).await?;
-                let mut next = session_from(&client, s.ca_cert.clone(), &signer, t);
-                next.method = "oidc".into();
-                next.idp = Some(crate::client::state::IdpState { refresh_token: tokens.refresh_token, ..idp.clone() });
-                store.save(&next)?;
-                return Ok(next);
-            }
-            "ambient" => {
-                let (source, broker, ca) = ambient.context(
-                    "workload session expired and no workload token is configured (GOCRED_TOKEN_FILE, GOCRED_BROKER, ...)",
-                )?;
-                return ambient_session(store, &source, &broker, ca).await;
-            }
-            _ => client
-                .login_ssh(&s.user, &signer)
-                .await
-                .context("token expired and login with the session key failed")?,
-        },
-    };
-    let mut next = session_from(&client, s.ca_cert.clone(), &signer, t);
-    next.method = s.method.clone();
-    next.idp = s.idp.clone();
-    store.save(&next)?;
-    Ok(next)
-}
-
-/// Proofs made for helpers live this long (Go and git reuse them within it).
-const HELPER_PROOF_SECS: u64 = 540;
-
-/// A fresh session plus a proof for it valid at least a minute more (cached in the session).
-/// `force_refresh`: get a new token even if the current one looks fine (the broker said 401).
-pub async fn credentials(store: &Store, force_refresh: bool) -> anyhow::Result<(Session, String, u64)> {
-    if force_refresh && let Some(mut s) = store.load()? {
-        s.expires_at = 0;
-        s.proof = None;
-        store.save(&s)?;
-    }
-    let mut s = fresh_session(store).await?;
-    if !crate::wire::is_token(&s.token) {
-        return Err(ClientError::MalformedToken("the session holds a malformed token").into());
-    }
-    let now = crate::unix_now();
-    if let Some(p) = s.proof.clone().filter(|p| s.proof_exp > now + 60 && crate::wire::is_proof(p)) {
-        let exp = s.proof_exp;
-        return Ok((s, p, exp));
-    }
-    let signer = Signer::from_ref(&s.key, std::io::stdin().is_terminal())
-        .map_err(|e| anyhow::anyhow!("cannot sign a proof ({e}): run gocred login"))?;
-    let exp = (now + HELPER_PROOF_SECS).min(s.expires_at.max(now + 60));
-    let proof = signer.proof(&s.token, &format!("{}/", s.broker.trim_end_matches('/')), exp)?;
-    if !crate::wire::is_proof(&proof) {
-        return Err(ClientError::MalformedToken("made a malformed proof").into());
-    }
-    s.proof = Some(proof.clone());
-    s.proof_exp = exp;
-    store.save(&s)?;
-    Ok((s, proof, exp))
-}
-
 pub async fn token() -> anyhow::Result<()> {
     let store = Store::lock()?;
-    let s = fresh_session(&store).await?;
-    if !crate::wire::is_token(&s.token) {
+    let s = crate::client::session::fresh(&store, std::io::stdin().is_terminal()).await?;
+    if !crate::proto::token::is_token(s.token.expose()) {
         return Err(ClientError::MalformedToken("the session holds a malformed token").into());
     }
-    println!("{}", s.token);
+    println!("{}", s.token.expose());
     Ok(())
 }
 
@@ -507,8 +307,8 @@ pub async fn logout() -> anyhow::Result<()> {
         && let Ok(signer) = Signer::from_ref(&s.key, std::io::stdin().is_terminal())
     {
         let client = BrokerClient::new(&s.broker, s.ca_cert.as_deref())?;
-        let proof = signer.proof(&s.token, &format!("{}/", client.url), now + PROOF_SECS)?;
-        match client.revoke(&s.token, &proof).await {
+        let proof = signer.proof(s.token.expose(), &format!("{}/", client.url), now + PROOF_SECS)?;
+        match client.revoke(s.token.expose(), &proof).await {
             Ok(()) => revoked = true,
             Err(e) => eprintln!("gocred: warning: could not revoke the token at the broker: {e}"),
         }

@@ -64,8 +64,8 @@ impl Source {
             Source::File(p) => std::fs::read_to_string(p).map_err(|e| self.err(e.to_string()))?,
             Source::Env(v) => std::env::var(v).map_err(|_| self.err("not set"))?,
             Source::GitHubActions { url, audience } => {
-                crate::tls::install_crypto_provider();
-                if !crate::config::secure_url(url) {
+                crate::install_crypto_provider();
+                if !crate::proto::rules::secure_url(url) {
                     return Err(self.err("ACTIONS_ID_TOKEN_REQUEST_URL is not https"));
                 }
                 let bearer = std::env::var("ACTIONS_ID_TOKEN_REQUEST_TOKEN")

@@ -2,39 +2,19 @@
 
 use super::ClientError;
 use super::signer::Signer;
-use serde::Deserialize;
+use crate::proto::error::ErrorBody;
+use crate::proto::login::{Challenge, ChallengeRequest, LoginRequest, Whoami};
+use crate::proto::meta::Metadata;
+use crate::proto::proof::PROOF_HEADER;
+pub use crate::proto::token::TokenResponse;
+use crate::proto::token::{EXCHANGE_GRANT, JWT_TOKEN_TYPE, REFRESH_GRANT, RevokeRequest, TokenRequest};
 use std::path::Path;
 use std::time::Duration;
-
-/// What the broker answers to a login or refresh.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TokenResponse {
-    pub access_token: String,
-    pub expires_at: u64,
-    pub user: String,
-    pub key_fingerprint: String,
-    #[serde(default)]
-    pub groups: Vec<String>,
-    #[serde(default)]
-    pub session_expires_at: u64,
-}
-
-#[derive(Deserialize)]
-struct ChallengeResponse {
-    challenge: String,
-    message: String,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-    message: String,
-}
 
 /// A token answer whose token is outside the token alphabet is refused (never stored, never
 /// printed): a CR/LF in it would add lines to the helpers' protocols.
 fn checked(t: TokenResponse) -> Result<TokenResponse, ClientError> {
-    if crate::wire::is_token(&t.access_token) {
+    if crate::proto::token::is_token(t.access_token.expose()) {
         Ok(t)
     } else {
         Err(ClientError::MalformedToken("the broker sent a malformed token"))
@@ -50,11 +30,11 @@ impl BrokerClient {
     /// `url`: the broker origin. `ca`: a PEM bundle to trust in addition to the system roots
     /// (which honour `SSL_CERT_FILE`).
     pub fn new(url: &str, ca: Option<&Path>) -> Result<BrokerClient, ClientError> {
-        crate::tls::install_crypto_provider();
+        crate::install_crypto_provider();
         let url = url.trim_end_matches('/').to_string();
         let err = |reason: String| ClientError::Broker { url: url.clone(), reason };
         // Tokens and proofs must not travel in clear text (loopback excepted, for tests).
-        if !crate::config::secure_url(&url) {
+        if !crate::proto::rules::secure_url(&url) {
             return Err(err("the broker URL must be https:// (http:// only to a loopback address)".into()));
         }
         let mut b = reqwest::Client::builder()
@@ -94,27 +74,27 @@ impl BrokerClient {
         let resp = self
             .http
             .post(format!("{}/v1/login/ssh/challenge", self.url))
-            .json(&serde_json::json!({ "user": user }))
+            .json(&ChallengeRequest { user: user.into() })
             .send()
             .await
             .map_err(|e| self.net(e))?;
-        let ch: ChallengeResponse = self.decode(resp).await?;
+        let ch: Challenge = self.decode(resp).await?;
         // Sign the message built here, for the broker URL we asked: a broker (or anyone in
         // between) cannot get us to sign a login meant for another origin or user.
-        let message = crate::auth::ssh::login_message(&ch.challenge, &self.url, user);
+        let message = crate::proto::login::login_message(&ch.challenge, &self.url, user);
         if message != ch.message {
             return Err(ClientError::Broker {
                 url: self.url.clone(),
                 reason: "the login challenge names another origin or user than this broker URL (check --broker: it must be the broker's public URL)".into(),
             });
         }
-        let sig = signer.sign(crate::auth::ssh::LOGIN_NAMESPACE, message.as_bytes())?;
-        let signature = crate::auth::sshsig::to_b64url(&sig).map_err(|e| ClientError::Sign(e.to_string()))?;
+        let sig = signer.sign(crate::proto::login::LOGIN_NAMESPACE, message.as_bytes())?;
+        let signature = crate::proto::proof::signature_b64url(&sig).map_err(|e| ClientError::Sign(e.to_string()))?;
         let certificate = signer.certificate().and_then(|c| c.to_openssh().ok());
         let resp = self
             .http
             .post(format!("{}/v1/login/ssh", self.url))
-            .json(&serde_json::json!({ "user": user, "challenge": ch.challenge, "signature": signature, "certificate": certificate }))
+            .json(&LoginRequest { user: user.into(), challenge: ch.challenge, signature, certificate })
             .send()
             .await
             .map_err(|e| self.net(e))?;
@@ -122,20 +102,20 @@ impl BrokerClient {
     }
 
     fn authed(&self, req: reqwest::RequestBuilder, token: &str, proof: &str) -> reqwest::RequestBuilder {
-        req.bearer_auth(token).header("Gocred-Proof", proof)
+        req.bearer_auth(token).header(PROOF_HEADER, proof)
     }
 
     /// RFC 8693: trade an OIDC subject token for a broker token bound to `signer`'s key.
     pub async fn exchange(&self, subject_token: &str, signer: &Signer) -> Result<TokenResponse, ClientError> {
         let public_key =
             ssh_key::PublicKey::from(signer.public_key()).to_openssh().map_err(|e| ClientError::Sign(e.to_string()))?;
-        let form = [
-            ("grant_type", crate::http::auth::EXCHANGE_GRANT),
-            ("subject_token", subject_token),
-            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-            ("requested_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-            ("public_key", public_key.as_str()),
-        ];
+        let form = TokenRequest {
+            grant_type: EXCHANGE_GRANT.into(),
+            subject_token: Some(subject_token.into()),
+            subject_token_type: Some(JWT_TOKEN_TYPE.into()),
+            requested_token_type: Some(JWT_TOKEN_TYPE.into()),
+            public_key: Some(public_key),
+        };
         let resp =
             self.http.post(format!("{}/v1/token", self.url)).form(&form).send().await.map_err(|e| self.net(e))?;
         checked(self.decode(resp).await?)
@@ -143,26 +123,31 @@ impl BrokerClient {
 
     /// A new token for the same session.
     pub async fn refresh(&self, token: &str, proof: &str) -> Result<TokenResponse, ClientError> {
-        let req =
-            self.http.post(format!("{}/v1/token", self.url)).form(&[("grant_type", crate::http::auth::REFRESH_GRANT)]);
+        let req = self
+            .http
+            .post(format!("{}/v1/token", self.url))
+            .form(&TokenRequest { grant_type: REFRESH_GRANT.into(), ..Default::default() });
         let resp = self.authed(req, token, proof).send().await.map_err(|e| self.net(e))?;
         checked(self.decode(resp).await?)
     }
 
     pub async fn revoke(&self, token: &str, proof: &str) -> Result<(), ClientError> {
-        let req = self.http.post(format!("{}/v1/revoke", self.url)).form(&[("token", token)]);
+        let req = self
+            .http
+            .post(format!("{}/v1/revoke", self.url))
+            .form(&RevokeRequest { token: Some(token.into()), token_type_hint: None });
         let resp = self.authed(req, token, proof).send().await.map_err(|e| self.net(e))?;
         let _: serde_json::Value = self.decode(resp).await?;
         Ok(())
     }
 
     /// `/.well-known/gocred`.
-    pub async fn metadata(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn metadata(&self) -> Result<Metadata, ClientError> {
         let resp = self.http.get(format!("{}/.well-known/gocred", self.url)).send().await.map_err(|e| self.net(e))?;
         self.decode(resp).await
     }
 
-    pub async fn whoami(&self, token: &str, proof: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn whoami(&self, token: &str, proof: &str) -> Result<Whoami, ClientError> {
         let req = self.http.get(format!("{}/v1/whoami", self.url));
         let resp = self.authed(req, token, proof).send().await.map_err(|e| self.net(e))?;
         self.decode(resp).await

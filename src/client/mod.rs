@@ -9,7 +9,9 @@
 pub mod agent;
 pub mod ambient;
 pub mod api;
+pub mod meta;
 pub mod oidc;
+pub mod session;
 pub mod signer;
 pub mod state;
 
@@ -27,10 +29,30 @@ pub enum ClientError {
     /// The broker answered with an error status.
     #[error("broker refused ({status}): {message}")]
     Refused { status: u16, code: String, message: String },
+    /// The broker's metadata asks for something it may not (the whole answer is refused).
+    #[error("the broker's metadata {0}; not configuring anything")]
+    UntrustedMetadata(String),
     #[error("session state {path}: {reason}")]
     State { path: String, reason: String },
     #[error("not logged in: run `gocred login --ssh --broker URL`")]
     NotLoggedIn,
+    #[error("not logged in: run gocred login (or configure a workload token: GOCRED_TOKEN_FILE and GOCRED_BROKER)")]
+    NoSession,
+    /// The session cannot be renewed; the reason says what to run.
+    #[error("{reason}")]
+    Renew { reason: &'static str },
+    #[error("{what}: {source}")]
+    RenewFailed {
+        what: &'static str,
+        #[source]
+        source: Box<ClientError>,
+    },
+    #[error("exchanging the {what}: {source}")]
+    Exchange {
+        what: String,
+        #[source]
+        source: Box<ClientError>,
+    },
     /// A token or proof outside its alphabet (the text itself is never shown).
     #[error("{0}; run gocred login")]
     MalformedToken(&'static str),

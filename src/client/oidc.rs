@@ -103,8 +103,8 @@ impl Provider {
         scopes: Vec<String>,
         ca: Option<&Path>,
     ) -> Result<Provider, ClientError> {
-        crate::tls::install_crypto_provider();
-        if !crate::config::secure_url(issuer) {
+        crate::install_crypto_provider();
+        if !crate::proto::rules::secure_url(issuer) {
             return Err(idp_err(issuer, "the issuer must be https:// (http:// only to a loopback address)"));
         }
         let mut b = reqwest::Client::builder()
@@ -133,7 +133,7 @@ impl Provider {
         }
         for k in ["authorization_endpoint", "token_endpoint", "device_authorization_endpoint"] {
             if let Some(u) = get(k)
-                && !crate::config::secure_url(&u)
+                && !crate::proto::rules::secure_url(&u)
             {
                 return Err(idp_err(issuer, format!("{k} is not https")));
             }
@@ -256,8 +256,8 @@ impl Provider {
         }
         let d: DeviceAuth = serde_json::from_slice(&bytes)
             .map_err(|e| idp_err(&self.issuer, format!("device authorization answer: {e}")))?;
-        if !crate::config::secure_url(&d.verification_uri)
-            || d.verification_uri_complete.as_deref().is_some_and(|u| !crate::config::secure_url(u))
+        if !crate::proto::rules::secure_url(&d.verification_uri)
+            || d.verification_uri_complete.as_deref().is_some_and(|u| !crate::proto::rules::secure_url(u))
         {
             return Err(idp_err(&self.issuer, "the verification URI is not https"));
         }

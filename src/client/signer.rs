@@ -149,10 +149,10 @@ impl Signer {
 
     /// A proof (wire form) for `token`, valid for URLs under `prefix` until `exp`.
     pub fn proof(&self, token: &str, prefix: &str, exp: u64) -> Result<String, ClientError> {
-        let msg = crate::auth::proof::proof_message(token, prefix, exp);
-        let sig = self.sign(crate::auth::proof::PROOF_NAMESPACE, msg.as_bytes())?;
-        let b64 = crate::auth::sshsig::to_b64url(&sig).map_err(|e| ClientError::Sign(e.to_string()))?;
-        Ok(crate::auth::proof::encode(exp, prefix, &b64))
+        let msg = crate::proto::proof::proof_message(token, prefix, exp);
+        let sig = self.sign(crate::proto::proof::PROOF_NAMESPACE, msg.as_bytes())?;
+        let b64 = crate::proto::proof::signature_b64url(&sig).map_err(|e| ClientError::Sign(e.to_string()))?;
+        Ok(crate::proto::proof::encode(exp, prefix, &b64))
     }
 }
 

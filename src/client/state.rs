@@ -13,7 +13,7 @@ pub struct Session {
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
     pub user: String,
-    pub token: String,
+    pub token: crate::proto::token::AccessToken,
     pub expires_at: u64,
     /// When the current token was obtained (refresh margin = a quarter of its lifetime, ≤ 2 min).
     #[serde(default)]
@@ -30,15 +30,24 @@ pub struct Session {
     pub proof_exp: u64,
     /// How the session was obtained: `ssh`, `oidc` (SSO login) or `ambient` (workload token
     /// exchanged without a login step). Decides how it is renewed once refresh is impossible.
-    #[serde(default = "default_method")]
-    pub method: String,
+    #[serde(default)]
+    pub method: SessionMethod,
     /// The identity provider's refresh token and endpoints (`oidc` sessions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idp: Option<IdpState>,
 }
 
-fn default_method() -> String {
-    "ssh".into()
+/// How a session was obtained, which decides how it is renewed once refresh is impossible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionMethod {
+    /// `gocred login --ssh`: log in again with the session's key.
+    #[default]
+    Ssh,
+    /// `gocred login --oidc/--device`: the identity provider's refresh token, then an exchange.
+    Oidc,
+    /// A workload token exchanged without a login step: exchange the current one again.
+    Ambient,
 }
 
 /// What an SSO session needs to get a new ID token without the user.
@@ -133,7 +142,7 @@ pub fn cache_dir() -> Result<PathBuf, ClientError> {
 }
 
 /// The current session's token, read without taking the lock (writes are atomic renames).
-pub fn peek_token() -> Option<String> {
+pub fn peek_token() -> Option<crate::proto::token::AccessToken> {
     let dir = cache_dir().ok()?;
     check_owned(&dir).ok()?;
     check_owned(&dir.join("session.json")).ok()?;

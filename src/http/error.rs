@@ -1,10 +1,19 @@
-//! The one place errors become HTTP responses. Handlers return [`ApiError`]; the outer
-//! middleware calls [`render`] to produce `{ "error", "message", "request_id" }`. A 500 logs its
-//! detail under the request id and returns only the id.
+//! The one place errors become HTTP responses. Handlers return [`ApiError`], which wraps the
+//! services' and domain modules' own errors (`#[from]`); [`ApiError::status`] alone decides the
+//! status code; the outer middleware calls [`render`] to produce the JSON body
+//! (`proto::error::ErrorBody`) or, on proxied routes, one `text/plain` line. A 5xx is logged
+//! here, once, under the request id; a 500 returns only the id.
 //!
-//! Must not: put secrets, tokens or internal error detail in a response body.
+//! Must not: put secrets, tokens or internal error detail in a response body; log anywhere but
+//! [`render`].
 
 use super::RequestId;
+use crate::auth::AuthError;
+use crate::auth::oidc::OidcError;
+use crate::proxy::ProxyError;
+use crate::service::access::AccessError;
+use crate::service::session::SessionError;
+use crate::webhook::WebhookError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -15,66 +24,126 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    /// The broker is not ready (the secrets backend is unreachable past its grace).
     #[error("{0}")]
     NotReady(String),
+    /// An unreadable request (body, query, path).
     #[error("{0}")]
     BadRequest(String),
+    /// Something the request names is not served here (no upstream, no credential).
     #[error("{0}")]
-    Unauthorized(String),
+    NotServed(String),
     #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    NotFoundMsg(String),
-    #[error("{0}")]
-    BadGateway(String),
-    #[error("{0}")]
-    GatewayTimeout(String),
-    #[error("{0}")]
-    TooManyRequests(String),
+    TooManyRequests(&'static str),
     #[error("{0}")]
     PayloadTooLarge(String),
-    /// Detail is logged, never returned.
-    #[error("internal error")]
-    Internal(String),
+    #[error("the request took longer than {} (server.request_timeout)", humantime::format_duration(*.0))]
+    RequestTimeout(std::time::Duration),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
+}
+
+fn access_status(e: &AccessError) -> (StatusCode, &'static str) {
+    match e {
+        AccessError::Credentials(_) | AccessError::Token(_) | AccessError::PathNotNormal => {
+            (StatusCode::UNAUTHORIZED, "unauthorized")
+        }
+        AccessError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        AccessError::Denied(_) => (StatusCode::FORBIDDEN, "forbidden"),
+    }
+}
+
+fn session_status(e: &SessionError) -> (StatusCode, &'static str) {
+    match e {
+        SessionError::InvalidRequest(_) | SessionError::IssueChallenge(_) => {
+            (StatusCode::BAD_REQUEST, "invalid_request")
+        }
+        SessionError::Access(a) => access_status(a),
+        SessionError::VerifySubject(o) if o.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        SessionError::VerifyLogin(_) | SessionError::VerifySubject(_) | SessionError::Recheck(_) => {
+            (StatusCode::UNAUTHORIZED, "unauthorized")
+        }
+        SessionError::Mint(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        SessionError::RevokeRateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        SessionError::LookUpKeys(_) | SessionError::RecordRevocation(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
+    }
+}
+
+fn proxy_status(e: &ProxyError) -> (StatusCode, &'static str) {
+    match e {
+        ProxyError::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        ProxyError::NoUpstream(_) => (StatusCode::NOT_FOUND, "not_found"),
+        ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
+        ProxyError::Unreachable { .. }
+        | ProxyError::Rejected { .. }
+        | ProxyError::Credential { .. }
+        | ProxyError::Redirected { .. } => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+        ProxyError::Client { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+impl ApiError {
+    /// The status code and error code of every error: the only place either is decided.
+    pub fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::NotFound | ApiError::NotServed(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::RequestTimeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Access(e) => access_status(e),
+            ApiError::Session(e) => session_status(e),
+            ApiError::Proxy(e) => proxy_status(e),
+            ApiError::Webhook(WebhookError::EncodeReview(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Webhook(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        }
+    }
+
+    /// What the broker log gets for a 5xx beyond the message (internal addresses, transport
+    /// errors); never sent to the caller.
+    fn log_detail(&self) -> String {
+        match self {
+            ApiError::Proxy(ProxyError::Unreachable { url, reason, .. }) => format!("{self} ({url}: {reason})"),
+            ApiError::Proxy(ProxyError::Timeout { url, .. }) => format!("{self} ({url})"),
+            e => crate::error_chain(e),
+        }
+    }
+}
+
+impl From<OidcError> for ApiError {
+    fn from(e: OidcError) -> ApiError {
+        ApiError::Session(SessionError::VerifySubject(e))
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        ApiError::Access(AccessError::Credentials(e))
+    }
 }
 
 /// Carried from `into_response` to [`render`], which adds the request id.
 #[derive(Clone, Debug)]
-struct ErrorBody {
+struct Failure {
     code: &'static str,
     message: String,
     log_detail: Option<String>,
 }
 
-impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str) {
-        match self {
-            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::NotFoundMsg(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
-            ApiError::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
-            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        }
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.parts();
-        let log_detail = match &self {
-            ApiError::Internal(d) => Some(d.clone()),
-            _ => None,
-        };
+        let (status, code) = self.status();
+        let log_detail = status.is_server_error().then(|| self.log_detail());
         let mut resp = status.into_response();
         if status == StatusCode::UNAUTHORIZED {
             // Bearer for GOAUTH/CLI clients, Basic so git and curl consult their credential helpers.
@@ -88,25 +157,27 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("Basic realm=\"gocred\""),
             );
         }
-        resp.extensions_mut().insert(ErrorBody { code, message: self.to_string(), log_detail });
+        resp.extensions_mut().insert(Failure { code, message: self.to_string(), log_detail });
         resp
     }
 }
 
-/// Fill in the JSON body of an error response (and log 5xx under the request id).
+/// Fill in the body of an error response (and log a 5xx under the request id).
 pub(super) fn render(resp: Response, id: &RequestId, plain: bool) -> Response {
-    let Some(body) = resp.extensions().get::<ErrorBody>().cloned() else {
+    let Some(f) = resp.extensions().get::<Failure>().cloned() else {
         return resp;
     };
     let status = resp.status();
-    let message = if let Some(detail) = &body.log_detail {
-        tracing::error!(request_id = %id.0, %detail, "internal error");
-        format!("internal error; see the broker log for request id {}", id.0)
-    } else {
-        if status.is_server_error() {
-            tracing::warn!(request_id = %id.0, message = %body.message, "request failed");
+    let message = match &f.log_detail {
+        Some(detail) if status == StatusCode::INTERNAL_SERVER_ERROR => {
+            tracing::error!(request_id = %id.0, %detail, "internal error");
+            format!("internal error; see the broker log for request id {}", id.0)
         }
-        body.message
+        Some(detail) => {
+            tracing::warn!(request_id = %id.0, %detail, "request failed");
+            f.message
+        }
+        None => f.message,
     };
     let (mut parts, _) = resp.into_parts();
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
@@ -119,26 +190,8 @@ pub(super) fn render(resp: Response, id: &RequestId, plain: bool) -> Response {
         );
         return Response::from_parts(parts, axum::body::Body::from(text));
     }
-    let json = serde_json::json!({ "error": body.code, "message": message, "request_id": id.0 });
+    let body = crate::proto::error::ErrorBody { error: f.code.into(), message, request_id: id.0.clone() };
+    let json = serde_json::to_vec(&body).unwrap_or_default();
     parts.headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
-    Response::from_parts(parts, axum::body::Body::from(json.to_string()))
-}
-
-impl From<crate::auth::oidc::OidcError> for ApiError {
-    /// A refused subject token is the caller's 401 (the message names the failed check); an
-    /// issuer whose keys cannot be fetched is a 503.
-    fn from(e: crate::auth::oidc::OidcError) -> ApiError {
-        if e.is_unavailable() { ApiError::Unavailable(e.to_string()) } else { ApiError::Unauthorized(e.to_string()) }
-    }
-}
-
-impl From<crate::webhook::WebhookError> for ApiError {
-    /// A review that is not a readable AdmissionReview is the caller's 400; failing to encode
-    /// the answer is ours.
-    fn from(e: crate::webhook::WebhookError) -> ApiError {
-        match e {
-            crate::webhook::WebhookError::EncodeReview(_) => ApiError::Internal(e.to_string()),
-            e => ApiError::BadRequest(e.to_string()),
-        }
-    }
+    Response::from_parts(parts, axum::body::Body::from(json))
 }

@@ -7,11 +7,9 @@
 pub mod auth;
 pub mod error;
 pub mod proxy;
+pub mod serve;
 pub mod webhook;
 
-use crate::health::Readiness;
-use crate::keys::Keys;
-use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
@@ -22,33 +20,8 @@ use error::ApiError;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Everything handlers need, cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub keys: Arc<Keys>,
-    pub readiness: Arc<Readiness>,
-    pub metrics: Arc<Metrics>,
-    pub tokens: Arc<crate::token::TokenService>,
-    pub login: Arc<crate::auth::ssh::SshLogin>,
-    pub proofs: Arc<crate::auth::proof::ProofVerifier>,
-    pub policy: Arc<crate::policy::PolicyEngine>,
-    pub audit: Arc<crate::audit::Audit>,
-    /// The broker's public origin (`https://host:port`).
-    pub origin: String,
-    pub require_proof: bool,
-    pub max_session_secs: u64,
-    /// The forwarding half of the proxy, when upstreams are configured.
-    pub proxy: Option<Arc<crate::proxy::Proxy>>,
-    /// Rate limits: per client on logins (each costs a signature check), per principal on
-    /// authenticated routes and revocations.
-    pub limits: Arc<crate::ratelimit::Limiters>,
-    /// Non-streaming routes answer within this.
-    pub request_timeout: std::time::Duration,
-    /// Injection settings of the admission webhook; `None`: `POST /v1/admission` is not routed.
-    pub webhook: Option<Arc<crate::webhook::InjectSettings>>,
-    /// Trusted OIDC issuers, for `POST /v1/token` exchanges.
-    pub oidc: Arc<crate::auth::oidc::OidcVerifier>,
-}
+/// Everything handlers need: the broker's services (cheap to clone).
+pub type AppState = Arc<crate::service::Broker>;
 
 /// A per-request id, in request extensions and the `x-request-id` response header.
 #[derive(Clone, Debug)]
@@ -80,7 +53,7 @@ pub fn app(state: AppState) -> Router {
         .route("/.well-known/gocred", get(proxy::well_known))
         .route("/mod/{*rest}", get(proxy::goproxy))
         .route("/git/{host}/{*rest}", get(proxy::git).post(proxy::git))
-        .merge(webhook::routes(state.webhook.as_ref()))
+        .merge(webhook::routes(state.webhook().is_some()))
         .route_layer(middleware::from_fn(tag_route))
         .fallback(proxy::host_routed)
         // Small JSON/form bodies only; proxied bodies are streamed and not subject to this.
@@ -99,8 +72,7 @@ async fn limit_login(State(state): State<AppState>, req: Request, next: Next) ->
             &state.limits.login_key(addr.ip(), req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok())),
         )
     {
-        return ApiError::TooManyRequests("too many login attempts from this address; wait a moment".into())
-            .into_response();
+        return ApiError::TooManyRequests("too many login attempts from this address; wait a moment").into_response();
     }
     next.run(req).await
 }
@@ -140,13 +112,10 @@ async fn outer(State(state): State<AppState>, mut req: Request, next: Next) -> R
     let resp = if plain {
         next.run(req).await
     } else {
-        match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        let limit = state.config.server.request_timeout;
+        match tokio::time::timeout(limit, next.run(req)).await {
             Ok(r) => r,
-            Err(_) => ApiError::Unavailable(format!(
-                "the request took longer than {} (server.request_timeout)",
-                humantime::format_duration(state.request_timeout)
-            ))
-            .into_response(),
+            Err(_) => ApiError::RequestTimeout(limit).into_response(),
         }
     };
     let mut resp = error::render(resp, &id, plain);

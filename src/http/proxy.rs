@@ -5,12 +5,13 @@
 //! its status, bytes and duration once the body has been streamed.
 
 use super::AppState;
-use super::auth::{Authed, authorize};
+use super::auth::Authed;
 use super::error::ApiError;
 use crate::audit::Event;
 use crate::policy::{Action, Resource};
+use crate::proxy::Proxy;
 use crate::proxy::route::{self, GitOp, Target};
-use crate::proxy::{Proxy, ProxyError};
+use crate::service::access::{Caller, authorize};
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -19,25 +20,6 @@ use futures_util::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-
-impl From<ProxyError> for ApiError {
-    fn from(e: ProxyError) -> Self {
-        match e {
-            ProxyError::BadPath(m) => ApiError::BadRequest(m),
-            ProxyError::NoUpstream(m) => ApiError::NotFoundMsg(format!("no upstream serves {m}")),
-            e @ ProxyError::Timeout { .. } => ApiError::GatewayTimeout(e.to_string()),
-            ProxyError::Unreachable { ref upstream, ref url, ref reason } => {
-                // Details (internal address, transport error) stay in the broker's log.
-                tracing::warn!(%upstream, %url, %reason, "upstream unreachable");
-                ApiError::BadGateway(e.to_string())
-            }
-            e @ (ProxyError::Rejected { .. } | ProxyError::Credential { .. } | ProxyError::Redirected { .. }) => {
-                ApiError::BadGateway(e.to_string())
-            }
-            ProxyError::Client { .. } => ApiError::Internal(e.to_string()),
-        }
-    }
-}
 
 /// Writes the audit line of a proxied request when its response body is done (or dropped).
 struct Finish {
@@ -59,13 +41,13 @@ impl Drop for Finish {
 }
 
 fn proxy(state: &AppState) -> Result<&Arc<Proxy>, ApiError> {
-    state.proxy.as_ref().ok_or_else(|| ApiError::NotFoundMsg("no upstreams are configured".into()))
+    state.proxy.as_ref().ok_or_else(|| ApiError::NotServed("no upstreams are configured".into()))
 }
 
 /// Authorize, forward, stream back.
 async fn forward(
     state: AppState,
-    a: Authed,
+    a: Caller,
     t: Target,
     method: Method,
     headers: HeaderMap,
@@ -125,7 +107,7 @@ async fn forward(
 /// `/mod/<module>/@v/...` — GOPROXY protocol.
 /// Routing works on the raw (still percent-encoded) path, never on decoded captures: a `%23`
 /// or `%3F` must not become a `#`/`?` between what the policy sees and what is sent upstream.
-pub async fn goproxy(State(state): State<AppState>, a: Authed, req: Request) -> Result<Response, ApiError> {
+pub async fn goproxy(State(state): State<AppState>, Authed(a): Authed, req: Request) -> Result<Response, ApiError> {
     let p = proxy(&state)?;
     let rest = req.uri().path().strip_prefix("/mod/").unwrap_or_default().to_string();
     let t = route::resolve_mod(p.upstreams(), &rest, req.uri().query())?;
@@ -134,7 +116,7 @@ pub async fn goproxy(State(state): State<AppState>, a: Authed, req: Request) -> 
 }
 
 /// `/git/<host>/<repo>/...` — git smart HTTP.
-pub async fn git(State(state): State<AppState>, a: Authed, req: Request) -> Result<Response, ApiError> {
+pub async fn git(State(state): State<AppState>, Authed(a): Authed, req: Request) -> Result<Response, ApiError> {
     let p = proxy(&state)?;
     let raw = req.uri().path().strip_prefix("/git/").unwrap_or_default();
     let (host, rest) =
@@ -166,7 +148,8 @@ pub async fn host_routed(State(state): State<AppState>, req: Request) -> Result<
         return Err(ApiError::NotFound);
     };
     let (mut parts, body) = req.into_parts();
-    let a = <Authed as axum::extract::FromRequestParts<AppState>>::from_request_parts(&mut parts, &state).await?;
+    let Authed(a) =
+        <Authed as axum::extract::FromRequestParts<AppState>>::from_request_parts(&mut parts, &state).await?;
     let path = parts.uri.path().trim_start_matches('/').to_string();
     let query = parts.uri.query().map(str::to_string);
     if query.as_deref().is_some_and(|q| q.split('&').any(|kv| kv == "go-get=1")) {
@@ -181,10 +164,10 @@ pub async fn host_routed(State(state): State<AppState>, req: Request) -> Result<
 /// upstream's own go-import answer (fetched with the upstream credential) — the broker
 /// advertises itself under the host the caller asked for, with exactly the repository path the
 /// upstream advertises (with or without `.git`) — else the first two path elements + `.git`.
-async fn go_import(state: &AppState, a: &Authed, idx: usize, host: &str, path: &str) -> Result<Response, ApiError> {
+async fn go_import(state: &AppState, a: &Caller, idx: usize, host: &str, path: &str) -> Result<Response, ApiError> {
     let p = proxy(state)?;
     let path = path.trim_end_matches('/');
-    if !route::clean_path(path) {
+    if !crate::proto::rules::clean_path(path) {
         return Err(ApiError::BadRequest("malformed module path".into()));
     }
     let upstream = &p.upstreams()[idx];
@@ -236,7 +219,7 @@ pub fn parse_go_import(html: &str, module: &str) -> Option<GoImport> {
         let fields: Vec<&str> = content[..end].split_whitespace().collect();
         let [prefix, vcs, url] = fields[..] else { continue };
         let covers = module == prefix || module.starts_with(&format!("{prefix}/"));
-        if covers && vcs == "git" && route::clean_path(prefix) {
+        if covers && vcs == "git" && crate::proto::rules::clean_path(prefix) {
             return Some(GoImport { prefix: prefix.into(), vcs: vcs.into(), repo_url: url.into() });
         }
     }
@@ -251,7 +234,7 @@ pub struct CredQuery {
 /// Vend mode: the upstream credential itself, for hosts that cannot be proxied.
 pub async fn credentials(
     State(state): State<AppState>,
-    a: Authed,
+    Authed(a): Authed,
     Query(q): Query<CredQuery>,
 ) -> Result<Response, ApiError> {
     let p = proxy(&state)?;
@@ -260,18 +243,18 @@ pub async fn credentials(
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     let idx = route::git_upstream(p.upstreams(), host)
         .filter(|i| p.upstreams()[*i].mode == crate::config::UpstreamMode::Vend)
-        .ok_or_else(|| ApiError::NotFoundMsg(format!("no vend-mode upstream serves {host}")))?;
+        .ok_or_else(|| ApiError::NotServed(format!("no vend-mode upstream serves {host}")))?;
     let u = p.upstreams()[idx].clone();
     let host = route::canonical_host(&u, host).unwrap_or(host);
     let module = route::repo_module(host, path);
-    if !route::clean_path(&module) {
+    if !crate::proto::rules::clean_path(&module) {
         return Err(ApiError::BadRequest("malformed URL path".into()));
     }
     authorize(&state, &a.request_id, &a.principal, Action::Credentials, &Resource::module(&module, &u.name))?;
     let cred = p
         .credential(&u, false)
         .await?
-        .ok_or_else(|| ApiError::NotFoundMsg(format!("upstream {} has no credential", u.name)))?;
+        .ok_or_else(|| ApiError::NotServed(format!("upstream {} has no credential", u.name)))?;
     use secrecy::ExposeSecret;
     let expires_at =
         crate::unix_now() + crate::proxy::CRED_TTL.as_secs().saturating_sub(cred.fetched.elapsed().as_secs());
@@ -289,59 +272,6 @@ pub async fn credentials(
 }
 
 /// `/.well-known/gocred`: what clients need to configure themselves.
-fn login_methods(state: &AppState) -> Vec<&'static str> {
-    let mut m = vec!["ssh"];
-    if state.oidc.human_issuer().is_some() {
-        m.extend(["oidc", "device"]);
-    }
-    if !state.oidc.is_empty() {
-        m.push("token-exchange");
-    }
-    m
-}
-
 pub async fn well_known(State(state): State<AppState>) -> impl IntoResponse {
-    let ups: Vec<&crate::config::Upstream> =
-        state.proxy.as_ref().map(|p| p.upstreams().iter().collect()).unwrap_or_default();
-    let mut modules: Vec<String> = Vec::new();
-    for m in ups.iter().flat_map(|u| u.modules.iter()) {
-        if !modules.contains(m) {
-            modules.push(m.clone());
-        }
-    }
-    let git_hosts: Vec<serde_json::Value> = ups
-        .iter()
-        .filter(|u| u.kind == crate::config::UpstreamKind::Git && u.mode == crate::config::UpstreamMode::Proxy)
-        .flat_map(|u| {
-            u.hosts.iter().map(|h| serde_json::json!({"host": h, "url": format!("{}/git/{h}/", state.origin)}))
-        })
-        .collect();
-    let has_goproxy = ups.iter().any(|u| u.kind == crate::config::UpstreamKind::Goproxy);
-    // Module prefixes of proxied git hosts that no module-proxy upstream serves: `go` fetches
-    // them with git (GONOPROXY), which `insteadOf` sends to /git/.
-    let proxied: Vec<&String> =
-        ups.iter().filter(|u| u.kind == crate::config::UpstreamKind::Goproxy).flat_map(|u| u.modules.iter()).collect();
-    let direct_modules: Vec<&String> = ups
-        .iter()
-        .filter(|u| u.kind == crate::config::UpstreamKind::Git && u.mode == crate::config::UpstreamMode::Proxy)
-        .flat_map(|u| u.modules.iter())
-        .filter(|m| !proxied.iter().any(|p| *m == *p || m.starts_with(&format!("{p}/"))))
-        .collect();
-    axum::Json(serde_json::json!({
-        "direct_modules": direct_modules,
-        "issuer": state.origin,
-        "origin": state.origin,
-        "modules": modules,
-        "goproxy": has_goproxy.then(|| format!("{}/mod", state.origin)),
-        "git": git_hosts,
-        "vend_hosts": ups.iter().filter(|u| u.mode == crate::config::UpstreamMode::Vend).flat_map(|u| u.hosts.clone()).collect::<Vec<_>>(),
-        "proof": { "namespace": crate::auth::proof::PROOF_NAMESPACE, "prefix": format!("{}/", state.origin), "max_lifetime": crate::auth::proof::MAX_PROOF_LIFETIME_SECS },
-        "login": login_methods(&state),
-        "oidc": state.oidc.human_issuer().map(|i| serde_json::json!({
-            "issuer": i.issuer,
-            "client_id": i.client_id,
-            "scopes": i.scopes,
-        })),
-        "token_endpoint": format!("{}/v1/token", state.origin),
-    }))
+    axum::Json(crate::service::meta::metadata(&state))
 }

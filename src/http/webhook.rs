@@ -15,17 +15,16 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::post;
-use std::sync::Arc;
 
 /// The largest AdmissionReview accepted. kube-apiserver limits objects to about 1.5 MiB and a
 /// review carries at most two of them (object and oldObject).
 pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
 
 /// The webhook route, when the webhook is enabled (an empty router otherwise).
-pub fn routes(settings: Option<&Arc<InjectSettings>>) -> Router<AppState> {
-    match settings {
-        Some(_) => Router::new().route("/v1/admission", post(admission).layer(DefaultBodyLimit::max(BODY_LIMIT))),
-        None => Router::new(),
+pub fn routes(enabled: bool) -> Router<AppState> {
+    match enabled {
+        true => Router::new().route("/v1/admission", post(admission).layer(DefaultBodyLimit::max(BODY_LIMIT))),
+        false => Router::new(),
     }
 }
 
@@ -33,7 +32,7 @@ async fn admission(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let settings = state.webhook.as_ref().ok_or(ApiError::NotFound)?;
+    let settings: &InjectSettings = state.webhook().ok_or(ApiError::NotFound)?;
     let body = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(format!("an AdmissionReview may be at most {} MiB", BODY_LIMIT >> 20))

@@ -116,7 +116,7 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(upstreams: Vec<Upstream>, store: Arc<SecretStore>) -> Result<Proxy, ProxyError> {
-        crate::tls::install_crypto_provider();
+        crate::install_crypto_provider();
         let mut clients = Vec::new();
         for u in &upstreams {
             let fail = |reason: String| ProxyError::Client { upstream: u.name.clone(), reason };

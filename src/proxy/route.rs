@@ -3,6 +3,7 @@
 
 use super::ProxyError;
 use crate::config::{Upstream, UpstreamKind};
+pub use crate::proto::rules::clean_path;
 
 /// What a git request does (read vs write decides the Cedar action).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,16 +52,6 @@ pub fn unescape_module(escaped: &str) -> Result<String, ProxyError> {
         return Err(ProxyError::BadPath("dangling ! in module path".into()));
     }
     Ok(out)
-}
-
-/// A path made of plain elements in the module-path character set (`A-Z a-z 0-9 . _ ~ + ! @ -`
-/// and `/` between non-empty elements other than `.` and `..`). Everything else — `%`, `?`,
-/// `#`, `\\`, quotes, whitespace — is refused, so the path the policy sees is byte for byte the
-/// path sent upstream.
-pub fn clean_path(p: &str) -> bool {
-    !p.is_empty()
-        && p.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
-        && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '+' | '!' | '@' | '-' | '/'))
 }
 
 /// `/mod/<rest>` → the goproxy upstream serving the module.

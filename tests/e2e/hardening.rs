@@ -417,9 +417,9 @@ async fn rate_limits_follow_trusted_proxies_principals_and_revocations() {
     let key = d.join("alice");
     let prefix = format!("{}/", g.url);
     let exp = now() + 300;
-    let msg = gocred::auth::proof::proof_message(&token, &prefix, exp);
+    let msg = gocred::proto::proof::proof_message(&token, &prefix, exp);
     let sig = gocred::auth::sshsig::parse(&ssh_sign(&key, "gocred-proof@v1", &msg)).unwrap();
-    let proof = gocred::auth::proof::encode(exp, &prefix, &gocred::auth::sshsig::to_b64url(&sig).unwrap());
+    let proof = gocred::proto::proof::encode(exp, &prefix, &gocred::proto::proof::signature_b64url(&sig).unwrap());
     let authed = |c: &reqwest::Client, m: reqwest::Method, path: &str| {
         c.request(m, format!("{}{path}", g.url)).bearer_auth(&token).header("Gocred-Proof", &proof)
     };

@@ -336,7 +336,7 @@ impl Gocred {
 
 /// An HTTP client trusting `ca` (PEM) in addition to nothing else.
 pub fn client(ca: Option<&Path>) -> reqwest::Client {
-    gocred::tls::install_crypto_provider();
+    gocred::install_crypto_provider();
     let mut b = reqwest::Client::builder().timeout(Duration::from_secs(10));
     let certs = match ca {
         Some(ca) => reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap(),
@@ -588,10 +588,10 @@ impl SshBroker {
 
     /// A proof for `token` made with `ssh-keygen -Y sign` by `key`.
     pub fn proof(&self, token: &str, key: &Path, prefix: &str, exp: u64) -> String {
-        let msg = gocred::auth::proof::proof_message(token, prefix, exp);
+        let msg = gocred::proto::proof::proof_message(token, prefix, exp);
         let armored = ssh_sign(key, "gocred-proof@v1", &msg);
         let sig = gocred::auth::sshsig::parse(&armored).unwrap();
-        gocred::auth::proof::encode(exp, prefix, &gocred::auth::sshsig::to_b64url(&sig).unwrap())
+        gocred::proto::proof::encode(exp, prefix, &gocred::proto::proof::signature_b64url(&sig).unwrap())
     }
 
     /// GET a protected route with explicit headers.

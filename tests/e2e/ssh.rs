@@ -454,12 +454,12 @@ async fn revocation_on_one_broker_is_honoured_by_another_within_10s_with_keys_fr
     assert_eq!(r.status(), 200);
     let login: serde_json::Value = r.json().await.unwrap();
     let t = login["access_token"].as_str().unwrap().to_string();
-    let msg = gocred::auth::proof::proof_message(&t, &format!("{public}/"), now() + 300);
+    let msg = gocred::proto::proof::proof_message(&t, &format!("{public}/"), now() + 300);
     let psig = gocred::auth::sshsig::parse(&ssh_sign(&key, "gocred-proof@v1", &msg)).unwrap();
-    let proof = gocred::auth::proof::encode(
+    let proof = gocred::proto::proof::encode(
         now() + 300,
         &format!("{public}/"),
-        &gocred::auth::sshsig::to_b64url(&psig).unwrap(),
+        &gocred::proto::proof::signature_b64url(&psig).unwrap(),
     );
     let who = |u: String| {
         let (c, t, p) = (c.clone(), t.clone(), proof.clone());

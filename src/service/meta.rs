@@ -1,0 +1,72 @@
+//! What `GET /.well-known/gocred` says about this broker: the module patterns it serves, its
+//! GOPROXY and git URLs, the login methods and the SSO issuer, and how proofs are made.
+//!
+//! Must not: list anything a client should not configure (upstream addresses, credentials).
+
+use super::Broker;
+use crate::config::{Upstream, UpstreamKind, UpstreamMode};
+use crate::proto::meta::{GitHost, Metadata, OidcInfo, ProofInfo};
+
+fn login_methods(b: &Broker) -> Vec<String> {
+    let mut m = vec!["ssh".to_string()];
+    if b.oidc.human_issuer().is_some() {
+        m.extend(["oidc".into(), "device".into()]);
+    }
+    if !b.oidc.is_empty() {
+        m.push("token-exchange".into());
+    }
+    m
+}
+
+fn proxied_git(u: &&&Upstream) -> bool {
+    u.kind == UpstreamKind::Git && u.mode == UpstreamMode::Proxy
+}
+
+/// The broker's self-description.
+pub fn metadata(b: &Broker) -> Metadata {
+    let origin = &b.origin;
+    let ups: Vec<&Upstream> = b.proxy.as_ref().map(|p| p.upstreams().iter().collect()).unwrap_or_default();
+    let mut modules: Vec<String> = Vec::new();
+    for m in ups.iter().flat_map(|u| u.modules.iter()) {
+        if !modules.contains(m) {
+            modules.push(m.clone());
+        }
+    }
+    let git = ups
+        .iter()
+        .filter(proxied_git)
+        .flat_map(|u| u.hosts.iter().map(|h| GitHost { host: h.clone(), url: format!("{origin}/git/{h}/") }))
+        .collect();
+    // Module prefixes of proxied git hosts that no module-proxy upstream serves: `go` fetches
+    // them with git (GONOPROXY), which `insteadOf` sends to /git/.
+    let proxied: Vec<&String> =
+        ups.iter().filter(|u| u.kind == UpstreamKind::Goproxy).flat_map(|u| u.modules.iter()).collect();
+    let direct_modules = ups
+        .iter()
+        .filter(proxied_git)
+        .flat_map(|u| u.modules.iter())
+        .filter(|m| !proxied.iter().any(|p| *m == *p || m.starts_with(&format!("{p}/"))))
+        .cloned()
+        .collect();
+    Metadata {
+        issuer: origin.clone(),
+        origin: origin.clone(),
+        modules,
+        direct_modules,
+        goproxy: ups.iter().any(|u| u.kind == UpstreamKind::Goproxy).then(|| format!("{origin}/mod")),
+        git,
+        vend_hosts: ups.iter().filter(|u| u.mode == UpstreamMode::Vend).flat_map(|u| u.hosts.clone()).collect(),
+        proof: ProofInfo {
+            namespace: crate::proto::proof::PROOF_NAMESPACE.into(),
+            prefix: format!("{origin}/"),
+            max_lifetime: crate::proto::proof::MAX_PROOF_LIFETIME_SECS,
+        },
+        login: login_methods(b),
+        oidc: b.oidc.human_issuer().map(|i| OidcInfo {
+            issuer: i.issuer.clone(),
+            client_id: i.client_id.clone().unwrap_or_default(),
+            scopes: i.scopes.clone(),
+        }),
+        token_endpoint: format!("{origin}/v1/token"),
+    }
+}
