@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // bench code: a failed unwrap aborts the run
 //! Authentication throughput, in process (the axum router called without a socket), on this
 //! machine. Every figure is also given as a ratio to `GET /healthz` measured in the same run, so
 //! numbers from noisy machines stay comparable.

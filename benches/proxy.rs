@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // bench code: a failed unwrap aborts the run
 //! Proxy overhead: the same GOPROXY requests sent directly to an upstream (with its own bearer
 //! credential) and through gocred (token + proof in, upstream credential injected, streamed
 //! back), in one run, over loopback. Reports requests/s for a small `.info` and MB/s for a

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // bench code: a failed unwrap aborts the run
 //! Admission webhook latency and throughput over real HTTPS: the broker (in this process, TLS
 //! with the dev CA, `[webhook]` enabled) answers `POST /v1/admission` with the
 //! `annotated-multi` fixture (a Job pod: two containers, two init containers, existing env and

@@ -31,6 +31,8 @@ fn main() -> ExitCode {
     };
     match rt.block_on(gocred::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `gocred netrc | head -1`: the reader is done; not an error (as ripgrep does).
+        Err(e) if gocred::cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gocred: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::from(1)

@@ -16,12 +16,12 @@ use ssh_key::{Certificate, HashAlg, PublicKey, SshSig, public::KeyData};
 
 /// The verified signer: its plain public key and, when it signed with one, its certificate.
 #[derive(Debug, Clone)]
-pub struct Signer {
+pub struct VerifiedSigner {
     pub key: KeyData,
     pub certificate: Option<Certificate>,
 }
 
-impl Signer {
+impl VerifiedSigner {
     /// `SHA256:...`, as `ssh-keygen -l` prints it, of the plain key.
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.key)
@@ -64,7 +64,12 @@ const SK_USER_VERIFIED: u8 = 0x04;
 /// Verify `sig` over `msg` in `namespace`; returns the signer. A security-key signature must
 /// carry the user-presence flag (someone touched the key), as OpenSSH requires by default, and
 /// the user-verification flag (PIN or biometric) too when `require_uv`.
-pub fn verify(sig: &SshSig, namespace: &'static str, msg: &[u8], require_uv: bool) -> Result<Signer, AuthError> {
+pub fn verify(
+    sig: &SshSig,
+    namespace: &'static str,
+    msg: &[u8],
+    require_uv: bool,
+) -> Result<VerifiedSigner, AuthError> {
     if sig.namespace() != namespace {
         return Err(AuthError::WrongNamespace { got: sig.namespace().to_string(), expected: namespace });
     }
@@ -98,7 +103,7 @@ pub fn verify(sig: &SshSig, namespace: &'static str, msg: &[u8], require_uv: boo
             ));
         }
     }
-    Ok(Signer { key, certificate })
+    Ok(VerifiedSigner { key, certificate })
 }
 
 /// The exact size of an RSA modulus in bits (`ssh-key`'s `key_size` counts whole bytes, so a

@@ -251,6 +251,6 @@ fn install(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
     let state = dir.join("state");
     std::fs::create_dir_all(&state).with_context(|| format!("cannot create {}", state.display()))?;
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o1777))?;
-    println!("gocred: installed {} (mode {mode}, broker {broker})", helper.display());
+    outln!("gocred: installed {} (mode {mode}, broker {broker})", helper.display());
     Ok(())
 }

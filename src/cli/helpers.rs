@@ -48,7 +48,7 @@ pub async fn goauth(url: Option<String>) -> anyhow::Result<()> {
         force = status == "401";
     }
     let (s, proof, _) = credentials(&store, force).await?;
-    print!("{}/\n\nAuthorization: Bearer {}\nGocred-Proof: {}\n\n", origin(&s), s.token.expose(), proof);
+    out!("{}/\n\nAuthorization: Bearer {}\nGocred-Proof: {}\n\n", origin(&s), s.token.expose(), proof);
     Ok(())
 }
 
@@ -95,7 +95,7 @@ pub async fn credential(args: CredentialArgs) -> anyhow::Result<()> {
         out.push_str(&format!("username=gocred\npassword={}~{}\n", s.token.expose(), proof));
     }
     out.push_str(&format!("password_expiry_utc={}\n", expiry_of(&s, proof_exp)));
-    print!("{out}");
+    out!("{out}");
     Ok(())
 }
 
@@ -110,11 +110,11 @@ pub async fn askpass(prompt: String) -> anyhow::Result<()> {
         bail!("askpass: the prompt is not for the gocred broker {}: {}", origin(&session), prompt.trim());
     }
     if prompt.trim_start().starts_with("Username") {
-        println!("gocred");
+        outln!("gocred");
         return Ok(());
     }
     let (s, proof, _) = credentials(&store, false).await?;
-    println!("{}~{}", s.token.expose(), proof);
+    outln!("{}~{}", s.token.expose(), proof);
     Ok(())
 }
 
@@ -252,7 +252,7 @@ pub async fn netrc(args: NetrcArgs) -> anyhow::Result<()> {
         ours.push_str(&format!("machine {host} login gocred password {}~{}\n", s.token.expose(), proof));
     }
     match args.out {
-        None => print!("{ours}"),
+        None => out!("{ours}"),
         Some(path) => {
             let existing = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
@@ -318,13 +318,13 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
         git.push((format!("url.{}.insteadOf", g.url), format!("https://{}/", g.host)));
     }
     for (k, v) in &go_env {
-        println!("go env -w {k}={v}");
+        outln!("go env -w {k}={v}");
     }
     for (k, v) in &git {
-        println!("git config --global {k} {v:?}");
+        outln!("git config --global {k} {v:?}");
     }
     if args.dry_run {
-        println!("gocred: dry run: nothing changed");
+        outln!("gocred: dry run: nothing changed");
         return Ok(());
     }
     let go = std::process::Command::new("go")
@@ -345,7 +345,7 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
             bail!("`git config --global {k}` failed");
         }
     }
-    println!("gocred: go and git now use {broker}");
+    outln!("gocred: go and git now use {broker}");
     Ok(())
 }
 

@@ -3,6 +3,17 @@
 //!
 //! Must not: implement broker logic — it calls into the library.
 
+/// `print!` that returns the write error (a closed pipe: `gocred netrc | head -1`) instead of
+/// panicking; `main` exits quietly on a broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*))? };
+}
+/// `println!` with [`out!`]'s error handling.
+macro_rules! outln {
+    () => { $crate::cli::write_stdout(format_args!("\n"))? };
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))? };
+}
+
 mod agent;
 mod helpers;
 mod policy;
@@ -10,6 +21,19 @@ mod serve;
 mod session;
 
 use clap::{Parser, Subcommand};
+
+/// Write to stdout and flush, returning any error (the caller's `?` carries it to `main`).
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)?;
+    out.flush()
+}
+
+/// True when `e` is (caused by) writing to a closed pipe: the reader went away, not a failure.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
 
 /// gocred — credential broker for private Go modules.
 #[derive(Debug, Parser)]

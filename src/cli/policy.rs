@@ -47,7 +47,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Check { dir } => {
             let p = Policies::load_dir(&dir)?;
-            println!("gocred: {} policies in {} are valid", p.len(), dir.display());
+            outln!("gocred: {} policies in {} are valid", p.len(), dir.display());
             Ok(())
         }
         PolicyCommand::Explain(a) => {
@@ -74,15 +74,15 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             let action: Action = a.action.parse().map_err(|e: String| anyhow::anyhow!(e))?;
             let resource: Resource = a.resource.parse().map_err(|e: String| anyhow::anyhow!(e))?;
             let d = p.decide(&principal, action, &resource);
-            println!("decision: {}", if d.allowed { "ALLOW" } else { "DENY" });
+            outln!("decision: {}", if d.allowed { "ALLOW" } else { "DENY" });
             if d.policy_ids.is_empty() {
-                println!("policies: (none matched: deny by default)");
+                outln!("policies: (none matched: deny by default)");
             } else {
                 for id in &d.policy_ids {
-                    println!("policy:   {id} ({})", p.location(id).unwrap_or("?"));
+                    outln!("policy:   {id} ({})", p.location(id).unwrap_or("?"));
                 }
             }
-            println!("reason:   {}", d.reason);
+            outln!("reason:   {}", d.reason);
             Ok(())
         }
     }

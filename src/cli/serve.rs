@@ -68,8 +68,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     if args.check {
         let (policies, _) = crate::server::load_policies(&config.policy)?;
-        println!("gocred: {} policies valid", policies.len());
-        println!(
+        outln!("gocred: {} policies valid", policies.len());
+        outln!(
             "gocred: config OK ({}; secrets: {}; listen {})",
             config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "--dev".into()),
             describe_backend(&config),
@@ -87,25 +87,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let broker = Broker::start(config, url.clone()).await?;
     let kid = broker.keys.snapshot().set.current().kid.clone();
 
-    println!("gocred: listening on {scheme}://{addr} (public URL {url})");
-    println!("gocred: secrets backend: {backend}; signing key {kid}");
+    outln!("gocred: listening on {scheme}://{addr} (public URL {url})");
+    outln!("gocred: secrets backend: {backend}; signing key {kid}");
     if let Some(ca) = &dev_ca {
-        println!(
+        outln!(
             "gocred: dev CA {} ({}): trust it with SSL_CERT_FILE / GIT_SSL_CAINFO / curl --cacert",
             ca.ca_cert.display(),
             if ca.created_ca { "created" } else { "reused" }
         );
         if let crate::config::AuthorizedKeys::Inline(m) = &broker.config.ssh.authorized_keys {
             for (user, keys) in m {
-                println!("gocred: dev user {user}: {} SSH key(s) from ~/.ssh/*.pub may log in", keys.len());
+                outln!("gocred: dev user {user}: {} SSH key(s) from ~/.ssh/*.pub may log in", keys.len());
             }
         }
-        println!("gocred: next: gocred login --ssh --broker {url} --ca-cert {}", ca.ca_cert.display());
-        println!("gocred:       gocred status");
-        println!("gocred:       curl --cacert {} {url}/.well-known/jwks.json", ca.ca_cert.display());
+        outln!("gocred: next: gocred login --ssh --broker {url} --ca-cert {}", ca.ca_cert.display());
+        outln!("gocred:       gocred status");
+        outln!("gocred:       curl --cacert {} {url}/.well-known/jwks.json", ca.ca_cert.display());
     }
     crate::server::serve(broker, listener, shutdown_signal()).await?;
-    println!("gocred: stopped");
+    outln!("gocred: stopped");
     Ok(())
 }
 

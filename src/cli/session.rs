@@ -4,7 +4,7 @@ use crate::client::api::BrokerClient;
 use crate::client::session::{PROOF_SECS, SSO_KEY, session_from};
 use crate::client::signer::{Signer, default_key_files};
 use crate::client::state::{Session, SessionMethod, Store};
-use crate::client::{ClientError, agent::Agent};
+use crate::client::{ClientError, ssh_agent::Agent};
 use anyhow::{Context, bail};
 use clap::Args;
 use std::io::IsTerminal;
@@ -146,7 +146,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
             Ok(t) => {
                 let s = session_from(&client, ca.clone(), &signer, t, SessionMethod::Ssh);
                 store.save(&s)?;
-                println!(
+                outln!(
                     "gocred: logged in to {} as {} with {} ({}); token valid until {}",
                     s.broker,
                     s.user,
@@ -172,15 +172,15 @@ pub async fn status() -> anyhow::Result<()> {
         crate::client::signer::KeyRef::Agent { .. } => "ssh-agent".to_string(),
         crate::client::signer::KeyRef::File { path } => path.display().to_string(),
     };
-    println!("broker:  {}", s.broker);
-    println!(
+    outln!("broker:  {}", s.broker);
+    outln!(
         "user:    {}{}",
         s.user,
         if s.groups.is_empty() { String::new() } else { format!(" (groups: {})", s.groups.join(", ")) }
     );
-    println!("key:     {} ({source})", s.key_fingerprint);
-    println!("token:   {} (until {})", left(s.expires_at, now), time_str(s.expires_at));
-    println!("session: {} (until {})", left(s.session_expires_at, now), time_str(s.session_expires_at));
+    outln!("key:     {} ({source})", s.key_fingerprint);
+    outln!("token:   {} (until {})", left(s.expires_at, now), time_str(s.expires_at));
+    outln!("session: {} (until {})", left(s.session_expires_at, now), time_str(s.session_expires_at));
     if s.session_expires_at <= now {
         bail!("session ended: run gocred login");
     }
@@ -226,7 +226,7 @@ async fn login_sso(args: LoginArgs) -> anyhow::Result<()> {
         && !token_before.as_ref().is_some_and(|t| p.token.matches(t.expose()))
         && p.expires_at > crate::unix_now()
     {
-        println!("gocred: already logged in to {} as {} (a concurrent login just finished)", p.broker, p.user);
+        outln!("gocred: already logged in to {} as {} (a concurrent login just finished)", p.broker, p.user);
         return Ok(());
     }
     let (broker_url, ca) = broker_and_ca(&args, prev.as_ref())?;
@@ -274,7 +274,7 @@ async fn login_sso(args: LoginArgs) -> anyhow::Result<()> {
         refresh_token: tokens.refresh_token,
     });
     store.save(&s)?;
-    println!(
+    outln!(
         "gocred: logged in to {} as {} via {} (key {}); token valid until {}",
         s.broker,
         s.user,
@@ -291,14 +291,14 @@ pub async fn token() -> anyhow::Result<()> {
     if !crate::proto::token::is_token(s.token.expose()) {
         return Err(ClientError::MalformedToken("the session holds a malformed token").into());
     }
-    println!("{}", s.token.expose());
+    outln!("{}", s.token.expose());
     Ok(())
 }
 
 pub async fn logout() -> anyhow::Result<()> {
     let store = Store::lock()?;
     let Some(s) = store.load()? else {
-        println!("gocred: not logged in");
+        outln!("gocred: not logged in");
         return Ok(());
     };
     let now = crate::unix_now();
@@ -314,6 +314,6 @@ pub async fn logout() -> anyhow::Result<()> {
         }
     }
     store.remove()?;
-    println!("gocred: logged out{}", if revoked { " (token revoked)" } else { "" });
+    outln!("gocred: logged out{}", if revoked { " (token revoked)" } else { "" });
     Ok(())
 }

@@ -1,18 +1,18 @@
 //! The client side of gocred (what `gocred login`, `status`, `token`, `logout` and the helpers
-//! use): talking to ssh-agent ([`agent`]), signing with agent or key-file keys ([`signer`]), the
+//! use): talking to ssh-agent ([`ssh_agent`]), signing with agent or key-file keys ([`signer`]), the
 //! broker API ([`api`]) and the local session state ([`state`]: XDG dirs, 0600 files, one
 //! refresh at a time under a file lock), SSO with the identity provider ([`oidc`]) and ambient
 //! workload tokens ([`ambient`]: Kubernetes projected tokens, GitHub Actions, GitLab).
 //!
 //! Must not: print to the terminal (the CLI decides what to say) or log a token or proof.
 
-pub mod agent;
 pub mod ambient;
 pub mod api;
 pub mod meta;
 pub mod oidc;
 pub mod session;
 pub mod signer;
+pub mod ssh_agent;
 pub mod state;
 
 /// A client-side failure, phrased so the CLI can print it as one line.

@@ -3,7 +3,7 @@
 //! over the plain public key; a certificate, when there is one, travels separately.
 
 use super::ClientError;
-use super::agent::Agent;
+use super::ssh_agent::Agent;
 use ssh_key::{Certificate, HashAlg, PrivateKey, SshSig, public::KeyData};
 use std::path::{Path, PathBuf};
 

@@ -8,7 +8,7 @@ use crate::proxy::{alice_auth, env_refs, go_env, go_get, world_full};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -489,6 +489,15 @@ async fn netrc_out_writes_entries_curl_and_go_actually_use() {
         let (ok, out, _) = go_get(&w, &format!("netrc-{i}"), &genv, "git.corp.test/acme/lib.git");
         assert!(ok, "{name}: go did not send gocred's entry: {out}\n{written}");
     }
+    // `gocred netrc | head -1`: a reader that went away is not a crash (stdout's read end is
+    // closed before gocred writes).
+    let env = go_env(&w, "cache-netrc-pipe", &[]);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = gocred_cmd(&["netrc"], &env_refs(&env)).stdin(Stdio::null()).stdout(writer).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "gocred netrc panicked on a closed pipe: {err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
 }
 
 /// (12) A token carrying CR/LF (from a tampered session file or a broker answer) never reaches

@@ -4,12 +4,15 @@
 //! Peers are installed by `tests/peers/install.sh` (the README's test command runs it). A test
 //! whose peer is missing fails with a message saying how to install it.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod chart;
 mod docs;
 mod foundation;
 mod hardening;
 mod harness;
 mod injected;
+mod layering;
 mod oidc;
 mod proxy;
 mod ssh;

@@ -18,7 +18,7 @@ const RSA_SHA2_512: u32 = 4;
 
 /// One key the agent holds (a plain key or a certificate).
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub struct AgentKey {
     pub key: KeyData,
     pub comment: String,
 }
@@ -82,7 +82,7 @@ impl Agent {
     }
 
     /// The agent's keys.
-    pub fn identities(&self) -> Result<Vec<Identity>, ClientError> {
+    pub fn identities(&self) -> Result<Vec<AgentKey>, ClientError> {
         let reply = self.call(&[REQUEST_IDENTITIES])?;
         if reply[0] != IDENTITIES_ANSWER || reply.len() < 5 {
             return Err(self.err("unexpected reply to identity request"));
@@ -95,7 +95,7 @@ impl Agent {
             let comment = take_string(&mut rest).ok_or_else(|| self.err("truncated identity list"))?;
             // Keys of types this client cannot use (e.g. DSA, FIDO) are skipped.
             if let Ok(key) = KeyData::decode(&mut &blob[..]) {
-                out.push(Identity { key, comment: String::from_utf8_lossy(comment).into_owned() });
+                out.push(AgentKey { key, comment: String::from_utf8_lossy(comment).into_owned() });
             }
         }
         Ok(out)
