@@ -148,3 +148,6 @@ async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
         snap.jwks.clone(),
     )
 }
+
+#[cfg(test)]
+mod tests;
