@@ -409,7 +409,8 @@ impl Issuer {
         Err(OidcError::BadSignature { issuer: self.cfg.name.clone(), kid: kid_text })
     }
 
-    fn map_claims(&self, c: &serde_json::Map<String, serde_json::Value>, now: u64) -> Result<Identity, OidcError> {
+    /// The time claims (`exp`, `nbf`, `iat`, `max_token_age`) and the audience; returns `exp`.
+    fn check_validity(&self, c: &serde_json::Map<String, serde_json::Value>, now: u64) -> Result<u64, OidcError> {
         let name = || self.cfg.name.clone();
         let leeway = self.cfg.leeway.as_secs();
         let num = |k: &str| c.get(k).and_then(|v| v.as_f64()).map(|f| if f < 0.0 { 0 } else { f as u64 });
@@ -451,6 +452,13 @@ impl Issuer {
                 expected: self.cfg.audiences.clone(),
             });
         }
+        Ok(exp)
+    }
+
+    fn map_claims(&self, c: &serde_json::Map<String, serde_json::Value>, now: u64) -> Result<Identity, OidcError> {
+        let name = || self.cfg.name.clone();
+        let exp = self.check_validity(c, now)?;
+        let num = |k: &str| c.get(k).and_then(|v| v.as_f64()).map(|f| if f < 0.0 { 0 } else { f as u64 });
         let get = |claim: &str, attr: &str| -> Result<String, OidcError> {
             let v = if claim.starts_with('/') {
                 serde_json::Value::Object(c.clone()).pointer(claim).cloned()

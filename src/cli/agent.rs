@@ -162,23 +162,10 @@ async fn write_bundle(dir: &Path, s: &Session, proof: &str, until: u64, ca: Opti
     Ok(())
 }
 
-/// The init container's job: `DIR/bin/gocred`, `DIR/gitconfig`, `DIR/ca.pem`.
-fn install(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
-    let broker = checked_origin(broker.context("GOCRED_BROKER is not set")?)?;
-    // git runs the helper through a shell: the path must be plain.
-    let plain =
-        |p: &Path| p.to_str().is_some_and(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)));
-    if !plain(dir) || !dir.is_absolute() {
-        bail!("install directory `{}` must be an absolute path of letters, digits, `/._-`", dir.display());
-    }
-    let mode = std::env::var("GOCRED_INJECT_MODE").unwrap_or_else(|_| "goproxy".into());
-    if mode != "goproxy" && mode != "git" {
-        bail!("GOCRED_INJECT_MODE `{mode}` must be goproxy or git");
-    }
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
+/// `bin/gocred`: a copy of this binary, through a fresh, unpredictable temp name opened with
+/// O_EXCL (never through a planted symlink), renamed into place.
+fn copy_self(bin: &Path) -> anyhow::Result<()> {
     let me = std::env::current_exe().context("cannot find the gocred binary")?;
-    // A fresh, unpredictable temp name opened with O_EXCL (never through a planted symlink).
     let tmp = bin.join(format!(".gocred.{}.tmp", crate::fsutil::hex(&crate::random_bytes::<8>())));
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -192,18 +179,12 @@ fn install(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
         std::io::copy(&mut src, &mut out).with_context(|| format!("cannot copy {}", me.display()))?;
         out.sync_all()?;
     }
-    use std::os::unix::fs::PermissionsExt;
     std::fs::rename(&tmp, bin.join("gocred"))?;
-    let helper = bin.join("gocred");
-    // The user's own git config still applies (safe.directory, other rewrites); ours follows and
-    // wins for the broker. Missing include files are ignored by git.
-    let mut gitconfig = format!(
-        "# Written by gocred agent --install.\n[include]\n\tpath = ~/.gitconfig\n\tpath = ~/.config/git/config\n\
-         [credential \"{broker}\"]\n\thelper =\n\thelper = {} credential\n",
-        helper.display()
-    );
-    // Hosts the broker proxies over git smart HTTP: rewritten to it in both modes (a `git clone
-    // https://<host>/...` in the build works too).
+    Ok(())
+}
+
+/// `GOCRED_GIT_HOSTS`: the hosts the broker proxies over git smart HTTP (bare host names).
+fn git_hosts_from_env() -> anyhow::Result<Vec<String>> {
     let mut hosts: Vec<String> = Vec::new();
     for h in std::env::var("GOCRED_GIT_HOSTS").unwrap_or_default().split(',').map(str::trim).filter(|h| !h.is_empty()) {
         if !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
@@ -213,12 +194,12 @@ fn install(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
             hosts.push(h.to_string());
         }
     }
-    if mode == "git" && hosts.is_empty() {
-        bail!("GOCRED_INJECT_MODE is git but GOCRED_GIT_HOSTS names no host");
-    }
-    for h in hosts {
-        gitconfig.push_str(&format!("[url \"{broker}/git/{h}/\"]\n\tinsteadOf = https://{h}/\n"));
-    }
+    Ok(hosts)
+}
+
+/// `GOCRED_CA_PEM`, when set: `ca.pem` and `certs/gocred-ca.pem`, and git's CA for the broker.
+fn write_ca(dir: &Path, broker: &str, gitconfig: &mut String) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let write = |name: &str, data: &[u8]| {
         crate::fsutil::write_private_atomic(&dir.join(name), data)
             .with_context(|| format!("cannot write {}", dir.join(name).display()))
@@ -241,6 +222,48 @@ fn install(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
         std::fs::set_permissions(dir.join("certs"), std::fs::Permissions::from_mode(0o755))?;
         gitconfig.push_str(&format!("[http \"{broker}/\"]\n\tsslCAInfo = {}\n", dir.join("ca.pem").display()));
     }
+    Ok(())
+}
+
+/// The init container's job: `DIR/bin/gocred`, `DIR/gitconfig`, `DIR/ca.pem`.
+fn install(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let broker = checked_origin(broker.context("GOCRED_BROKER is not set")?)?;
+    // git runs the helper through a shell: the path must be plain.
+    let plain =
+        |p: &Path| p.to_str().is_some_and(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)));
+    if !plain(dir) || !dir.is_absolute() {
+        bail!("install directory `{}` must be an absolute path of letters, digits, `/._-`", dir.display());
+    }
+    let mode = std::env::var("GOCRED_INJECT_MODE").unwrap_or_else(|_| "goproxy".into());
+    if mode != "goproxy" && mode != "git" {
+        bail!("GOCRED_INJECT_MODE `{mode}` must be goproxy or git");
+    }
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
+    copy_self(&bin)?;
+    let helper = bin.join("gocred");
+    // The user's own git config still applies (safe.directory, other rewrites); ours follows and
+    // wins for the broker. Missing include files are ignored by git.
+    let mut gitconfig = format!(
+        "# Written by gocred agent --install.\n[include]\n\tpath = ~/.gitconfig\n\tpath = ~/.config/git/config\n\
+         [credential \"{broker}\"]\n\thelper =\n\thelper = {} credential\n",
+        helper.display()
+    );
+    // Hosts the broker proxies over git smart HTTP: rewritten to it in both modes (a `git clone
+    // https://<host>/...` in the build works too).
+    let hosts = git_hosts_from_env()?;
+    if mode == "git" && hosts.is_empty() {
+        bail!("GOCRED_INJECT_MODE is git but GOCRED_GIT_HOSTS names no host");
+    }
+    for h in hosts {
+        gitconfig.push_str(&format!("[url \"{broker}/git/{h}/\"]\n\tinsteadOf = https://{h}/\n"));
+    }
+    let write = |name: &str, data: &[u8]| {
+        crate::fsutil::write_private_atomic(&dir.join(name), data)
+            .with_context(|| format!("cannot write {}", dir.join(name).display()))
+    };
+    write_ca(dir, &broker, &mut gitconfig)?;
     write("gitconfig", gitconfig.as_bytes())?;
     // Containers of the pod may run as other users: the files are world-readable, the binary
     // executable, and `state/` is shared (sticky, world-writable): each user's helper keeps its

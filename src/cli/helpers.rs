@@ -145,6 +145,72 @@ pub fn askpass_prompt_is_for(prompt: &str, scheme: &str, hp: &str) -> bool {
     host == hp
 }
 
+/// Where [`netrc_with`] is in the token stream.
+#[derive(Default)]
+struct NetrcState {
+    /// Inside an entry for one of the names (its tokens are dropped until the next entry starts).
+    skipping: bool,
+    /// Inside a macdef body (to the next empty line).
+    in_macro: bool,
+    /// That macdef belongs to a dropped entry.
+    drop_macro: bool,
+}
+
+/// One line's tokens without those of entries for `names`; `true` when something was dropped.
+fn drop_entries<'a>(tokens: &[&'a str], names: &[&str], st: &mut NetrcState) -> (Vec<&'a str>, bool) {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut changed = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        match tokens[i] {
+            "machine" => {
+                let name = tokens.get(i + 1).copied().unwrap_or("");
+                st.skipping = names.contains(&name);
+                if st.skipping {
+                    changed = true;
+                } else {
+                    kept.push("machine");
+                    kept.extend(tokens.get(i + 1));
+                }
+                i += 2;
+            }
+            "default" => {
+                st.skipping = false;
+                kept.push("default");
+                i += 1;
+            }
+            "macdef" => {
+                st.in_macro = true;
+                st.drop_macro = st.skipping;
+                if st.skipping {
+                    changed = true;
+                } else {
+                    kept.extend(&tokens[i..]);
+                }
+                i = tokens.len();
+            }
+            t @ ("login" | "password" | "account") => {
+                if st.skipping {
+                    changed = true;
+                } else {
+                    kept.push(t);
+                    kept.extend(tokens.get(i + 1));
+                }
+                i += 2;
+            }
+            t => {
+                if st.skipping {
+                    changed = true;
+                } else {
+                    kept.push(t);
+                }
+                i += 1;
+            }
+        }
+    }
+    (kept, changed)
+}
+
 /// `ours` (gocred's entries) first, then `text` without any entry for `names`. netrc is
 /// token-based, not line-based, and its readers differ: curl reads `#` comments and takes the
 /// first matching entry (or `default`); Go's reader has no comments and reads tokens in pairs.
@@ -159,18 +225,15 @@ pub fn netrc_with(text: &str, names: &[&str], ours: &str) -> String {
         out.push('\n');
     }
     let names_us = |t: &[&str]| t.windows(2).any(|w| w[0] == "machine" && names.contains(&w[1]));
-    // Inside an entry for one of `names` (its tokens are dropped until the next entry starts).
-    let mut skipping = false;
-    // Inside a macdef body (to the next empty line); `drop_macro`: it belongs to a dropped entry.
-    let (mut in_macro, mut drop_macro) = (false, false);
+    let mut st = NetrcState::default();
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     for raw in lines {
         let line = raw.trim_end_matches(['\n', '\r']);
-        if in_macro {
+        if st.in_macro {
             if line.is_empty() {
-                in_macro = false;
+                st.in_macro = false;
             }
-            if !drop_macro || line.is_empty() {
+            if !st.drop_macro || line.is_empty() {
                 out.push_str(raw);
             }
             continue;
@@ -182,56 +245,7 @@ pub fn netrc_with(text: &str, names: &[&str], ours: &str) -> String {
             }
             continue;
         }
-        let mut kept: Vec<&str> = Vec::new();
-        let mut changed = false;
-        let mut i = 0;
-        while i < tokens.len() {
-            match tokens[i] {
-                "machine" => {
-                    let name = tokens.get(i + 1).copied().unwrap_or("");
-                    skipping = names.contains(&name);
-                    if skipping {
-                        changed = true;
-                    } else {
-                        kept.push("machine");
-                        kept.extend(tokens.get(i + 1));
-                    }
-                    i += 2;
-                }
-                "default" => {
-                    skipping = false;
-                    kept.push("default");
-                    i += 1;
-                }
-                "macdef" => {
-                    in_macro = true;
-                    drop_macro = skipping;
-                    if skipping {
-                        changed = true;
-                    } else {
-                        kept.extend(&tokens[i..]);
-                    }
-                    i = tokens.len();
-                }
-                t @ ("login" | "password" | "account") => {
-                    if skipping {
-                        changed = true;
-                    } else {
-                        kept.push(t);
-                        kept.extend(tokens.get(i + 1));
-                    }
-                    i += 2;
-                }
-                t => {
-                    if skipping {
-                        changed = true;
-                    } else {
-                        kept.push(t);
-                    }
-                    i += 1;
-                }
-            }
-        }
+        let (kept, changed) = drop_entries(&tokens, names, &mut st);
         if !changed {
             out.push_str(raw);
         } else if !kept.is_empty() {

@@ -6,7 +6,7 @@ use super::{
     ANNOTATION_CONTAINERS, ANNOTATION_INIT_RESOURCES, ANNOTATION_INJECT, ANNOTATION_INJECTED, ANNOTATION_MODE,
     ANNOTATION_MODULES, BROKER_APP_NAME, INIT_CONTAINER, InjectMode, InjectSettings, Resources,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 /// What one pod asked for, validated.
@@ -34,21 +34,9 @@ pub(super) fn wanted(pod: &Pod, settings: &InjectSettings) -> Result<Option<Want
     }
     let spec = pod.spec.as_ref();
     let init_containers = spec.and_then(|s| s.init_containers.as_deref()).unwrap_or_default();
-    // Both marks: injected already (idempotent). Only one: something removed or faked part of
-    // the injection; starting such a pod silently without credentials is what must not happen.
-    match (ann.contains_key(ANNOTATION_INJECTED), init_containers.iter().any(|c| c.name == INIT_CONTAINER)) {
-        (true, true) => return Ok(None),
-        (true, false) => {
-            return Err(format!(
-                "annotation {ANNOTATION_INJECTED} is set but the pod has no {INIT_CONTAINER} init container (partially injected)"
-            ));
-        }
-        (false, true) => {
-            return Err(format!(
-                "the pod already has an init container named {INIT_CONTAINER} but no {ANNOTATION_INJECTED} annotation"
-            ));
-        }
-        (false, false) => {}
+    // Both marks: injected already (idempotent).
+    if already_injected(ann.contains_key(ANNOTATION_INJECTED), init_containers)? {
+        return Ok(None);
     }
     let modules = match ann.get(ANNOTATION_MODULES) {
         None => settings.modules.clone(),
@@ -64,6 +52,37 @@ pub(super) fn wanted(pod: &Pod, settings: &InjectSettings) -> Result<Option<Want
         Some(v) => InjectMode::parse(v)
             .ok_or_else(|| format!("annotation {ANNOTATION_MODE}: {v:?} is not \"goproxy\" or \"git\""))?,
     };
+    check_mode(mode, &modules, settings)?;
+    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+    let selected = match ann.get(ANNOTATION_CONTAINERS) {
+        None => (0..containers.len()).collect(),
+        Some(v) => selected_containers(v, containers, init_containers)?,
+    };
+    let resources = match ann.get(ANNOTATION_INIT_RESOURCES) {
+        None => settings.init_resources.clone(),
+        Some(v) => Some(parse_resources(v).map_err(|e| format!("annotation {ANNOTATION_INIT_RESOURCES}: {v:?}: {e}"))?),
+    };
+    Ok(Some(Wanted { modules, mode, containers: selected, resources }))
+}
+
+/// Whether the pod carries both injection marks (`Ok(true)`: injected already). Only one: something
+/// removed or faked part of the injection; starting such a pod silently without credentials is
+/// what must not happen.
+fn already_injected(annotated: bool, init_containers: &[Container]) -> Result<bool, String> {
+    match (annotated, init_containers.iter().any(|c| c.name == INIT_CONTAINER)) {
+        (true, true) => Ok(true),
+        (true, false) => Err(format!(
+            "annotation {ANNOTATION_INJECTED} is set but the pod has no {INIT_CONTAINER} init container (partially injected)"
+        )),
+        (false, true) => Err(format!(
+            "the pod already has an init container named {INIT_CONTAINER} but no {ANNOTATION_INJECTED} annotation"
+        )),
+        (false, false) => Ok(false),
+    }
+}
+
+/// The mode must be one this broker serves; in git mode every pattern's host must be proxied.
+fn check_mode(mode: InjectMode, modules: &[String], settings: &InjectSettings) -> Result<(), String> {
     match mode {
         InjectMode::Goproxy if !settings.has_goproxy => {
             return Err(format!("annotation {ANNOTATION_MODE}: this broker proxies no module proxy; use \"git\""));
@@ -73,7 +92,7 @@ pub(super) fn wanted(pod: &Pod, settings: &InjectSettings) -> Result<Option<Want
         }
         InjectMode::Git => {
             // git reaches the broker only for hosts it proxies (insteadOf rewrites).
-            for m in &modules {
+            for m in modules {
                 let host = m.split('/').next().unwrap_or_default();
                 if !settings.git_hosts.iter().any(|h| h == host) {
                     return Err(format!(
@@ -85,42 +104,36 @@ pub(super) fn wanted(pod: &Pod, settings: &InjectSettings) -> Result<Option<Want
         }
         InjectMode::Goproxy => {}
     }
-    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
-    let selected = match ann.get(ANNOTATION_CONTAINERS) {
-        None => (0..containers.len()).collect(),
-        Some(v) => {
-            let mut idx = Vec::new();
-            for name in v.split(',').map(str::trim) {
-                if name.is_empty() {
-                    return Err(format!("annotation {ANNOTATION_CONTAINERS}: {v:?} has an empty container name"));
-                }
-                match containers.iter().position(|c| c.name == name) {
-                    Some(i) => idx.push(i),
-                    None if init_containers.iter().any(|c| c.name == name) => {
-                        return Err(format!(
-                            "annotation {ANNOTATION_CONTAINERS}: {name:?} is an init container; list only regular \
-                             containers (init containers are always configured)"
-                        ));
-                    }
-                    None => {
-                        let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
-                        return Err(format!(
-                            "annotation {ANNOTATION_CONTAINERS}: the pod has no container {name:?} (containers: {})",
-                            names.join(", ")
-                        ));
-                    }
-                }
-            }
-            idx.sort_unstable();
-            idx.dedup();
-            idx
+    Ok(())
+}
+
+/// The regular containers an `ANNOTATION_CONTAINERS` value names (sorted, deduplicated).
+fn selected_containers(v: &str, containers: &[Container], init_containers: &[Container]) -> Result<Vec<usize>, String> {
+    let mut idx = Vec::new();
+    for name in v.split(',').map(str::trim) {
+        if name.is_empty() {
+            return Err(format!("annotation {ANNOTATION_CONTAINERS}: {v:?} has an empty container name"));
         }
-    };
-    let resources = match ann.get(ANNOTATION_INIT_RESOURCES) {
-        None => settings.init_resources.clone(),
-        Some(v) => Some(parse_resources(v).map_err(|e| format!("annotation {ANNOTATION_INIT_RESOURCES}: {v:?}: {e}"))?),
-    };
-    Ok(Some(Wanted { modules, mode, containers: selected, resources }))
+        match containers.iter().position(|c| c.name == name) {
+            Some(i) => idx.push(i),
+            None if init_containers.iter().any(|c| c.name == name) => {
+                return Err(format!(
+                    "annotation {ANNOTATION_CONTAINERS}: {name:?} is an init container; list only regular \
+                     containers (init containers are always configured)"
+                ));
+            }
+            None => {
+                let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
+                return Err(format!(
+                    "annotation {ANNOTATION_CONTAINERS}: the pod has no container {name:?} (containers: {})",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    idx.sort_unstable();
+    idx.dedup();
+    Ok(idx)
 }
 
 /// A comma-separated list of module patterns.
