@@ -12,6 +12,9 @@
 //! cached): the same token again (verification cached, as a build pod's helper re-exchanging its
 //! projected token), and a new token every time (signature checked every time).
 
+#[path = "../tests/kit/issuer.rs"]
+mod issuer;
+
 use axum::body::Body;
 use axum::http::Request;
 use gocred::config::{Config, DevIdentity, Overrides};
@@ -171,68 +174,18 @@ async fn run(n: usize) {
     }
 }
 
-/// An OIDC issuer served over real HTTP on loopback (discovery + JWKS), signing with an RSA
-/// 2048 key (openssl) and an Ed25519 key.
-struct Issuer {
-    url: String,
-    rsa: openidconnect::core::CoreRsaPrivateSigningKey,
-    ed: ed25519_dalek::SigningKey,
-    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-fn b64(data: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
-}
+/// The kit's in-process issuer (RSA + Ed25519), with the bench's Kubernetes-style tokens.
+struct Issuer(issuer::TestIssuer);
 
 impl Issuer {
     async fn start(dir: &std::path::Path) -> Issuer {
-        use openidconnect::PrivateSigningKey;
-        let pem_path = dir.join("issuer-rsa.pem");
-        let st = std::process::Command::new("openssl")
-            .args(["genrsa", "-traditional", "-out"])
-            .arg(&pem_path)
-            .arg("2048")
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl is needed for the benchmark");
-        assert!(st.success());
-        let pem = std::fs::read_to_string(&pem_path).unwrap();
-        let rsa = openidconnect::core::CoreRsaPrivateSigningKey::from_pem(
-            &pem,
-            Some(openidconnect::JsonWebKeyId::new("rsa-1".into())),
-        )
-        .unwrap();
-        let ed = ed25519_dalek::SigningKey::from_bytes(&gocred::random_bytes::<32>());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let jwks = serde_json::json!({"keys": [
-            serde_json::to_value(rsa.as_verification_key()).unwrap(),
-            {"kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": "ed-1", "x": b64(ed.verifying_key().as_bytes())},
-        ]});
-        let discovery = serde_json::json!({"issuer": url, "jwks_uri": format!("{url}/jwks")});
-        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = fetches.clone();
-        let app = axum::Router::new()
-            .route(
-                "/.well-known/openid-configuration",
-                axum::routing::get(move || async move { axum::Json(discovery) }),
-            )
-            .route(
-                "/jwks",
-                axum::routing::get(move || {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    async move { axum::Json(jwks) }
-                }),
-            );
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Issuer { url, rsa, ed, fetches }
+        Issuer(issuer::TestIssuer::start_with_rsa(dir).await)
     }
 
     fn config(&self) -> gocred::config::OidcIssuer {
         gocred::config::OidcIssuer {
             name: "bench-k8s".into(),
-            issuer: self.url.clone(),
+            issuer: self.0.url.clone(),
             kind: gocred::config::IssuerKind::Kubernetes,
             audiences: vec!["gocred".into()],
             client_id: None,
@@ -244,7 +197,7 @@ impl Issuer {
                 ("service_account".to_string(), "/kubernetes.io/serviceaccount/name".to_string()),
             ]
             .into(),
-            discovery_url: format!("{}/.well-known/openid-configuration", self.url),
+            discovery_url: format!("{}/.well-known/openid-configuration", self.0.url),
             ca_cert: None,
             leeway: std::time::Duration::from_secs(30),
             max_token_age: None,
@@ -254,32 +207,22 @@ impl Issuer {
     }
 
     fn jwks_fetches(&self) -> usize {
-        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+        self.0.jwks_fetches()
     }
 
     /// A Kubernetes-style service-account token; `i` makes it unique.
     fn token(&self, rsa: bool, i: u64) -> String {
-        use ed25519_dalek::Signer as _;
-        use openidconnect::PrivateSigningKey;
         let now = gocred::unix_now();
         let claims = serde_json::json!({
-            "iss": self.url, "aud": ["gocred"], "sub": format!("system:serviceaccount:builds:builder-{i}"),
+            "iss": self.0.url, "aud": ["gocred"], "sub": format!("system:serviceaccount:builds:builder-{i}"),
             "iat": now, "exp": now + 600 + i,
             "kubernetes.io": {"namespace": "builds", "serviceaccount": {"name": "builder"}},
         });
-        let header = if rsa {
-            serde_json::json!({"alg": "RS256", "kid": "rsa-1", "typ": "JWT"})
+        if rsa {
+            self.0.sign_rs256(claims)
         } else {
-            serde_json::json!({"alg": "EdDSA", "kid": "ed-1", "typ": "JWT"})
-        };
-        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
-        let sig = if rsa {
-            self.rsa
-                .sign(&openidconnect::core::CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256, input.as_bytes())
-                .unwrap()
-        } else {
-            self.ed.sign(input.as_bytes()).to_bytes().to_vec()
-        };
-        format!("{input}.{}", b64(&sig))
+            let header = serde_json::json!({"alg": "EdDSA", "kid": self.0.kid, "typ": "JWT"});
+            self.0.sign_with(header, claims, None)
+        }
     }
 }

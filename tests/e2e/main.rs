@@ -12,6 +12,8 @@ mod foundation;
 mod hardening;
 mod harness;
 mod injected;
+#[path = "../kit/mod.rs"]
+mod kit;
 mod layering;
 mod oidc;
 mod proxy;
