@@ -1,13 +1,13 @@
-//! Reading a pod's `gocred.dev/*` annotations into what to inject, and the validators the config
-//! shares (module patterns, resource lists). Every error message names the annotation and quotes
-//! the bad value.
+//! Reading a pod's `gocred.dev/*` annotations into what to inject (module patterns and resource
+//! lists are checked with the validators the config shares). Every error message names the
+//! annotation and quotes the bad value.
 
 use super::{
     ANNOTATION_CONTAINERS, ANNOTATION_INIT_RESOURCES, ANNOTATION_INJECT, ANNOTATION_INJECTED, ANNOTATION_MODE,
-    ANNOTATION_MODULES, BROKER_APP_NAME, INIT_CONTAINER, InjectMode, InjectSettings, Resources,
+    ANNOTATION_MODULES, BROKER_APP_NAME, INIT_CONTAINER, InjectMode, InjectSettings, Resources, parse_resources,
+    validate_module_pattern,
 };
 use k8s_openapi::api::core::v1::{Container, Pod};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 /// What one pod asked for, validated.
 #[derive(Debug)]
@@ -146,107 +146,4 @@ fn parse_modules(v: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(out)
-}
-
-/// A GOPRIVATE-style module pattern: `host`, `host/path` or a glob like `host/*`; the first
-/// element is a host name (it has a dot), no spaces, no empty elements.
-pub fn validate_module_pattern(p: &str) -> Result<(), String> {
-    const HINT: &str = "expected a module pattern like \"git.corp.example/*\" or \"git.corp.example/team\"";
-    if p.is_empty() {
-        return Err(format!("empty module pattern; {HINT}"));
-    }
-    if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{p:?} contains a space; {HINT}"));
-    }
-    if let Some(c) = p.chars().find(|c| !(c.is_ascii_alphanumeric() || "-._~/*?[]^".contains(*c))) {
-        return Err(format!("{p:?} contains {c:?}; {HINT}"));
-    }
-    if p.split('/').any(str::is_empty) {
-        return Err(format!("{p:?} has an empty path element; {HINT}"));
-    }
-    let host = p.split('/').next().unwrap_or_default();
-    if !host.contains('.') {
-        return Err(format!("{p:?} does not start with a host name (no dot in {host:?}); {HINT}"));
-    }
-    Ok(())
-}
-
-/// `cpu=50m,memory=32Mi`: resource names and Kubernetes quantities.
-pub fn parse_resources(v: &str) -> Result<Resources, String> {
-    let mut out = Resources::new();
-    for item in v.split(',').map(str::trim) {
-        let (name, q) = item
-            .split_once('=')
-            .map(|(n, q)| (n.trim(), q.trim()))
-            .ok_or_else(|| format!("{item:?} is not NAME=QUANTITY (e.g. \"cpu=50m,memory=32Mi\")"))?;
-        let name_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-        if !name_ok {
-            return Err(format!("{name:?} is not a resource name like cpu or memory"));
-        }
-        if !valid_quantity(q) {
-            return Err(format!("{q:?} is not a quantity like 50m, 0.5 or 32Mi"));
-        }
-        if out.insert(name.to_string(), Quantity(q.to_string())).is_some() {
-            return Err(format!("{name:?} is given twice"));
-        }
-    }
-    Ok(out)
-}
-
-/// A non-negative Kubernetes quantity: a decimal number and an optional SI/binary suffix or
-/// decimal exponent (`50m`, `0.5`, `32Mi`, `1e3`).
-fn valid_quantity(q: &str) -> bool {
-    let end = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
-    let (num, suffix) = q.split_at(end);
-    let num_ok = num.chars().any(|c| c.is_ascii_digit()) && num.matches('.').count() <= 1;
-    let exponent = |s: &str| {
-        s.strip_prefix(['e', 'E'])
-            .map(|r| r.strip_prefix(['+', '-']).unwrap_or(r))
-            .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()))
-    };
-    num_ok
-        && (matches!(
-            suffix,
-            "" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
-        ) || exponent(suffix))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantities() {
-        for ok in ["50m", "0.5", "32Mi", "1", "1e3", "2E-1", "1.5Gi", "100k", "5.", ".5"] {
-            assert!(valid_quantity(ok), "{ok}");
-        }
-        for bad in ["", "m", "-1", "1.2.3", "32MB", "1e", "abc", "1 Mi", "0x10"] {
-            assert!(!valid_quantity(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn resources_parse_and_name_the_bad_part() {
-        let r = parse_resources("cpu=50m, memory=32Mi").unwrap();
-        assert_eq!(r["cpu"].0, "50m");
-        assert_eq!(r["memory"].0, "32Mi");
-        assert!(parse_resources("cpu").unwrap_err().contains("NAME=QUANTITY"));
-        assert!(parse_resources("cpu=lots").unwrap_err().contains("\"lots\""));
-        assert!(parse_resources("cpu=1,cpu=2").unwrap_err().contains("twice"));
-        assert!(parse_resources("").is_err());
-        assert!(parse_resources("c p u=1").is_err());
-    }
-
-    #[test]
-    fn module_patterns() {
-        for ok in
-            ["git.corp.example/*", "git.corp.example", "git.corp.example/team/lib", "*.corp.example", "a.b/[a-c]?"]
-        {
-            validate_module_pattern(ok).unwrap();
-        }
-        for bad in ["", "git.corp example/*", "corp/*", "git.corp.example//x", "/git.corp.example", "x.y/", "x.y/a,b"] {
-            assert!(validate_module_pattern(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -16,13 +16,16 @@ mod patch;
 #[cfg(test)]
 mod tests;
 
-pub use annotations::{parse_resources, validate_module_pattern};
+// The plain settings types and the validators the config shares live in the config (which
+// must not depend on this module); every `crate::webhook::...` path keeps working.
+pub use crate::config::webhook::{
+    DEFAULT_GOPROXY_FALLBACK, DEFAULT_TOKEN_AUDIENCE, DEFAULT_TOKEN_EXPIRATION_SECONDS, InjectMode, InjectSettings,
+    OnMalformed, Resources, parse_resources, validate_module_pattern,
+};
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::core::Status;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use std::collections::BTreeMap;
 
 /// `"true"` selects a pod for injection (`"false"` or absent: left alone).
 pub const ANNOTATION_INJECT: &str = "gocred.dev/inject";
@@ -84,101 +87,6 @@ pub mod env {
     /// The CA the gocred helper trusts for the broker, on top of the system roots.
     pub const CA_CERT: &str = "GOCRED_CA_CERT";
 }
-
-/// How `go` reaches private modules in an injected pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum InjectMode {
-    /// `GOPROXY=<broker>/mod,<fallback>`, `GONOPROXY=none`: the broker serves the module protocol.
-    #[default]
-    Goproxy,
-    /// No GOPROXY change: `go` uses git, and the git config rewrites private hosts to the broker.
-    Git,
-}
-
-impl InjectMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InjectMode::Goproxy => "goproxy",
-            InjectMode::Git => "git",
-        }
-    }
-
-    /// `goproxy` or `git`.
-    pub fn parse(s: &str) -> Option<InjectMode> {
-        match s {
-            "goproxy" => Some(InjectMode::Goproxy),
-            "git" => Some(InjectMode::Git),
-            _ => None,
-        }
-    }
-}
-
-/// What to do with a pod that asks for injection but whose request cannot be honoured (a
-/// malformed `gocred.dev/*` annotation, a volume or mount path already in use).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnMalformed {
-    /// Refuse the pod with a message naming the annotation and the bad value.
-    #[default]
-    Deny,
-    /// Admit the pod unchanged, with the message as a warning to the client.
-    Allow,
-}
-
-/// Resource quantities by name (`cpu`, `memory`, ...), used as both requests and limits.
-pub type Resources = BTreeMap<String, Quantity>;
-
-/// What to inject (from the `[webhook]` config section; annotations refine it per pod).
-#[derive(Debug, Clone, PartialEq)]
-pub struct InjectSettings {
-    /// Image of the init container, e.g. `ghcr.io/gocred/gocred:0.1.0`.
-    pub image: String,
-    /// The broker's base URL as pods reach it, without a trailing slash.
-    pub broker_url: String,
-    /// Default module patterns (GOPRIVATE syntax), e.g. `git.corp.example/*`.
-    pub modules: Vec<String>,
-    pub mode: InjectMode,
-    /// What `go` tries after the broker for modules it does not serve.
-    pub goproxy_fallback: String,
-    /// Audience of the projected service-account token.
-    pub token_audience: String,
-    /// Lifetime of the projected token (Kubernetes requires at least 600).
-    pub token_expiration_seconds: i64,
-    /// The broker's CA bundle (public certificates, PEM) when it is not publicly trusted.
-    pub ca_pem: Option<String>,
-    pub on_malformed: OnMalformed,
-    /// Default requests/limits of the init container.
-    pub init_resources: Option<Resources>,
-    /// The broker proxies a module proxy (`/mod/`): `goproxy` mode is possible.
-    pub has_goproxy: bool,
-    /// Hosts the broker proxies with git smart HTTP (`/git/<host>/`): pods get `insteadOf`
-    /// rewrites for them in both modes, and `git` mode is possible.
-    pub git_hosts: Vec<String>,
-}
-
-impl InjectSettings {
-    /// Settings with the documented defaults for everything but the image, URL and modules.
-    pub fn new(image: impl Into<String>, broker_url: impl Into<String>, modules: Vec<String>) -> InjectSettings {
-        InjectSettings {
-            image: image.into(),
-            broker_url: broker_url.into().trim_end_matches('/').to_string(),
-            modules,
-            mode: InjectMode::Goproxy,
-            goproxy_fallback: DEFAULT_GOPROXY_FALLBACK.into(),
-            token_audience: DEFAULT_TOKEN_AUDIENCE.into(),
-            token_expiration_seconds: DEFAULT_TOKEN_EXPIRATION_SECONDS,
-            ca_pem: None,
-            on_malformed: OnMalformed::Deny,
-            init_resources: None,
-            has_goproxy: true,
-            git_hosts: Vec::new(),
-        }
-    }
-}
-
-pub const DEFAULT_GOPROXY_FALLBACK: &str = "https://proxy.golang.org,direct";
-pub const DEFAULT_TOKEN_AUDIENCE: &str = "gocred";
-/// The Kubernetes minimum for a projected token's `expirationSeconds`.
-pub const DEFAULT_TOKEN_EXPIRATION_SECONDS: i64 = 600;
 
 /// A review that could not be answered with an `AdmissionReview` (the HTTP layer answers 400,
 /// or 500 for [`WebhookError::EncodeReview`]).

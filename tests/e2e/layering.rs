@@ -134,6 +134,10 @@ fn imports_follow_the_module_map() {
                 problems.push(format!("{rel} ({module}) imports crate::{m}, which is above it"));
             }
         }
+        // Validated config is plain data: the webhook builds on it, not the other way round.
+        if module == "config" && used.iter().any(|m| m == "webhook") {
+            problems.push(format!("{rel} (config) imports crate::webhook"));
+        }
         let uses_axum = code.contains("axum::") || code.contains("axum_server::") || code.contains("use axum");
         if uses_axum && module != "http" {
             problems.push(format!("{rel} ({module}) uses axum; only http may"));

@@ -1,0 +1,42 @@
+//! `[policy]` (where the Cedar policies are) and `[audit]` (where the audit log goes): their
+//! validated types and validators.
+
+use super::ConfigError;
+use super::Ctx;
+use super::raw::{RawAudit, RawPolicy};
+use std::path::PathBuf;
+
+/// Where the Cedar policies come from.
+#[derive(Debug, Clone)]
+pub enum PolicyConfig {
+    /// `dir/gocred.cedarschema` + `dir/*.cedar`, reloaded on SIGHUP.
+    Dir(PathBuf),
+    /// `--dev`: the embedded policy letting `user` download everything.
+    Dev { user: String },
+    /// No `[policy]` section: no policies, so everything is denied (a warning at start).
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditConfig {
+    Stdout,
+    File(PathBuf),
+}
+
+/// `[policy]` → [`PolicyConfig`] (no section: no policies).
+pub(super) fn validate_policy(cx: &Ctx, raw: Option<RawPolicy>) -> PolicyConfig {
+    match raw {
+        Some(p) => PolicyConfig::Dir(cx.rel(p.dir)),
+        None => PolicyConfig::None,
+    }
+}
+
+/// `[audit]` → [`AuditConfig`] (`path = "-"` or no section: stdout).
+pub(super) fn validate_audit(cx: &Ctx, raw: Option<RawAudit>) -> Result<AuditConfig, ConfigError> {
+    match raw.map(|a| a.path) {
+        None => Ok(AuditConfig::Stdout),
+        Some(p) if p == "-" => Ok(AuditConfig::Stdout),
+        Some(p) if p.is_empty() => Err(cx.err("audit.path", "must be \"-\" or a file path".into())),
+        Some(p) => Ok(AuditConfig::File(cx.rel(PathBuf::from(p)))),
+    }
+}

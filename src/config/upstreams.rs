@@ -1,0 +1,128 @@
+//! `[[upstreams]]`: the private git servers and module proxies gocred stands in front of, their
+//! validated types and validator.
+
+use super::ConfigError;
+use super::Ctx;
+use super::raw::RawUpstream;
+use super::rules::{UrlFault, UrlRule, UrlShape};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// A git smart-HTTP server (`/git/<host>/...` and host-routed `go-get`).
+    Git,
+    /// A Go module proxy (GOPROXY protocol, `/mod/...`).
+    Goproxy,
+}
+
+/// How callers get at an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamMode {
+    /// The broker forwards requests with the upstream credential.
+    Proxy,
+    /// Callers fetch the credential itself (`GET /v1/credentials`), for hosts that cannot be proxied.
+    Vend,
+}
+
+/// A private git server or module proxy in front of which gocred stands.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub kind: UpstreamKind,
+    /// Host names it serves (git: module hosts; host-routed requests match these).
+    pub hosts: Vec<String>,
+    /// Module path prefixes it serves (GOPRIVATE-style; default: the hosts).
+    pub modules: Vec<String>,
+    /// Base URL, without a trailing slash.
+    pub url: String,
+    /// Secrets-backend path of the upstream credential (fields `username`+`password`, or `token`).
+    pub credentials: Option<String>,
+    pub mode: UpstreamMode,
+    pub ca_cert: Option<PathBuf>,
+    /// Connect + per-read timeout.
+    pub timeout: Duration,
+}
+
+impl Upstream {
+    /// Does this upstream serve `module` (a path prefix match on element boundaries)?
+    pub fn serves(&self, module: &str) -> bool {
+        self.modules.iter().any(|p| module == p || module.starts_with(&format!("{p}/")))
+    }
+}
+
+/// `[[upstreams]]` → the upstreams (names unique).
+pub(super) fn validate_upstreams(cx: &Ctx, raw: Vec<RawUpstream>) -> Result<Vec<Upstream>, ConfigError> {
+    let mut upstreams: Vec<Upstream> = Vec::new();
+    for (i, u) in raw.into_iter().enumerate() {
+        let upstream = validate_upstream(cx, &|k| format!("upstreams[{i}].{k}"), u, &upstreams)?;
+        upstreams.push(upstream);
+    }
+    Ok(upstreams)
+}
+
+/// One upstream, `key` naming its keys, checked against those before it (`out`).
+fn validate_upstream(
+    cx: &Ctx,
+    key: &dyn Fn(&str) -> String,
+    u: RawUpstream,
+    out: &[Upstream],
+) -> Result<Upstream, ConfigError> {
+    if u.name.is_empty() || !u.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(cx.err(&key("name"), format!("`{}` must be letters, digits, - or _", u.name)));
+    }
+    if out.iter().any(|o| o.name == u.name) {
+        return Err(cx.err(&key("name"), format!("`{}` is used by two upstreams", u.name)));
+    }
+    // No credentials, query or fragment in the URL: credentials live in the secrets backend,
+    // and the URL may appear in the broker's log.
+    let url = cx.check_url(&key("url"), &u.url, (UrlRule::Any, UrlShape::Base), |f| match f {
+        UrlFault::Scheme | UrlFault::Whitespace => format!("`{}` must be an http(s) URL", u.url),
+        UrlFault::Shape => "must be scheme://host[:port][/path] without user info, query or fragment".into(),
+    })?;
+    for h in &u.hosts {
+        if h.is_empty() || h.contains(['/', ' ', ':']) {
+            return Err(cx.err(&key("hosts"), format!("`{h}` must be a bare host name")));
+        }
+    }
+    if u.kind == UpstreamKind::Git && u.hosts.is_empty() {
+        return Err(cx.err(&key("hosts"), "required key is missing (kind = \"git\")".into()));
+    }
+    let modules = if u.modules.is_empty() { u.hosts.clone() } else { u.modules };
+    if modules.is_empty() {
+        return Err(cx.err(&key("modules"), "required key is missing (kind = \"goproxy\")".into()));
+    }
+    for m in &modules {
+        if m.is_empty() || m.ends_with('/') || m.contains(['*', ' ', ',']) {
+            return Err(
+                cx.err(&key("modules"), format!("`{m}` must be a module path prefix like \"git.corp.example/acme\""))
+            );
+        }
+    }
+    let credentials = match u.credentials {
+        None => None,
+        Some(c) => match c.strip_prefix("vault:").map(|p| p.trim_matches('/')) {
+            Some(p) if !p.is_empty() => Some(p.to_string()),
+            _ => return Err(cx.err(&key("credentials"), format!("`{c}` must look like \"vault:PATH\""))),
+        },
+    };
+    let mode = u.mode.unwrap_or(UpstreamMode::Proxy);
+    if mode == UpstreamMode::Vend && credentials.is_none() {
+        return Err(cx.err(&key("credentials"), "required key is missing (mode = \"vend\")".into()));
+    }
+    Ok(Upstream {
+        name: u.name,
+        kind: u.kind,
+        hosts: u.hosts,
+        modules,
+        url,
+        credentials,
+        mode,
+        ca_cert: u.ca_cert.map(|p| cx.rel(p)),
+        timeout: cx.duration(&key("timeout"), u.timeout.as_deref(), Duration::from_secs(30))?,
+    })
+}
