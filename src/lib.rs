@@ -5,30 +5,42 @@
 //!
 //! # Module map (data flows one way, top to bottom)
 //!
+//! ```text
+//! main.rs → cli ─┬─ serve/policy commands → server → http → service → auth, policy, token, proxy,
+//!                │                                                 secrets, keys, revocation, webhook …
+//!                └─ client commands → client ───────────────┐
+//!                                                            ├─→ proto (wire formats both sides speak)
+//!                        http, service, auth ───────────────┘
+//! ```
+//!
 //! | module      | owns                                                                 | must not                              |
 //! |-------------|----------------------------------------------------------------------|---------------------------------------|
-//! | [`http`]    | axum routes, request ids, metrics middleware, error → status mapping | hold business logic                   |
-//! | [`server`]  | `run(listener, config, shutdown)`: wires state, background tasks, TLS | parse config or print to the terminal |
+//! | [`proto`]   | every wire format client and broker share: token/proof alphabets and encodings, login messages, token/revoke requests and answers, the JSON error body, `/.well-known/gocred` metadata, URL/path rules | import any other gocred module |
+//! | [`server`]  | `run(listener, config, shutdown)`: start the services, their background loops and the HTTP server | parse config or print to the terminal |
+//! | [`http`]    | axum routes, request ids, metrics middleware, the one error → status map ([`http::error`]), serving on a socket ([`http::serve`]) | hold business logic |
+//! | [`service`] | [`service::Broker`] (every domain service of one process), `access` (token + proof → Caller, policy questions), `session` (login, exchange, refresh, revoke), `meta`, named `background` loops | import axum or choose status codes |
 //! | [`auth`]    | SSH login (sealed challenges, authorized keys, certificates), OIDC subject tokens (issuers, JWKS cache, claim mapping), proofs, [`auth::Principal`] | mint tokens, decide policy |
 //! | [`token`]   | EdDSA access tokens: mint, verify (strict `alg`), refresh, revocation check | accept any `alg` but EdDSA |
 //! | [`revocation`] | the shared revocation list in the secrets backend                   | block requests on the backend         |
-//! | [`policy`]  | Cedar policy loading/validation (file:line), decisions, decision cache | talk HTTP, do I/O beyond the policy dir |
+//! | [`policy`]  | Cedar policies: `load` (file:line diagnostics), `decide`, `engine` (reload, cache), `dev` | talk HTTP, do I/O beyond the policy dir |
 //! | [`audit`]   | one JSON line per authn/authz decision                               | record tokens, proofs or keys         |
-//! | [`client`]  | ssh-agent, key files, broker API and session state for the CLI       | print to the terminal                 |
 //! | [`proxy`]   | upstream clients, credential cache, header hygiene, streaming forward, route resolution | decide who may fetch what |
 //! | [`keys`]    | Ed25519 signing key set, rotation, JWKS                              | talk HTTP                             |
 //! | [`health`]  | readiness: probing the secrets backend, grace period                 | decide HTTP status codes              |
 //! | [`secrets`] | one interface over the `file` (AES-256-GCM) and `vault` backends     | log or format secret values           |
-//! | [`config`]  | TOML + `GOCRED_...` env → validated, immutable [`config::Config`]    | do I/O beyond reading the config file |
+//! | [`config`]  | TOML + `GOCRED_...` env + flags → validated, immutable [`config::Config`], one validator per section | do I/O beyond the files it names; import `webhook` |
 //! | [`tls`]     | rustls server config, the `--dev` self-signed CA                     | choose what to serve                  |
 //! | [`metrics`] | Prometheus counters/histograms and their text rendering              | know about axum                       |
-//! | [`ratelimit`] | per-client token buckets for unauthenticated costly routes            | know about HTTP                       |
+//! | [`ratelimit`] | per-client and per-principal token buckets                         | know about HTTP                       |
+//! | [`conn`]    | connection caps and idle timeouts below HTTP                         | parse requests                        |
 //! | [`webhook`] | Kubernetes admission: AdmissionReview in, JSONPatch injecting token, helper and env out (pure) | do I/O, patch pods that did not ask |
-//! | [`fsutil`]  | atomic 0600 file writes                                              |                                       |
-//! | [`cli`]     | the `gocred` command line (the only place, with `main.rs`, using anyhow) |                                   |
+//! | [`fsutil`]  | atomic 0600 file writes, private directories                         |                                       |
+//! | [`client`]  | ssh-agent, key files, broker API, session state and renewal, SSO, ambient workload tokens | import a broker module; print |
+//! | [`cli`]     | the `gocred` command line (the only place, with `main.rs`, using anyhow) | implement broker logic            |
 //!
-//! Only [`http`] imports axum. Domain modules return their own `thiserror` enums; the single
-//! mapping from errors to HTTP status codes lives in [`http::error`].
+//! Only [`http`] imports axum. Domain modules return their own `thiserror` enums; `http::error`
+//! wraps them (`#[from]`) and alone decides status codes. `tests/e2e/layering.rs` checks these
+//! rules against the real imports.
 #![forbid(unsafe_code)]
 
 pub mod audit;

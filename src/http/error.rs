@@ -1,11 +1,11 @@
 //! The one place errors become HTTP responses. Handlers return [`ApiError`], which wraps the
 //! services' and domain modules' own errors (`#[from]`); [`ApiError::status`] alone decides the
-//! status code; the outer middleware calls [`render`] to produce the JSON body
+//! status code; the outer middleware calls `render` to produce the JSON body
 //! (`proto::error::ErrorBody`) or, on proxied routes, one `text/plain` line. A 5xx is logged
 //! here, once, under the request id; a 500 returns only the id.
 //!
 //! Must not: put secrets, tokens or internal error detail in a response body; log anywhere but
-//! [`render`].
+//! `render`.
 
 use super::RequestId;
 use crate::auth::AuthError;

@@ -7,9 +7,9 @@
 //! Every problem in a policy or schema file is reported as `file:line` (from Cedar's source
 //! spans), and every policy is known by its `@id("...")` annotation, else by `file:line`.
 //!
-//! Layers: [`load`] (reading and validating policy files, `file:line` diagnostics), [`decide`]
-//! (one pure decision: the Cedar request and entities), [`engine`] (the live set, reload and the
-//! decision cache), [`dev`] (the `--dev` policies).
+//! Layers: `load` (reading and validating policy files, `file:line` diagnostics), `decide`
+//! (one pure decision: the Cedar request and entities), `engine` (the live set, reload and the
+//! decision cache), `dev` (the `--dev` policies).
 //!
 //! Must not: talk HTTP or import axum, or do I/O other than reading the policy directory.
 

@@ -259,3 +259,46 @@ fn name_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&key, leaf_kp.serialize_pem()).unwrap();
     (ca, cert, key)
 }
+
+/// README, "How a request flows": every module the table names exists, and every e2e area the
+/// README tells contributors to run alone is a module of this test binary.
+#[test]
+fn readme_contributor_section_names_real_modules_and_areas() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme.split("### How a request flows").nth(1).expect("README has the contributor section");
+    let main = std::fs::read_to_string(repo_root().join("tests/e2e/main.rs")).unwrap();
+    let mut areas = 0;
+    for line in section.lines().filter(|l| l.starts_with("cargo test --test e2e ")) {
+        let area = line.trim_start_matches("cargo test --test e2e ").trim().trim_end_matches("::");
+        assert!(main.contains(&format!("mod {area};")), "README names e2e area `{area}`, which does not exist");
+        areas += 1;
+    }
+    assert!(areas >= 2, "the README shows how to run an e2e area alone");
+    let src = repo_root().join("src");
+    let module_file = |m: &str| {
+        let dir = src.join(m).join("mod.rs");
+        if dir.exists() { dir } else { src.join(format!("{m}.rs")) }
+    };
+    let mut modules = 0;
+    let rows = section.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| step"));
+    for row in rows {
+        let last = row.trim_end_matches('|').rsplit('|').next().unwrap();
+        for path in last.split('`').skip(1).step_by(2).flat_map(|c| c.split(" → ")) {
+            let parts: Vec<&str> = path.split("::").collect();
+            let top = module_file(parts[0]);
+            let found = match parts[..] {
+                [_] => top.exists(),
+                [m, sub] => {
+                    src.join(m).join(format!("{sub}.rs")).exists()
+                        || std::fs::read_to_string(&top).is_ok_and(|t| t.contains(&format!("fn {sub}(")))
+                }
+                [m, sub, f] => std::fs::read_to_string(src.join(m).join(format!("{sub}.rs")))
+                    .is_ok_and(|t| t.contains(&format!("fn {f}("))),
+                _ => false,
+            };
+            assert!(found, "README names `{path}`, which is not a module or function in src/");
+            modules += 1;
+        }
+    }
+    assert!(modules >= 10, "found only {modules} module names in the section");
+}
