@@ -24,24 +24,7 @@ impl OpenBao {
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"));
         let proc = Proc::spawn("openbao-tls", cmd);
         let bao = OpenBao { proc, port, addr: format!("https://127.0.0.1:{port}") };
-        let ca = dir.join("vault-ca.pem");
-        let start = Instant::now();
-        loop {
-            if ca.exists() {
-                let c = client(Some(&ca));
-                if let Ok(r) = c.get(format!("{}/v1/sys/health", bao.addr)).send().await
-                    && r.status().is_success()
-                {
-                    break;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "openbao (tls) did not become healthy: {:#?}",
-                bao.proc.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        bao.wait_healthy(Some(&dir.join("vault-ca.pem"))).await;
         bao
     }
 
@@ -57,22 +40,28 @@ impl OpenBao {
         ]);
         let proc = Proc::spawn("openbao", cmd);
         let bao = OpenBao { proc, port, addr: format!("http://127.0.0.1:{port}") };
-        let client = client(None);
+        bao.wait_healthy(None).await;
+        bao
+    }
+
+    /// Wait (15 s at most) until `/v1/sys/health` answers 2xx; with TLS, once the server has
+    /// written its CA to `ca`.
+    async fn wait_healthy(&self, ca: Option<&Path>) {
         let start = Instant::now();
         loop {
-            if let Ok(r) = client.get(format!("{}/v1/sys/health", bao.addr)).send().await
+            if ca.is_none_or(|c| c.exists())
+                && let Ok(r) = client(ca).get(format!("{}/v1/sys/health", self.addr)).send().await
                 && r.status().is_success()
             {
-                break;
+                return;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(15),
                 "openbao did not become healthy: {:#?}",
-                bao.proc.stderr()
+                self.proc.stderr()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bao
     }
 
     /// Call the OpenBao API as root; panics on a non-2xx answer.
