@@ -133,7 +133,7 @@ async fn bad_certificates_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn login_negatives_unknown_key_other_users_key_replay_expiry_namespace_ban() {
-    let b = SshBroker::start_with("", "challenge_ttl = \"1s\"");
+    let b = SshBroker::start_with("", "challenge_ttl = \"3s\"");
     let c = client(None);
     let alice = b.add_user_key("alice", "alice", "ed25519");
     let bob = b.add_user_key("bob", "bob", "ed25519");
@@ -163,10 +163,10 @@ async fn login_negatives_unknown_key_other_users_key_replay_expiry_namespace_ban
     assert!(body["message"].as_str().unwrap().contains("already used"), "{body}");
     b.audit_has("replay", |l| l["reason"].as_str().unwrap().contains("already used"));
 
-    // Expired challenge (challenge_ttl = 1s).
+    // Expired challenge (challenge_ttl = 3s: long enough for the replay check above on a loaded machine).
     let ch = b.api_challenge("alice").await;
     let sig = ssh_sign(&alice, "gocred-login@v1", ch["message"].as_str().unwrap());
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let (st, body) = b.answer_login("alice", &ch, &sig).await;
     assert_eq!(st, 401);
     assert!(body["message"].as_str().unwrap().contains("challenge expired"), "{body}");
