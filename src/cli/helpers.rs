@@ -294,6 +294,11 @@ pub struct SetupArgs {
     /// Print what would change, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also use SSH for the git hosts the broker serves over SSH: a `Host` entry per host in
+    /// ~/.ssh/config (ProxyCommand gocred ssh-proxy), and git `insteadOf` rewriting their
+    /// https:// URLs to ssh:// (what the go command fetches with GOPROXY=direct).
+    #[arg(long)]
+    pub ssh: bool,
 }
 
 /// `go env -w` and `git config --global` so that plain `go` and `git` use the broker.
@@ -328,18 +333,36 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     go_env.push(("GONOPROXY".into(), if direct.is_empty() { "none".into() } else { direct.join(",") }));
     go_env.push(("GOAUTH".into(), format!("{me} goauth")));
     let mut git: Vec<(String, String)> = vec![(format!("credential.{broker}.helper"), format!("{me} credential"))];
-    for g in &meta.git {
+    let ssh_hosts: Vec<&crate::proto::meta::SshHost> = if args.ssh { meta.ssh.iter().collect() } else { Vec::new() };
+    for g in meta.git.iter().filter(|g| !ssh_hosts.iter().any(|s| s.host == g.host)) {
         git.push((format!("url.{}.insteadOf", g.url), format!("https://{}/", g.host)));
     }
+    for s in &ssh_hosts {
+        git.push((format!("url.ssh://{}@{}{}.insteadOf", s.user, s.host, s.path), format!("https://{}/", s.host)));
+    }
+    if args.ssh && ssh_hosts.is_empty() {
+        bail!("the broker at {broker} serves no git host over SSH (no upstream with `ssh` set)");
+    }
+    let ssh_block = (!ssh_hosts.is_empty()).then(|| {
+        let hosts: Vec<String> = ssh_hosts.iter().map(|s| s.host.clone()).collect();
+        super::ssh_proxy::ssh_config_block(&me, &hosts)
+    });
     for (k, v) in &go_env {
         outln!("go env -w {k}={v}");
     }
     for (k, v) in &git {
         outln!("git config --global {k} {v:?}");
     }
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).context("HOME is not set")?;
+    if let Some(block) = &ssh_block {
+        outln!("{} gets:\n{block}", home.join(".ssh/config").display());
+    }
     if args.dry_run {
         outln!("gocred: dry run: nothing changed");
         return Ok(());
+    }
+    if let Some(block) = &ssh_block {
+        super::ssh_proxy::write_ssh_config(&home, block)?;
     }
     let go = std::process::Command::new("go")
         .arg("env")

@@ -19,6 +19,7 @@ mod helpers;
 mod policy;
 mod serve;
 mod session;
+mod ssh_proxy;
 
 use clap::{Parser, Subcommand};
 
@@ -71,6 +72,9 @@ pub enum Command {
     Netrc(helpers::NetrcArgs),
     /// Configure go (GOPRIVATE, GONOSUMDB, GOPROXY, GOAUTH) and git (credential helper, insteadOf).
     Setup(helpers::SetupArgs),
+    /// ssh `ProxyCommand`: tunnel git-over-SSH through the broker (token + proof), e.g.
+    /// `ProxyCommand gocred ssh-proxy %h %p`.
+    SshProxy(ssh_proxy::SshProxyArgs),
     /// Workload mode: exchange the ambient token (Kubernetes, GitHub Actions, GitLab) and keep the
     /// session fresh; `--out DIR` writes netrc/gitconfig/env; `--install DIR` sets up a pod.
     Agent(agent::AgentArgs),
@@ -94,5 +98,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Netrc(a) => helpers::netrc(a).await,
         Command::Setup(a) => helpers::setup(a).await,
         Command::Agent(a) => agent::run(a).await,
+        Command::SshProxy(a) => ssh_proxy::run(a).await,
     }
 }

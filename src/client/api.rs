@@ -24,6 +24,8 @@ fn checked(t: TokenResponse) -> Result<TokenResponse, ClientError> {
 pub struct BrokerClient {
     pub url: String,
     http: reqwest::Client,
+    /// HTTP/1.1 only and no overall timeout: for tunnels, which live as long as the ssh session.
+    tunnel_http: reqwest::Client,
 }
 
 impl BrokerClient {
@@ -37,18 +39,29 @@ impl BrokerClient {
         if !crate::proto::rules::secure_url(&url) {
             return Err(err("the broker URL must be https:// (http:// only to a loopback address)".into()));
         }
-        let mut b = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(10))
-            // A redirect would re-send a subject token or proof elsewhere.
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(ca) = ca {
-            let pem = std::fs::read(ca).map_err(|e| err(format!("cannot read CA file {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| err(format!("CA file {}: {e}", ca.display())))?;
-            b = b.tls_certs_merge(certs);
-        }
-        Ok(BrokerClient { http: b.build().map_err(|e| err(e.to_string()))?, url })
+        let certs = match ca {
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| err(format!("cannot read CA file {}: {e}", ca.display())))?;
+                Some(
+                    reqwest::Certificate::from_pem_bundle(&pem)
+                        .map_err(|e| err(format!("CA file {}: {e}", ca.display())))?,
+                )
+            }
+            None => None,
+        };
+        let builder = || {
+            let b = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                // A redirect would re-send a subject token or proof elsewhere.
+                .redirect(reqwest::redirect::Policy::none());
+            match &certs {
+                Some(c) => b.tls_certs_merge(c.clone()),
+                None => b,
+            }
+        };
+        let http = builder().timeout(Duration::from_secs(30)).build().map_err(|e| err(e.to_string()))?;
+        let tunnel_http = builder().http1_only().build().map_err(|e| err(e.to_string()))?;
+        Ok(BrokerClient { http, tunnel_http, url })
     }
 
     fn net(&self, e: reqwest::Error) -> ClientError {
@@ -139,6 +152,32 @@ impl BrokerClient {
         let resp = self.authed(req, token, proof).send().await.map_err(|e| self.net(e))?;
         let _: serde_json::Value = self.decode(resp).await?;
         Ok(())
+    }
+
+    /// `GET /v1/tunnel` upgraded: a byte stream to the SSH server the broker serves `host` with.
+    pub async fn tunnel(
+        &self,
+        token: &str,
+        proof: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<reqwest::Upgraded, ClientError> {
+        use crate::proto::tunnel::{TUNNEL_PATH, TunnelRequest, UPGRADE_PROTOCOL};
+        let req = self
+            .tunnel_http
+            .get(format!("{}{TUNNEL_PATH}", self.url))
+            .query(&TunnelRequest { host: host.into(), port })
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, UPGRADE_PROTOCOL);
+        let resp = self.authed(req, token, proof).send().await.map_err(|e| self.net(e))?;
+        if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let e = self.decode::<serde_json::Value>(resp).await.err();
+            return Err(e.unwrap_or_else(|| ClientError::Broker {
+                url: self.url.clone(),
+                reason: "the broker did not switch protocols for the tunnel".into(),
+            }));
+        }
+        resp.upgrade().await.map_err(|e| self.net(e))
     }
 
     /// `/.well-known/gocred`.

@@ -23,6 +23,15 @@ pub fn checked(meta: Metadata, origin: &str) -> Result<Metadata, ClientError> {
     if let Some(g) = meta.git.iter().find(|g| !bare_host(&g.host) || g.url != format!("{origin}/git/{}/", g.host)) {
         return bad(format!("has an unexpected git entry for `{}`", g.host.escape_default()));
     }
+    let safe =
+        |s: &str, extra: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(c));
+    if let Some(h) = meta
+        .ssh
+        .iter()
+        .find(|h| !bare_host(&h.host) || !safe(&h.user, "._-") || !h.path.starts_with('/') || !safe(&h.path, "/._-~"))
+    {
+        return bad(format!("has an unexpected SSH entry for `{}`", h.host.escape_default()));
+    }
     Ok(meta)
 }
 

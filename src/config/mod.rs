@@ -35,7 +35,7 @@ pub use secrets::{BackendConfig, FileBackendConfig, SecretSource, SecretsConfig,
 pub use server::{LimitsConfig, ServerConfig, TlsFiles};
 pub use ssh::{AuthorizedKeys, SshConfig};
 pub use tokens::TokensConfig;
-pub use upstreams::{Upstream, UpstreamKind, UpstreamMode};
+pub use upstreams::{SshTarget, Upstream, UpstreamKind, UpstreamMode};
 
 use env::{env_key, env_value, key_and_message, line_of, set_path};
 use raw::RawConfig;

@@ -37,6 +37,8 @@ pub(super) struct RawLimits {
     pub(super) requests_burst: Option<u32>,
     #[serde(default, deserialize_with = "num")]
     pub(super) revocations_per_minute: Option<f64>,
+    #[serde(default, deserialize_with = "num")]
+    pub(super) tunnels_per_principal: Option<u32>,
 }
 
 /// A number, written as one in TOML or as text (environment overrides are text).
@@ -126,6 +128,10 @@ pub(super) struct RawUpstream {
     pub(super) mode: Option<UpstreamMode>,
     pub(super) ca_cert: Option<PathBuf>,
     pub(super) timeout: Option<String>,
+    /// `host:port` of the SSH server behind this git upstream (`gocred ssh-proxy` tunnels).
+    pub(super) ssh: Option<String>,
+    pub(super) ssh_user: Option<String>,
+    pub(super) ssh_path: Option<String>,
 }
 
 /// `[webhook]`: the Kubernetes mutating admission webhook (`POST /v1/admission`).

@@ -45,6 +45,8 @@ pub struct LimitsConfig {
     pub requests_burst: u32,
     /// Per principal.
     pub revocations_per_minute: f64,
+    /// Open SSH tunnels per principal.
+    pub tunnels_per_principal: u32,
 }
 
 impl Default for LimitsConfig {
@@ -55,6 +57,7 @@ impl Default for LimitsConfig {
             requests_per_second: 100.0,
             requests_burst: 1000,
             revocations_per_minute: 10.0,
+            tunnels_per_principal: 8,
         }
     }
 }
@@ -169,6 +172,11 @@ fn validate_limits(cx: &Ctx, l: RawLimits) -> Result<LimitsConfig, ConfigError> 
             "limits.revocations_per_minute",
             l.revocations_per_minute,
             dl.revocations_per_minute,
+        )?,
+        tunnels_per_principal: burst(
+            "limits.tunnels_per_principal",
+            l.tunnels_per_principal,
+            dl.tunnels_per_principal,
         )?,
     })
 }

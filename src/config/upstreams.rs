@@ -46,6 +46,64 @@ pub struct Upstream {
     pub ca_cert: Option<PathBuf>,
     /// Connect + per-read timeout.
     pub timeout: Duration,
+    /// The SSH server behind this git upstream, for `gocred ssh-proxy` tunnels.
+    pub ssh: Option<SshTarget>,
+}
+
+/// Where tunnels to an SSH-served upstream go, and how clients name repositories there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    /// The SSH server's address as the broker reaches it.
+    pub host: String,
+    pub port: u16,
+    /// The SSH user clients log in as (`ssh_user`, default `git`).
+    pub user: String,
+    /// The path repositories are under on the server (`ssh_path`, default `/`), ending in `/`.
+    pub path: String,
+}
+
+impl std::fmt::Display for SshTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host.contains(':') {
+            true => write!(f, "[{}]:{}", self.host, self.port),
+            false => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// `ssh`, `ssh_user`, `ssh_path` of a git upstream.
+fn validate_ssh(cx: &Ctx, key: &dyn Fn(&str) -> String, u: &RawUpstream) -> Result<Option<SshTarget>, ConfigError> {
+    let Some(addr) = &u.ssh else {
+        if u.ssh_user.is_some() || u.ssh_path.is_some() {
+            return Err(cx.err(&key("ssh"), "required key is missing (ssh_user/ssh_path are set)".into()));
+        }
+        return Ok(None);
+    };
+    if u.kind != UpstreamKind::Git {
+        return Err(cx.err(&key("ssh"), "only a kind = \"git\" upstream can have an SSH server".into()));
+    }
+    let bad = || cx.err(&key("ssh"), format!("`{addr}` must be host:port (e.g. \"git.corp.example:22\")"));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)) {
+        return Err(bad());
+    }
+    let user = u.ssh_user.clone().unwrap_or_else(|| "git".into());
+    if user.is_empty() || !user.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        return Err(cx.err(&key("ssh_user"), format!("`{user}` must be letters, digits, . _ or -")));
+    }
+    let path = u.ssh_path.clone().unwrap_or_else(|| "/".into());
+    let path_ok = path.starts_with('/')
+        && path.chars().all(|c| c.is_ascii_alphanumeric() || "/._-~".contains(c))
+        && !path.split('/').any(|s| s == "..");
+    if !path_ok {
+        return Err(
+            cx.err(&key("ssh_path"), format!("`{path}` must be an absolute path of letters, digits, / . _ - ~"))
+        );
+    }
+    let path = if path.ends_with('/') { path } else { format!("{path}/") };
+    Ok(Some(SshTarget { host: host.to_string(), port, user, path }))
 }
 
 impl Upstream {
@@ -92,6 +150,7 @@ fn validate_upstream(
     if u.kind == UpstreamKind::Git && u.hosts.is_empty() {
         return Err(cx.err(&key("hosts"), "required key is missing (kind = \"git\")".into()));
     }
+    let ssh = validate_ssh(cx, key, &u)?;
     let modules = if u.modules.is_empty() { u.hosts.clone() } else { u.modules };
     if modules.is_empty() {
         return Err(cx.err(&key("modules"), "required key is missing (kind = \"goproxy\")".into()));
@@ -124,5 +183,6 @@ fn validate_upstream(
         mode,
         ca_cert: u.ca_cert.map(|p| cx.rel(p)),
         timeout: cx.duration(&key("timeout"), u.timeout.as_deref(), Duration::from_secs(30))?,
+        ssh,
     })
 }

@@ -13,6 +13,7 @@ use crate::auth::oidc::OidcError;
 use crate::proxy::ProxyError;
 use crate::service::access::AccessError;
 use crate::service::session::SessionError;
+use crate::service::tunnel::TunnelError;
 use crate::webhook::WebhookError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -47,6 +48,8 @@ pub enum ApiError {
     Proxy(#[from] ProxyError),
     #[error(transparent)]
     Webhook(#[from] WebhookError),
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
 }
 
 fn access_status(e: &AccessError) -> (StatusCode, &'static str) {
@@ -90,6 +93,16 @@ fn proxy_status(e: &ProxyError) -> (StatusCode, &'static str) {
     }
 }
 
+fn tunnel_status(e: &TunnelError) -> (StatusCode, &'static str) {
+    match e {
+        TunnelError::NotConfigured { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        TunnelError::WrongPort { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
+        TunnelError::Access(a) => access_status(a),
+        TunnelError::TooMany { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        TunnelError::Connect { .. } => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+    }
+}
+
 impl ApiError {
     /// The status code and error code of every error: the only place either is decided.
     pub fn status(&self) -> (StatusCode, &'static str) {
@@ -106,6 +119,7 @@ impl ApiError {
             ApiError::Proxy(e) => proxy_status(e),
             ApiError::Webhook(WebhookError::EncodeReview(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Webhook(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Tunnel(e) => tunnel_status(e),
         }
     }
 
@@ -115,6 +129,7 @@ impl ApiError {
         match self {
             ApiError::Proxy(ProxyError::Unreachable { url, reason, .. }) => format!("{self} ({url}: {reason})"),
             ApiError::Proxy(ProxyError::Timeout { url, .. }) => format!("{self} ({url})"),
+            ApiError::Tunnel(TunnelError::Connect { target, source, .. }) => format!("{self} ({target}: {source})"),
             e => crate::error_chain(e),
         }
     }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod proxy;
 pub mod serve;
+pub mod tunnel;
 pub mod webhook;
 
 use axum::Router;
@@ -50,6 +51,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/token", post(auth::token).route_layer(middleware::from_fn_with_state(state.clone(), limit_login)))
         .route("/v1/revoke", post(auth::revoke))
         .route("/v1/credentials", get(proxy::credentials))
+        .route(crate::proto::tunnel::TUNNEL_PATH, get(tunnel::tunnel))
         .route("/.well-known/gocred", get(proxy::well_known))
         .route("/mod/{*rest}", get(proxy::goproxy))
         .route("/git/{host}/{*rest}", get(proxy::git).post(proxy::git))

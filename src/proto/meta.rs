@@ -23,6 +23,9 @@ pub struct Metadata {
     pub git: Vec<GitHost>,
     #[serde(default)]
     pub vend_hosts: Vec<String>,
+    /// Git hosts served over SSH, reached through `gocred ssh-proxy` tunnels.
+    #[serde(default)]
+    pub ssh: Vec<SshHost>,
     pub proof: ProofInfo,
     #[serde(default)]
     pub login: Vec<String>,
@@ -36,6 +39,14 @@ pub struct Metadata {
 pub struct GitHost {
     pub host: String,
     pub url: String,
+}
+
+/// A git host served over SSH: `ssh://<user>@<host><path>` is where its repositories are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SshHost {
+    pub host: String,
+    pub user: String,
+    pub path: String,
 }
 
 /// How proofs must be made for this broker.

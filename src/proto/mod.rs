@@ -11,3 +11,4 @@ pub mod meta;
 pub mod proof;
 pub mod rules;
 pub mod token;
+pub mod tunnel;

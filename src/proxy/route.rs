@@ -186,6 +186,7 @@ mod tests {
             mode: UpstreamMode::Proxy,
             ca_cert: None,
             timeout: Duration::from_secs(1),
+            ssh: None,
         };
         vec![
             mk("git", UpstreamKind::Git, &["git.corp.test"], &["git.corp.test"]),

@@ -5,7 +5,7 @@
 
 use super::Broker;
 use crate::config::{Upstream, UpstreamKind, UpstreamMode};
-use crate::proto::meta::{GitHost, Metadata, OidcInfo, ProofInfo};
+use crate::proto::meta::{GitHost, Metadata, OidcInfo, ProofInfo, SshHost};
 
 fn login_methods(b: &Broker) -> Vec<String> {
     let mut m = vec!["ssh".to_string()];
@@ -55,6 +55,13 @@ pub fn metadata(b: &Broker) -> Metadata {
         direct_modules,
         goproxy: ups.iter().any(|u| u.kind == UpstreamKind::Goproxy).then(|| format!("{origin}/mod")),
         git,
+        ssh: ups
+            .iter()
+            .filter_map(|u| u.ssh.as_ref().map(|t| (u, t)))
+            .flat_map(|(u, t)| {
+                u.hosts.iter().map(|h| SshHost { host: h.clone(), user: t.user.clone(), path: t.path.clone() })
+            })
+            .collect(),
         vend_hosts: ups.iter().filter(|u| u.mode == UpstreamMode::Vend).flat_map(|u| u.hosts.clone()).collect(),
         proof: ProofInfo {
             namespace: crate::proto::proof::PROOF_NAMESPACE.into(),

@@ -1,7 +1,7 @@
 //! The service layer between HTTP and the domain: [`Broker`] holds every domain service of one
 //! broker process (opened by [`Broker::start`]); [`access`] authenticates callers (token +
 //! proof → [`access::Caller`]) and asks the policy; [`session`] runs the login, exchange,
-//! refresh and revoke flows; [`meta`] describes the broker to clients; [`background`] names
+//! refresh and revoke flows; [`tunnel`] the SSH tunnels; [`meta`] describes the broker to clients; [`background`] names
 //! the loops that keep a broker current (key rotation, revocation sync, readiness probe,
 //! secrets maintenance, policy reload).
 //!
@@ -14,6 +14,7 @@ pub mod access;
 pub mod background;
 pub mod meta;
 pub mod session;
+pub mod tunnel;
 
 use crate::audit::Audit;
 use crate::auth::oidc::OidcVerifier;
@@ -71,6 +72,8 @@ pub struct Broker {
     pub limits: Limiters,
     /// Trusted OIDC issuers, for token exchanges.
     pub oidc: OidcVerifier,
+    /// Open SSH tunnels per principal.
+    pub tunnels: tunnel::Tunnels,
 }
 
 /// Load the configured policy set.
@@ -136,6 +139,7 @@ impl Broker {
             proxy,
             limits,
             oidc,
+            tunnels: Default::default(),
         }))
     }
 
