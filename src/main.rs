@@ -29,7 +29,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(gocred::cli::run(cli)) {
+    let result = rt.block_on(gocred::cli::run(cli));
+    // Do not wait for blocking reads still running (ssh-proxy's stdin after the tunnel closed).
+    rt.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // `gocred netrc | head -1`: the reader is done; not an error (as ripgrep does).
         Err(e) if gocred::cli::is_broken_pipe(&e) => ExitCode::SUCCESS,

@@ -18,5 +18,6 @@ mod layering;
 mod oidc;
 mod proxy;
 mod ssh;
+mod tunnel;
 mod vault_auth;
 mod webhook;

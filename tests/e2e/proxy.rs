@@ -36,7 +36,7 @@ fn make_repo(root: &Path, name: &str, module: &str) {
 }
 
 /// A bare repository in exactly `root/<dir>` holding module `module` at v1.0.0.
-fn make_bare(root: &Path, dir: &str, module: &str) {
+pub fn make_bare(root: &Path, dir: &str, module: &str) {
     let work = root.join(format!("{dir}-work"));
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("go.mod"), format!("module {module}\n\ngo 1.21\n")).unwrap();

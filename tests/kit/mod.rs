@@ -1,6 +1,6 @@
 //! The test kit: real peers started on free loopback ports and cleaned up when their guards
 //! drop — processes and paths ([`procs`]), OpenBao ([`openbao`]), the gocred broker and its
-//! clients ([`broker`]), ssh-keygen and ssh-agent ([`ssh`]), identity providers ([`oidc`]), and an
+//! clients ([`broker`]), ssh-keygen and ssh-agent ([`ssh`]), sshd ([`sshd`]), identity providers ([`oidc`]), and an
 //! in-process JWT issuer ([`issuer`], also used by the benchmarks).
 
 #![allow(dead_code)]
@@ -11,6 +11,7 @@ pub mod oidc;
 pub mod openbao;
 pub mod procs;
 pub mod ssh;
+pub mod sshd;
 
 pub use broker::*;
 pub use issuer::*;
@@ -18,6 +19,7 @@ pub use oidc::*;
 pub use openbao::*;
 pub use procs::*;
 pub use ssh::*;
+pub use sshd::*;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
