@@ -18,7 +18,7 @@
 //! | [`proto`]   | every wire format client and broker share: token/proof alphabets and encodings, login messages, token/revoke requests and answers, the JSON error body, `/.well-known/gocred` metadata, URL/path rules | import any other gocred module |
 //! | [`server`]  | `run(listener, config, shutdown)`: start the services, their background loops and the HTTP server | parse config or print to the terminal |
 //! | [`http`]    | axum routes, request ids, metrics middleware, the one error → status map ([`http::error`]), serving on a socket ([`http::serve`]) | hold business logic |
-//! | [`service`] | [`service::Broker`] (every domain service of one process), `access` (token + proof → Caller, policy questions), `session` (login, exchange, refresh, revoke), `meta`, named `background` loops | import axum or choose status codes |
+//! | [`service`] | [`service::Broker`] (every domain service of one process), `access` (token + proof → Caller, policy questions), `session` (login, exchange, refresh, revoke), `tunnel` (SSH tunnels), `meta`, named `background` loops | import axum or choose status codes |
 //! | [`auth`]    | SSH login (sealed challenges, authorized keys, certificates), OIDC subject tokens (issuers, JWKS cache, claim mapping), proofs, [`auth::Principal`] | mint tokens, decide policy |
 //! | [`token`]   | EdDSA access tokens: mint, verify (strict `alg`), refresh, revocation check | accept any `alg` but EdDSA |
 //! | [`revocation`] | the shared revocation list in the secrets backend                   | block requests on the backend         |

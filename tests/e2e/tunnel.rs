@@ -47,7 +47,7 @@ async fn setup() -> Tunnelled {
     )
     .unwrap();
     let extra = format!(
-        "[[upstreams]]\nname = \"corp-ssh\"\nkind = \"git\"\nhosts = [\"{HOST}\"]\nurl = \"https://127.0.0.1:9\"\n\
+        "[limits]\ntunnels_per_principal = 2\n[[upstreams]]\nname = \"corp-ssh\"\nkind = \"git\"\nhosts = [\"{HOST}\"]\nurl = \"https://127.0.0.1:9\"\n\
          ssh = \"127.0.0.1:{}\"\nssh_user = \"{}\"\nssh_path = \"{}/\"\n",
         sshd.port,
         current_user(),
@@ -182,7 +182,10 @@ async fn documented_flow_clones_and_go_downloads_through_the_tunnel_matching_dir
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "docs/ssh-tunnel.md: `{line}` failed: {text}");
         if line.contains("--dry-run") {
-            assert!(text.contains(&format!("Host {HOST}\n    ProxyCommand ")) && text.contains("ssh-proxy %h %p"), "{text}");
+            assert!(
+                text.contains(&format!("Host {HOST}\n    ProxyCommand ")) && text.contains("ssh-proxy %h %p"),
+                "{text}"
+            );
             let cfg = std::fs::read_to_string(ssh_dir.join("config")).unwrap();
             assert!(!cfg.contains("gocred"), "the dry run changed ~/.ssh/config: {cfg}");
         }
@@ -304,4 +307,110 @@ async fn refused_tunnels_never_reach_the_sshd_and_a_revoked_session_closes_its_t
     t.b.audit_has("revoked tunnel", |l| {
         l["kind"] == "tunnel" && l["reason"].as_str().is_some_and(|r| r.starts_with("tunnel session revoked"))
     });
+
+    // limits.tunnels_per_principal = 2: a third open tunnel is refused with 429.
+    t.login();
+    let token = t.token();
+    let open_one = || {
+        let mut cmd = Command::new(gocred_bin());
+        cmd.args(["ssh-proxy", HOST, "22"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+        for (k, v) in t.env() {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut banner = [0u8; 8];
+        child.stdout.as_mut().unwrap().read_exact(&mut banner).unwrap();
+        assert_eq!(&banner, b"SSH-2.0-");
+        child
+    };
+    let mut open = vec![open_one(), open_one()];
+    let (st, body) = t.raw_tunnel(&q, &t.bearer(&token)).await;
+    assert_eq!(st, 429, "{body}");
+    assert!(body.contains("limits.tunnels_per_principal = 2"), "{body}");
+    for c in &mut open {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    // The SSH server down: one line naming the upstream, not its address.
+    let _ = Command::new("kill").arg(t.sshd.proc.id().to_string()).status();
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, _, err) = t.b.cli(&["ssh-proxy", HOST, "22"], &t.env());
+    assert_ne!(code, 0);
+    assert!(err.contains("upstream corp-ssh: SSH server unreachable") && err.lines().count() == 1, "{err}");
+    assert!(!err.contains("127.0.0.1"), "the SSH server's address leaked to the caller: {err}");
+}
+
+/// A bare repository of at least `mb` MiB of incompressible data at `repos/<name>`.
+fn big_repo(repos: &std::path::Path, name: &str, mb: usize) {
+    let work = repos.join(format!("{name}-work"));
+    std::fs::create_dir_all(&work).unwrap();
+    let mut data = vec![0u8; mb << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for chunk in data.chunks_mut(8) {
+        // xorshift64*: fast, incompressible enough for git's zlib.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+    std::fs::write(work.join("blob.bin"), &data).unwrap();
+    let git =
+        |args: &[&str]| run_ok(Command::new("git").args(args).current_dir(&work).env("GIT_CONFIG_GLOBAL", "/dev/null"));
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "big"]);
+    run_ok(
+        Command::new("git")
+            .args(["clone", "-q", "--bare"])
+            .arg(&work)
+            .arg(repos.join(name))
+            .env("GIT_CONFIG_GLOBAL", "/dev/null"),
+    );
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+/// Benchmark (BENCHMARKS.md): `git clone` of a 24 MiB repository over SSH directly and through
+/// the tunnel, alternating, in the same run; prints both and the ratio of the medians. The
+/// assertion is loose (CI machines are noisy); the recorded figure is the printed ratio.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_git_clone_over_ssh_direct_vs_tunnel() {
+    let t = setup().await;
+    big_repo(&t.repos, "big.git", 24);
+    t.login();
+    let (code, out, err) = t.b.cli(&["setup", "--ssh"], &t.env());
+    assert_eq!(code, 0, "{out}{err}");
+    let clone = |name: &str, ssh: String| {
+        let dest = t.b.path(name);
+        let started = Instant::now();
+        let mut cmd = Command::new("git");
+        cmd.args(["clone", "-q", &format!("https://{HOST}/big.git")]).arg(&dest);
+        for (k, v) in t.env() {
+            cmd.env(k, v);
+        }
+        let out = cmd.env("GIT_SSH_COMMAND", ssh).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let took = started.elapsed();
+        std::fs::remove_dir_all(&dest).unwrap();
+        took
+    };
+    let direct_ssh =
+        t.ssh_command(&format!("-o ProxyCommand=none -o HostName=127.0.0.1 -o HostKeyAlias={HOST} -p {}", t.sshd.port));
+    let runs = std::env::var("GOCRED_BENCH_RUNS").ok().and_then(|n| n.parse().ok()).unwrap_or(3usize);
+    let (mut direct, mut tunnel) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        direct.push(clone(&format!("direct-{i}"), direct_ssh.clone()));
+        tunnel.push(clone(&format!("tunnel-{i}"), t.ssh_command("")));
+    }
+    direct.sort();
+    tunnel.sort();
+    let (d, tu) = (direct[runs / 2], tunnel[runs / 2]);
+    let ratio = tu.as_secs_f64() / d.as_secs_f64();
+    println!(
+        "git clone 24 MiB over SSH, median of {runs}: direct {:.0} ms, through the tunnel {:.0} ms, ratio {ratio:.3}x",
+        d.as_secs_f64() * 1000.0,
+        tu.as_secs_f64() * 1000.0
+    );
+    assert!(ratio < 2.0, "the tunnel is {ratio:.2}x slower than direct SSH");
 }
