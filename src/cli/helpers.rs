@@ -301,6 +301,32 @@ pub struct SetupArgs {
     pub ssh: bool,
 }
 
+/// git's `insteadOf` rules for the broker's git hosts (to `/git/`, or with `ssh` to `ssh://` for
+/// the hosts it serves over SSH) added to `git`; with `ssh`, the `~/.ssh/config` block.
+fn git_rules(
+    meta: &crate::proto::meta::Metadata,
+    ssh: bool,
+    me: &str,
+    broker: &str,
+    git: &mut Vec<(String, String)>,
+) -> anyhow::Result<Option<String>> {
+    let ssh_hosts: Vec<&crate::proto::meta::SshHost> = if ssh { meta.ssh.iter().collect() } else { Vec::new() };
+    for g in meta.git.iter().filter(|g| !ssh_hosts.iter().any(|s| s.host == g.host)) {
+        git.push((format!("url.{}.insteadOf", g.url), format!("https://{}/", g.host)));
+    }
+    for s in &ssh_hosts {
+        git.push((format!("url.ssh://{}@{}{}.insteadOf", s.user, s.host, s.path), format!("https://{}/", s.host)));
+    }
+    if ssh && ssh_hosts.is_empty() {
+        bail!("the broker at {broker} serves no git host over SSH (no upstream with `ssh` set)");
+    }
+    let ssh_block = (!ssh_hosts.is_empty()).then(|| {
+        let hosts: Vec<String> = ssh_hosts.iter().map(|s| s.host.clone()).collect();
+        super::ssh_proxy::ssh_config_block(me, &hosts)
+    });
+    Ok(ssh_block)
+}
+
 /// `go env -w` and `git config --global` so that plain `go` and `git` use the broker.
 pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     let (broker, ca) = {
@@ -333,20 +359,7 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     go_env.push(("GONOPROXY".into(), if direct.is_empty() { "none".into() } else { direct.join(",") }));
     go_env.push(("GOAUTH".into(), format!("{me} goauth")));
     let mut git: Vec<(String, String)> = vec![(format!("credential.{broker}.helper"), format!("{me} credential"))];
-    let ssh_hosts: Vec<&crate::proto::meta::SshHost> = if args.ssh { meta.ssh.iter().collect() } else { Vec::new() };
-    for g in meta.git.iter().filter(|g| !ssh_hosts.iter().any(|s| s.host == g.host)) {
-        git.push((format!("url.{}.insteadOf", g.url), format!("https://{}/", g.host)));
-    }
-    for s in &ssh_hosts {
-        git.push((format!("url.ssh://{}@{}{}.insteadOf", s.user, s.host, s.path), format!("https://{}/", s.host)));
-    }
-    if args.ssh && ssh_hosts.is_empty() {
-        bail!("the broker at {broker} serves no git host over SSH (no upstream with `ssh` set)");
-    }
-    let ssh_block = (!ssh_hosts.is_empty()).then(|| {
-        let hosts: Vec<String> = ssh_hosts.iter().map(|s| s.host.clone()).collect();
-        super::ssh_proxy::ssh_config_block(&me, &hosts)
-    });
+    let ssh_block = git_rules(&meta, args.ssh, &me, &broker, &mut git)?;
     for (k, v) in &go_env {
         outln!("go env -w {k}={v}");
     }

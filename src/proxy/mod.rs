@@ -56,6 +56,23 @@ impl std::fmt::Debug for UpstreamCredential {
     }
 }
 
+/// `base` + `upstream_path`, refused unless the URL sent is exactly that (+ the fixed query): no
+/// fragment, no other query, no path the URL parser would normalise differently.
+fn exact_url(base: &str, upstream_path: &str) -> Result<String, ProxyError> {
+    let url = format!("{base}{upstream_path}");
+    let parsed = reqwest::Url::parse(&url).map_err(|_| ProxyError::BadPath("malformed upstream path".into()))?;
+    let (want_path, want_query) = match upstream_path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (upstream_path, None),
+    };
+    let base_path = reqwest::Url::parse(base).map(|b| b.path().trim_end_matches('/').to_string()).unwrap_or_default();
+    if parsed.fragment().is_some() || parsed.query() != want_query || parsed.path() != format!("{base_path}{want_path}")
+    {
+        return Err(ProxyError::BadPath("malformed upstream path".into()));
+    }
+    Ok(url)
+}
+
 /// The only request headers passed upstream (an allowlist: reverse-proxy identity headers such
 /// as `X-Webauth-User`, `Sudo` or `X-Http-Method-Override` never reach an upstream that might
 /// trust them).
@@ -209,21 +226,7 @@ impl Proxy {
         if !matches!(method, http::Method::GET | http::Method::HEAD | http::Method::POST) {
             return Err(ProxyError::BadPath(format!("method {method} is not forwarded")));
         }
-        // The URL sent is exactly base + path (+ the fixed query): no fragment, no other query.
-        let url = format!("{}{upstream_path}", u.url);
-        let parsed = reqwest::Url::parse(&url).map_err(|_| ProxyError::BadPath("malformed upstream path".into()))?;
-        let (want_path, want_query) = match upstream_path.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (upstream_path, None),
-        };
-        let base_path =
-            reqwest::Url::parse(&u.url).map(|b| b.path().trim_end_matches('/').to_string()).unwrap_or_default();
-        if parsed.fragment().is_some()
-            || parsed.query() != want_query
-            || parsed.path() != format!("{base_path}{want_path}")
-        {
-            return Err(ProxyError::BadPath("malformed upstream path".into()));
-        }
+        let url = exact_url(&u.url, upstream_path)?;
         let mut h = http::HeaderMap::new();
         for (name, value) in headers {
             if PASS_REQUEST.contains(&name.as_str()) {
