@@ -89,7 +89,7 @@ fn proxy_status(e: &ProxyError) -> (StatusCode, &'static str) {
         | ProxyError::Rejected { .. }
         | ProxyError::Credential { .. }
         | ProxyError::Redirected { .. } => (StatusCode::BAD_GATEWAY, "bad_gateway"),
-        ProxyError::Client { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        ProxyError::Client { .. } | ProxyError::ReadCa { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 
@@ -127,7 +127,9 @@ impl ApiError {
     /// errors); never sent to the caller.
     fn log_detail(&self) -> String {
         match self {
-            ApiError::Proxy(ProxyError::Unreachable { url, reason, .. }) => format!("{self} ({url}: {reason})"),
+            ApiError::Proxy(ProxyError::Unreachable { url, source, .. }) => {
+                format!("{self} ({url}: {})", crate::error_chain(source))
+            }
             ApiError::Proxy(ProxyError::Timeout { url, .. }) => format!("{self} ({url})"),
             ApiError::Tunnel(TunnelError::Connect { target, source, .. }) => format!("{self} ({target}: {source})"),
             e => crate::error_chain(e),

@@ -29,15 +29,31 @@ pub enum ProxyError {
     Credential { upstream: String, reason: String },
     /// `url`/`reason` are for the broker's log; callers see the upstream's name only.
     #[error("upstream {upstream} unreachable")]
-    Unreachable { upstream: String, url: String, reason: String },
+    Unreachable {
+        upstream: String,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("upstream {upstream} did not answer within {secs}s")]
     Timeout { upstream: String, url: String, secs: u64 },
     #[error("upstream {upstream} rejected the broker's credential (HTTP {status})")]
     Rejected { upstream: String, status: u16 },
     #[error("upstream {upstream} answered with a redirect (HTTP {status}), which is not followed")]
     Redirected { upstream: String, status: u16 },
-    #[error("cannot build the HTTP client for upstream {upstream}: {reason}")]
-    Client { upstream: String, reason: String },
+    #[error("upstream {upstream}: cannot read the CA file {}: {source}", path.display())]
+    ReadCa {
+        upstream: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client for upstream {upstream}: {source}")]
+    Client {
+        upstream: String,
+        #[source]
+        source: reqwest::Error,
+    },
 }
 
 /// An upstream credential, as the `Authorization` header value it becomes.
@@ -136,16 +152,19 @@ impl Proxy {
         crate::install_crypto_provider();
         let mut clients = Vec::new();
         for u in &upstreams {
-            let fail = |reason: String| ProxyError::Client { upstream: u.name.clone(), reason };
+            let fail = |source: reqwest::Error| ProxyError::Client { upstream: u.name.clone(), source };
             let mut b = reqwest::Client::builder()
                 .connect_timeout(u.timeout)
                 .read_timeout(u.timeout)
                 .redirect(reqwest::redirect::Policy::none())
                 .pool_idle_timeout(Duration::from_secs(60));
             if let Some(ca) = &u.ca_cert {
-                let pem = std::fs::read(ca).map_err(|e| fail(format!("CA {}: {e}", ca.display())))?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                    .map_err(|e| fail(format!("CA {}: {e}", ca.display())))?;
+                let pem = std::fs::read(ca).map_err(|source| ProxyError::ReadCa {
+                    upstream: u.name.clone(),
+                    path: ca.clone(),
+                    source,
+                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(fail)?;
                 b = b.tls_certs_merge(certs);
             }
             if u.url.starts_with("http://") {
@@ -155,7 +174,7 @@ impl Proxy {
                     tracing::warn!(upstream = %u.name, "upstream URL is plain http: its credential travels unencrypted");
                 }
             }
-            clients.push(b.build().map_err(|e| fail(e.to_string()))?);
+            clients.push(b.build().map_err(fail)?);
         }
         Ok(Proxy { upstreams, clients, store, creds: Mutex::new(HashMap::new()) })
     }
@@ -255,11 +274,7 @@ impl Proxy {
                 if e.is_timeout() {
                     ProxyError::Timeout { upstream: u.name.clone(), url: url.clone(), secs: u.timeout.as_secs() }
                 } else {
-                    ProxyError::Unreachable {
-                        upstream: u.name.clone(),
-                        url: url.clone(),
-                        reason: crate::error_chain(&e),
-                    }
+                    ProxyError::Unreachable { upstream: u.name.clone(), url: url.clone(), source: e }
                 }
             })?;
             let status = resp.status().as_u16();
