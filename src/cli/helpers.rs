@@ -320,6 +320,11 @@ fn git_rules(
     if ssh && ssh_hosts.is_empty() {
         bail!("the broker at {broker} serves no git host over SSH (no upstream with `ssh` set)");
     }
+    if !ssh_hosts.is_empty() && !super::ssh_proxy::plain_command_path(me) {
+        bail!(
+            "the gocred binary's path `{me}` has characters ssh's ProxyCommand would interpret; install it under a plain path"
+        );
+    }
     let ssh_block = (!ssh_hosts.is_empty()).then(|| {
         let hosts: Vec<String> = ssh_hosts.iter().map(|s| s.host.clone()).collect();
         super::ssh_proxy::ssh_config_block(me, &hosts)

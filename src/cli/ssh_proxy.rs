@@ -65,8 +65,9 @@ pub fn ssh_config_block(me: &str, hosts: &[String]) -> String {
 }
 
 /// `text` with gocred's block replaced by `block`, first (ssh uses the first value it finds, so
-/// nothing earlier can override the ProxyCommand); the rest kept byte for byte.
-pub fn with_block(text: &str, block: &str) -> String {
+/// nothing earlier can override the ProxyCommand); the rest kept byte for byte. A begin marker
+/// without its end is refused (everything after it would be lost).
+pub fn with_block(text: &str, block: &str) -> Result<String, &'static str> {
     let mut out = String::from(block);
     let mut inside = false;
     for line in text.split_inclusive('\n') {
@@ -79,7 +80,15 @@ pub fn with_block(text: &str, block: &str) -> String {
             out.push_str(line);
         }
     }
-    out
+    if inside {
+        return Err("has a `# BEGIN gocred` line without its `# END gocred`; fix or remove it, then run this again");
+    }
+    Ok(out)
+}
+
+/// A path ssh can run as a ProxyCommand as is: no spaces, shell characters or `%` tokens.
+pub fn plain_command_path(p: &str) -> bool {
+    p.starts_with('/') && p.chars().all(|c| c.is_ascii_alphanumeric() || "/._+-".contains(c))
 }
 
 /// Write gocred's block into `~/.ssh/config` (0600, atomically; `~/.ssh` created 0700).
@@ -92,7 +101,8 @@ pub fn write_ssh_config(home: &Path, block: &str) -> anyhow::Result<std::path::P
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    crate::fsutil::write_private_atomic(&path, with_block(&text, block).as_bytes())
+    let text = with_block(&text, block).map_err(|e| anyhow::anyhow!("{} {e}", path.display()))?;
+    crate::fsutil::write_private_atomic(&path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
 }
@@ -106,11 +116,17 @@ mod tests {
         let block = ssh_config_block("/bin/gocred", &["git.corp.example".into()]);
         assert!(block.contains("Host git.corp.example\n    ProxyCommand /bin/gocred ssh-proxy %h %p\n"));
         let mine = "Host *\n    ServerAliveInterval 30\n";
-        let once = with_block(mine, &block);
+        let once = with_block(mine, &block).unwrap();
         assert!(once.starts_with(BLOCK_BEGIN) && once.ends_with(mine), "{once}");
-        assert_eq!(with_block(&once, &block), once, "idempotent");
+        assert_eq!(with_block(&once, &block).unwrap(), once, "idempotent");
         let other = ssh_config_block("/bin/gocred", &["b.example".into()]);
-        let twice = with_block(&once, &other);
+        let twice = with_block(&once, &other).unwrap();
         assert!(!twice.contains("git.corp.example") && twice.contains("b.example") && twice.ends_with(mine));
+        let broken = format!("{BLOCK_BEGIN}\nHost x\n{mine}");
+        assert!(with_block(&broken, &block).is_err(), "a block without its end would swallow the rest");
+        assert!(plain_command_path("/usr/local/bin/gocred"));
+        for bad in ["gocred", "/a b/gocred", "/x/%h", "/x/$(id)", "/x/`id`", "/x;y"] {
+            assert!(!plain_command_path(bad), "{bad}");
+        }
     }
 }

@@ -25,11 +25,20 @@ pub fn checked(meta: Metadata, origin: &str) -> Result<Metadata, ClientError> {
     }
     let safe =
         |s: &str, extra: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(c));
-    if let Some(h) = meta
-        .ssh
-        .iter()
-        .find(|h| !bare_host(&h.host) || !safe(&h.user, "._-") || !h.path.starts_with('/') || !safe(&h.path, "/._-~"))
-    {
+    // Only hosts this broker serves anyway (its git hosts or module hosts), nothing that could be
+    // read as an ssh option, no `..` out of the configured path.
+    let served =
+        |h: &str| meta.git.iter().any(|g| g.host == h) || meta.modules.iter().any(|m| m.split('/').next() == Some(h));
+    if let Some(h) = meta.ssh.iter().find(|h| {
+        !bare_host(&h.host)
+            || h.host.starts_with('-')
+            || !served(&h.host)
+            || !safe(&h.user, "._-")
+            || h.user.starts_with('-')
+            || !h.path.starts_with('/')
+            || !safe(&h.path, "/._-~")
+            || h.path.split('/').any(|s| s == "..")
+    }) {
         return bad(format!("has an unexpected SSH entry for `{}`", h.host.escape_default()));
     }
     Ok(meta)
@@ -70,5 +79,16 @@ mod tests {
         let mut m = meta();
         m.direct_modules = vec!["other.example/x".into()];
         assert!(checked(m, "https://b.example").is_err());
+        let ssh = |host: &str, user: &str, path: &str| {
+            let mut m = meta();
+            m.ssh = vec![crate::proto::meta::SshHost { host: host.into(), user: user.into(), path: path.into() }];
+            checked(m, "https://b.example")
+        };
+        assert!(ssh("git.corp.example", "git", "/").is_ok());
+        assert!(ssh("github.com", "git", "/").is_err(), "a host the broker does not serve");
+        assert!(ssh("-oProxyCommand=x", "git", "/").is_err());
+        assert!(ssh("git.corp.example", "-oProxyCommand=x", "/").is_err());
+        assert!(ssh("git.corp.example", "git", "/srv/../etc/").is_err());
+        assert!(ssh("git.corp.example", "git", "/a b/").is_err());
     }
 }

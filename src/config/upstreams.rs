@@ -90,7 +90,8 @@ fn validate_ssh(cx: &Ctx, key: &dyn Fn(&str) -> String, u: &RawUpstream) -> Resu
         return Err(bad());
     }
     let user = u.ssh_user.clone().unwrap_or_else(|| "git".into());
-    if user.is_empty() || !user.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+    if user.is_empty() || user.starts_with('-') || !user.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
         return Err(cx.err(&key("ssh_user"), format!("`{user}` must be letters, digits, . _ or -")));
     }
     let path = u.ssh_path.clone().unwrap_or_else(|| "/".into());

@@ -123,6 +123,21 @@ impl ApiError {
         }
     }
 
+    /// What a caller is told: the error's own line, except for 5xx whose text carries internal
+    /// detail (an issuer's discovery URL and transport error, a secrets-backend error), which get
+    /// a fixed line naming only what failed; the detail goes to the log.
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::Session(SessionError::VerifySubject(OidcError::FetchKeys { issuer, .. })) => {
+                format!("cannot reach identity provider `{issuer}` to verify the token; try again later")
+            }
+            ApiError::Proxy(ProxyError::Credential { upstream, .. }) => {
+                format!("upstream {upstream}: credential unavailable (details in the broker log)")
+            }
+            e => e.to_string(),
+        }
+    }
+
     /// What the broker log gets for a 5xx beyond the message (internal addresses, transport
     /// errors); never sent to the caller.
     fn log_detail(&self) -> String {
@@ -174,7 +189,7 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("Basic realm=\"gocred\""),
             );
         }
-        resp.extensions_mut().insert(Failure { code, message: self.to_string(), log_detail });
+        resp.extensions_mut().insert(Failure { code, message: self.public_message(), log_detail });
         resp
     }
 }

@@ -280,3 +280,30 @@ async fn login_whoami_refresh_and_revocation_decided_by_policy() {
     let a = call(&w, authed(get("/v1/whoami"), new_tok, Some(&proof(&alice, new_tok)))).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.text());
 }
+
+#[tokio::test]
+async fn server_errors_keep_internal_detail_out_of_the_answer() {
+    use super::error::ApiError;
+    use axum::response::IntoResponse;
+    let fetch = crate::auth::oidc::OidcError::FetchKeys {
+        issuer: "corp-sso".into(),
+        reason: "https://10.1.2.3:8443/.well-known/openid-configuration: connection refused".into(),
+    };
+    let cred = crate::proxy::ProxyError::Credential {
+        upstream: "corp-git".into(),
+        reason: "vault https://vault.internal:8200: cannot read `kv/upstreams/corp-git`: 403".into(),
+    };
+    for (e, shown) in [
+        (ApiError::from(fetch), "identity provider `corp-sso`"),
+        (ApiError::from(cred), "upstream corp-git: credential unavailable"),
+    ] {
+        let resp = e.into_response();
+        assert!(resp.status().is_server_error());
+        let id = super::RequestId("rid".into());
+        let resp = super::error::render(resp, &id, false);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.expect("body");
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains(shown), "{text}");
+        assert!(!text.contains("10.1.2.3") && !text.contains("vault.internal"), "internal detail leaked: {text}");
+    }
+}

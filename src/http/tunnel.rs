@@ -39,7 +39,7 @@ pub async fn tunnel(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => crate::service::tunnel::run(broker, opened, hyper_util::rt::TokioIo::new(upgraded)).await,
-            Err(e) => tracing::warn!(error = %e, "tunnel upgrade failed"),
+            Err(e) => crate::service::tunnel::abandon(&broker, opened, &e.to_string()),
         }
     });
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();

@@ -1,8 +1,10 @@
 //! SSH tunnels (`gocred ssh-proxy`): a caller authenticated by token + proof asks for a host the
 //! broker announces as SSH-served; the broker decides Cedar `tunnel` on it, connects to the
 //! configured `ssh` address of that upstream (never an address the caller names), and copies
-//! bytes both ways until either side closes, the session ends (revocation or its end time), or
-//! the connection idles out (`server.idle_timeout`, enforced below HTTP). One audit line at open
+//! bytes both ways until either side closes or fails, the session ends (revocation or its end
+//! time), access is withdrawn (re-checked every [`RECHECK_EVERY`] or `tokens.ttl` if shorter: the SSH key still authorized,
+//! Cedar `tunnel` still permitted), or the connection idles out (`server.idle_timeout`, enforced
+//! below HTTP). One audit line at open
 //! and one at close with bytes each way and duration; at most `limits.tunnels_per_principal`
 //! open tunnels per principal.
 //!
@@ -129,26 +131,67 @@ pub async fn open(b: &Arc<Broker>, caller: Caller, host: &str, port: u16) -> Res
     Ok(Opened { caller, upstream: u.name.clone(), host, stream, _slot: slot, started: Instant::now() })
 }
 
-/// Copy `from` → `to` until EOF, counting bytes; then close `to`'s write side.
-async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut from: R, mut to: W, count: &AtomicU64) {
+/// How often at most an open tunnel's access is decided again (a removed key, a changed group or
+/// policy ends it within this, or within the token lifetime `tokens.ttl` if that is shorter).
+pub const RECHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// Copy `from` → `to` until EOF (`Ok`, then `to`'s write side is closed) or an error (`Err`: the
+/// tunnel is over both ways, e.g. the caller's connection idled out).
+async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut from: R,
+    mut to: W,
+    count: &AtomicU64,
+) -> Result<(), ()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
+            Err(_) => return Err(()),
             Ok(n) => {
-                if to.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
+                to.write_all(&buf[..n]).await.map_err(|_| ())?;
                 count.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
     }
     let _ = to.shutdown().await;
+    Ok(())
 }
 
-/// Why a tunnel closed.
-async fn session_over(b: &Broker, caller: &Caller) -> &'static str {
+/// Both directions: done when both reached EOF, or as soon as one fails.
+async fn pump_both<A, B>(a: A, b: B) -> &'static str
+where
+    A: std::future::Future<Output = Result<(), ()>>,
+    B: std::future::Future<Output = Result<(), ()>>,
+{
+    tokio::pin!(a, b);
+    let (mut a_done, mut b_done) = (false, false);
+    while !(a_done && b_done) {
+        tokio::select! {
+            r = &mut a, if !a_done => { a_done = true; if r.is_err() { return "failed"; } }
+            r = &mut b, if !b_done => { b_done = true; if r.is_err() { return "failed"; } }
+        }
+    }
+    "closed"
+}
+
+/// The access decision again: the SSH key still authorized (SSH sessions) and `tunnel` still
+/// permitted on `host`.
+async fn still_allowed(b: &Broker, caller: &Caller, host: &str, upstream: &str) -> bool {
+    let mut principal = caller.principal.clone();
+    if principal.auth_method.starts_with("ssh") {
+        match b.login.recheck(&principal).await {
+            Ok(groups) => principal.groups = groups,
+            Err(_) => return false,
+        }
+    }
+    authorize(b, &caller.request_id, &principal, Action::Tunnel, &Resource::module(host, upstream)).is_ok()
+}
+
+/// Why a tunnel's session is over: revoked, past its end, or access withdrawn.
+async fn session_over(b: &Broker, caller: &Caller, host: &str, upstream: &str) -> &'static str {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last_check = Instant::now();
+    let recheck = RECHECK_EVERY.min(b.config.tokens.ttl);
     loop {
         tick.tick().await;
         if b.tokens.revocations().is_revoked(&caller.claims.jti, &caller.claims.sid) {
@@ -157,7 +200,28 @@ async fn session_over(b: &Broker, caller: &Caller) -> &'static str {
         if crate::unix_now() >= caller.claims.session_end {
             return "session ended";
         }
+        if last_check.elapsed() >= recheck {
+            last_check = Instant::now();
+            if !still_allowed(b, caller, host, upstream).await {
+                return "access withdrawn";
+            }
+        }
     }
+}
+
+/// The closing audit line of a tunnel whose upgrade failed (the caller went away before `101`).
+pub fn abandon(b: &Broker, t: Opened, why: &str) {
+    b.audit.record(&Event {
+        action: "tunnel".into(),
+        resource: t.host.clone(),
+        upstream: Some(t.upstream.clone()),
+        decision: "allow",
+        reason: format!("tunnel not started: {why}"),
+        bytes: Some(0),
+        duration_ms: Some(t.started.elapsed().as_millis() as u64),
+        ..Event::about("tunnel", &t.caller.request_id, &t.caller.principal)
+    });
+    b.metrics.inc("gocred_tunnels_closed_total");
 }
 
 /// Copy bytes both ways between the caller's upgraded connection and the SSH server until both
@@ -165,26 +229,23 @@ async fn session_over(b: &Broker, caller: &Caller) -> &'static str {
 pub async fn run<C: AsyncRead + AsyncWrite + Unpin>(b: Arc<Broker>, t: Opened, client: C) {
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let (cr, cw) = tokio::io::split(client);
-    let (sr, sw) = t.stream.into_split();
-    let copy = async {
-        tokio::join!(pump(cr, sw, &up), pump(sr, cw, &down));
-        "closed"
-    };
+    let Opened { caller, upstream, host, stream, _slot, started } = t;
+    let (sr, sw) = stream.into_split();
     let why = tokio::select! {
-        why = copy => why,
-        why = session_over(&b, &t.caller) => why,
+        why = pump_both(pump(cr, sw, &up), pump(sr, cw, &down)) => why,
+        why = session_over(&b, &caller, &host, &upstream) => why,
     };
     let (up, down) = (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed));
-    let ms = t.started.elapsed().as_millis() as u64;
+    let ms = started.elapsed().as_millis() as u64;
     b.audit.record(&Event {
         action: "tunnel".into(),
-        resource: t.host.clone(),
-        upstream: Some(t.upstream.clone()),
+        resource: host.clone(),
+        upstream: Some(upstream.clone()),
         decision: "allow",
         reason: format!("tunnel {why}: {up} bytes up, {down} bytes down in {ms}ms"),
         bytes: Some(up + down),
         duration_ms: Some(ms),
-        ..Event::about("tunnel", &t.caller.request_id, &t.caller.principal)
+        ..Event::about("tunnel", &caller.request_id, &caller.principal)
     });
     b.metrics.inc("gocred_tunnels_closed_total");
 }

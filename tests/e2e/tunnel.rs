@@ -27,6 +27,11 @@ fn current_user() -> String {
 }
 
 async fn setup() -> Tunnelled {
+    setup_with("").await
+}
+
+/// With `tokens` TOML lines (e.g. a short `ttl`).
+async fn setup_with(tokens: &str) -> Tunnelled {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     let repos = d.join("repos");
@@ -53,7 +58,7 @@ async fn setup() -> Tunnelled {
         current_user(),
         repos.display()
     );
-    let b = SshBroker::start_in(dir, "", &extra);
+    let b = SshBroker::start_in(dir, tokens, &extra);
     let key = b.add_user_key("alice", "alice", "ed25519");
     sshd.authorize(&key);
     let home = b.path("home");
@@ -413,4 +418,34 @@ async fn bench_git_clone_over_ssh_direct_vs_tunnel() {
         tu.as_secs_f64() * 1000.0
     );
     assert!(ratio < 2.0, "the tunnel is {ratio:.2}x slower than direct SSH");
+}
+
+/// An open tunnel ends when access is withdrawn mid-session: here the user's key is removed from
+/// the broker's authorized keys (re-checked at least every token lifetime, 3 s here).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_tunnel_closes_when_the_key_is_no_longer_authorized() {
+    let t = setup_with("ttl = \"3s\"").await;
+    t.login();
+    let mut cmd = Command::new(gocred_bin());
+    cmd.args(["ssh-proxy", HOST, "22"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+    for (k, v) in t.env() {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let _stdin = child.stdin.take().unwrap();
+    let mut banner = [0u8; 8];
+    child.stdout.as_mut().unwrap().read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+    std::fs::write(SshBroker::keys_dir(t.b.dir.path()).join("alice"), "").unwrap();
+    let removed = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(removed.elapsed() < Duration::from_secs(6), "the tunnel outlived the removed key");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.b.audit_has("withdrawn", |l| {
+        l["kind"] == "tunnel" && l["reason"].as_str().is_some_and(|r| r.starts_with("tunnel access withdrawn"))
+    });
 }
