@@ -11,28 +11,47 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read TLS certificate {path}: {reason}")]
-    ReadCert { path: PathBuf, reason: String },
-    #[error("cannot read TLS private key {path}: {reason}")]
-    ReadKey { path: PathBuf, reason: String },
+    #[error("cannot read TLS certificate {}: {source}", path.display())]
+    ReadCert {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("no certificate in TLS certificate file {}", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("cannot read TLS private key {}: {source}", path.display())]
+    ReadKey {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
     #[error("invalid TLS certificate/key pair: {0}")]
     Config(#[source] rustls::Error),
-    #[error("cannot create the dev CA in {dir}: {reason}")]
-    DevCa { dir: PathBuf, reason: String },
+    #[error("cannot write the dev CA file {}: {source}", path.display())]
+    WriteDevCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the dev CA in {}: {source}", dir.display())]
+    MakeDevCa {
+        dir: PathBuf,
+        #[source]
+        source: rcgen::Error,
+    },
 }
 
 /// A rustls server config from PEM files.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     crate::install_crypto_provider();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| TlsError::ReadCert { path: cert.into(), reason: e.to_string() })?
+        .map_err(|source| TlsError::ReadCert { path: cert.into(), source })?
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::ReadCert { path: cert.into(), reason: e.to_string() })?;
+        .map_err(|source| TlsError::ReadCert { path: cert.into(), source })?;
     if certs.is_empty() {
-        return Err(TlsError::ReadCert { path: cert.into(), reason: "no certificate in file".into() });
+        return Err(TlsError::NoCertificate { path: cert.into() });
     }
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::ReadKey { path: key.into(), reason: e.to_string() })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::ReadKey { path: key.into(), source })?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
@@ -69,10 +88,15 @@ fn dev_ca_params() -> Result<rcgen::CertificateParams, rcgen::Error> {
     Ok(params)
 }
 
+/// The error of a failed dev-CA file operation on `path`.
+fn io(path: &Path) -> impl Fn(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::WriteDevCa { path: path.into(), source }
+}
+
 /// Create (once) the dev CA in `dir` and a server certificate for 127.0.0.1, ::1 and localhost.
 pub fn ensure_dev_ca(dir: &Path) -> Result<DevTls, TlsError> {
-    let fail = |reason: String| TlsError::DevCa { dir: dir.into(), reason };
-    crate::fsutil::ensure_private_dir(dir).map_err(|e| fail(e.to_string()))?;
+    let fail = |source| TlsError::MakeDevCa { dir: dir.into(), source };
+    crate::fsutil::ensure_private_dir(dir).map_err(io(dir))?;
     let out = DevTls {
         ca_cert: dir.join("ca.pem"),
         cert: dir.join("server.pem"),
@@ -89,27 +113,27 @@ pub fn ensure_dev_ca(dir: &Path) -> Result<DevTls, TlsError> {
         return Ok(out);
     }
     let write = |p: &Path, data: &str, mode: u32| -> Result<(), TlsError> {
-        crate::fsutil::write_private_atomic(p, data.as_bytes()).map_err(|e| fail(format!("{}: {e}", p.display())))?;
+        crate::fsutil::write_private_atomic(p, data.as_bytes()).map_err(io(p))?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| fail(e.to_string()))
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(io(p))
     };
     let (issuer, created_ca) = if out.ca_cert.exists() && ca_key_path.exists() {
-        let ca_key = std::fs::read_to_string(&ca_key_path).map_err(|e| fail(e.to_string()))?;
-        let kp = rcgen::KeyPair::from_pem(&ca_key).map_err(|e| fail(e.to_string()))?;
+        let ca_key = std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
+        let kp = rcgen::KeyPair::from_pem(&ca_key).map_err(fail)?;
         // The issuer is identified by its subject name and key, both unchanged since creation.
-        (rcgen::Issuer::new(dev_ca_params().map_err(|e| fail(e.to_string()))?, kp), false)
+        (rcgen::Issuer::new(dev_ca_params().map_err(fail)?, kp), false)
     } else {
-        let mut params = dev_ca_params().map_err(|e| fail(e.to_string()))?;
+        let mut params = dev_ca_params().map_err(fail)?;
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::days(1);
         params.not_after = now + time::Duration::days(3650);
-        let kp = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
-        let ca = params.self_signed(&kp).map_err(|e| fail(e.to_string()))?;
+        let kp = rcgen::KeyPair::generate().map_err(fail)?;
+        let ca = params.self_signed(&kp).map_err(fail)?;
         write(&ca_key_path, &kp.serialize_pem(), 0o600)?;
         write(&out.ca_cert, &ca.pem(), 0o644)?;
         (rcgen::Issuer::new(params, kp), true)
     };
-    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()]).map_err(|e| fail(e.to_string()))?;
+    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()]).map_err(fail)?;
     leaf.subject_alt_names.push(rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
     leaf.subject_alt_names.push(rcgen::SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
     leaf.distinguished_name.push(rcgen::DnType::CommonName, "gocred dev server");
@@ -117,8 +141,8 @@ pub fn ensure_dev_ca(dir: &Path) -> Result<DevTls, TlsError> {
     let now = time::OffsetDateTime::now_utc();
     leaf.not_before = now - time::Duration::days(1);
     leaf.not_after = now + time::Duration::days(397);
-    let kp = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
-    let cert = leaf.signed_by(&kp, &issuer).map_err(|e| fail(e.to_string()))?;
+    let kp = rcgen::KeyPair::generate().map_err(fail)?;
+    let cert = leaf.signed_by(&kp, &issuer).map_err(fail)?;
     write(&out.key, &kp.serialize_pem(), 0o600)?;
     write(&out.cert, &cert.pem(), 0o644)?;
     Ok(DevTls { created_ca, ..out })
