@@ -17,6 +17,7 @@ macro_rules! outln {
 mod agent;
 mod helpers;
 mod policy;
+mod secrets;
 mod serve;
 mod session;
 mod ssh_proxy;
@@ -78,6 +79,9 @@ pub enum Command {
     /// Workload mode: exchange the ambient token (Kubernetes, GitHub Actions, GitLab) and keep the
     /// session fresh; `--out DIR` writes netrc/gitconfig/env; `--install DIR` sets up a pod.
     Agent(agent::AgentArgs),
+    /// Store, list or delete records of the broker's secrets backend (upstream credentials);
+    /// values from a prompt or stdin, never the command line.
+    Secrets(secrets::SecretsArgs),
     /// Validate Cedar policies, or explain a decision.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -99,5 +103,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Setup(a) => helpers::setup(a).await,
         Command::Agent(a) => agent::run(a).await,
         Command::SshProxy(a) => ssh_proxy::run(a).await,
+        Command::Secrets(a) => secrets::run(a).await,
     }
 }

@@ -29,7 +29,7 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
 }
 
-mod gocred_paths {
+pub(super) mod gocred_paths {
     use std::path::PathBuf;
     /// `$XDG_DATA_HOME/gocred/dev`, or `~/.local/share/gocred/dev`.
     pub fn default_dev_dir() -> Option<PathBuf> {

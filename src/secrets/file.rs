@@ -278,6 +278,28 @@ impl FileStore {
         tokio::task::block_in_place(|| self.get_blocking(path))
     }
 
+    /// Record paths below `prefix` (all with `""`), sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, SecretsError> {
+        tokio::task::block_in_place(|| {
+            let disk = self.read_verified()?;
+            Ok(disk.map(|d| d.records.into_keys().filter(|k| under(k, prefix)).collect()).unwrap_or_default())
+        })
+    }
+
+    /// Remove a record (every version); `false` when there was none.
+    pub async fn delete(&self, path: &str) -> Result<bool, SecretsError> {
+        let _g = self.write_lock.lock().await;
+        tokio::task::block_in_place(|| {
+            let _lock = self.lock_file()?;
+            let Some(mut disk) = self.read_verified()? else { return Ok(false) };
+            let existed = disk.records.remove(path).is_some();
+            if existed {
+                self.write(&disk)?;
+            }
+            Ok(existed)
+        })
+    }
+
     pub async fn put(&self, path: &str, data: &SecretData, cas: Cas) -> Result<u64, SecretsError> {
         let _g = self.write_lock.lock().await;
         tokio::task::block_in_place(|| self.put_blocking(path, data, cas))
@@ -288,9 +310,31 @@ impl FileStore {
     }
 }
 
+/// Is record `path` at or below `prefix` (on element boundaries)?
+fn under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_matches('/');
+    prefix.is_empty() || path == prefix || path.starts_with(&format!("{prefix}/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn records_are_listed_by_prefix_and_deleted() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path(), 1);
+        for p in ["upstreams/corp-git", "upstreams/corp-gitlab", "gocred/keys"] {
+            s.put(p, &SecretData::single("token", SecretString::from("x".to_string())), Cas::Any).await.unwrap();
+        }
+        assert_eq!(s.list("").await.unwrap(), ["gocred/keys", "upstreams/corp-git", "upstreams/corp-gitlab"]);
+        assert_eq!(s.list("upstreams/corp-git").await.unwrap(), ["upstreams/corp-git"]);
+        assert_eq!(s.list("upstreams/").await.unwrap().len(), 2);
+        assert!(s.delete("upstreams/corp-git").await.unwrap());
+        assert!(!s.delete("upstreams/corp-git").await.unwrap());
+        assert!(s.get("upstreams/corp-git").await.unwrap().is_none());
+        assert_eq!(s.list("upstreams").await.unwrap(), ["upstreams/corp-gitlab"]);
+    }
 
     fn store(dir: &Path, key: u8) -> FileStore {
         let s = FileStore::with_key(&dir.join("s.enc"), &[key; 32]).unwrap();

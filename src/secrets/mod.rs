@@ -141,6 +141,22 @@ impl SecretStore {
         }
     }
 
+    /// Record paths at or below `prefix` (every record with `""`), sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, SecretsError> {
+        match self {
+            SecretStore::File(s) => s.list(prefix).await,
+            SecretStore::Vault(s) => s.list(prefix).await,
+        }
+    }
+
+    /// Remove a record; `false` when there was none.
+    pub async fn delete(&self, path: &str) -> Result<bool, SecretsError> {
+        match self {
+            SecretStore::File(s) => s.delete(path).await,
+            SecretStore::Vault(s) => s.delete(path).await,
+        }
+    }
+
     /// Is the backend reachable and usable right now?
     pub async fn probe(&self) -> Result<(), SecretsError> {
         match self {

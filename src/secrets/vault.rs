@@ -187,6 +187,45 @@ impl VaultStore {
         }
     }
 
+    /// Record paths below `prefix` (all with `""`), sorted: KV v2 `LIST` walked recursively.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, SecretsError> {
+        let prefix = prefix.trim_matches('/').to_string();
+        // A prefix naming a record itself is listed too.
+        let mut out = Vec::new();
+        if !prefix.is_empty() && self.get(&prefix).await?.is_some() {
+            out.push(prefix.clone());
+        }
+        let mut dirs = vec![prefix];
+        while let Some(dir) = dirs.pop() {
+            let keys = match vaultrs::kv2::list(&*self.client(), &self.cfg.kv_mount, &dir).await {
+                Ok(k) => k,
+                Err(ClientError::APIError { code: 404, .. }) => continue,
+                Err(e) => return Err(self.err("list", &dir, &e)),
+            };
+            for k in keys {
+                let full = if dir.is_empty() { k.clone() } else { format!("{dir}/{k}") };
+                match full.strip_suffix('/') {
+                    Some(sub) => dirs.push(sub.to_string()),
+                    None => out.push(full),
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Remove a record with every version and its metadata; `false` when there was none.
+    pub async fn delete(&self, path: &str) -> Result<bool, SecretsError> {
+        if self.get(path).await?.is_none() {
+            return Ok(false);
+        }
+        vaultrs::kv2::delete_metadata(&*self.client(), &self.cfg.kv_mount, path)
+            .await
+            .map(|_| true)
+            .map_err(|e| self.err("delete", path, &e))
+    }
+
     /// Reachable, unsealed, and our token still valid? (`token/lookup-self`, which the default
     /// policy allows; `sys/health` is not used because vaultrs's response type does not parse
     /// OpenBao's answer.)

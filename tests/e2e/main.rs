@@ -17,6 +17,7 @@ mod kit;
 mod layering;
 mod oidc;
 mod proxy;
+mod secrets_cli;
 mod ssh;
 mod tunnel;
 mod vault_auth;
