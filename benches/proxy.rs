@@ -68,6 +68,7 @@ async fn run(n: usize) {
         ca_cert: None,
         timeout: Duration::from_secs(30),
         ssh: None,
+        public: false,
     }];
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());

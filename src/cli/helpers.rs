@@ -357,7 +357,11 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     }
     let direct = &meta.direct_modules;
     if let Some(gp) = &meta.goproxy {
-        go_env.push(("GOPROXY".into(), format!("{gp},https://proxy.golang.org,direct")));
+        // A broker fronting the public proxy is the only one needed; `off` means a module it
+        // does not have fails instead of being asked for elsewhere (a private path never leaks).
+        let chain =
+            if meta.public_proxy { format!("{gp},off") } else { format!("{gp},https://proxy.golang.org,direct") };
+        go_env.push(("GOPROXY".into(), chain));
     }
     // Modules only a git host serves are fetched with git (through the broker's /git/ via
     // insteadOf); everything else private goes through the broker's /mod.

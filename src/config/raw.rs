@@ -132,6 +132,8 @@ pub(super) struct RawUpstream {
     pub(super) ssh: Option<String>,
     pub(super) ssh_user: Option<String>,
     pub(super) ssh_path: Option<String>,
+    /// A public module proxy: serves every module no private upstream claims.
+    pub(super) public: Option<bool>,
 }
 
 /// `[webhook]`: the Kubernetes mutating admission webhook (`POST /v1/admission`).

@@ -48,6 +48,10 @@ pub struct Upstream {
     pub timeout: Duration,
     /// The SSH server behind this git upstream, for `gocred ssh-proxy` tunnels.
     pub ssh: Option<SshTarget>,
+    /// A public module proxy (e.g. proxy.golang.org) and checksum database: serves every module
+    /// that no private upstream's `modules` claim (compared case-insensitively), never one that
+    /// one does.
+    pub public: bool,
 }
 
 /// Where tunnels to an SSH-served upstream go, and how clients name repositories there.
@@ -112,6 +116,13 @@ impl Upstream {
     pub fn serves(&self, module: &str) -> bool {
         self.modules.iter().any(|p| module == p || module.starts_with(&format!("{p}/")))
     }
+
+    /// Does this upstream's `modules` claim `module` in any spelling (ASCII case folded)? A
+    /// claimed path is private: it never goes to a public upstream.
+    pub fn claims(&self, module: &str) -> bool {
+        let (m, pats) = (module.to_ascii_lowercase(), self.modules.iter().map(|p| p.to_ascii_lowercase()));
+        pats.into_iter().any(|p| m == p || m.starts_with(&format!("{p}/")))
+    }
 }
 
 /// `[[upstreams]]` → the upstreams (names unique).
@@ -153,7 +164,14 @@ fn validate_upstream(
     }
     let ssh = validate_ssh(cx, key, &u)?;
     let modules = if u.modules.is_empty() { u.hosts.clone() } else { u.modules };
-    if modules.is_empty() {
+    let public = u.public.unwrap_or(false);
+    if public && (u.kind != UpstreamKind::Goproxy || u.credentials.is_some() || out.iter().any(|o| o.public)) {
+        return Err(cx.err(
+            &key("public"),
+            "only one upstream may be public, a kind = \"goproxy\" one without credentials".into(),
+        ));
+    }
+    if modules.is_empty() && !public {
         return Err(cx.err(&key("modules"), "required key is missing (kind = \"goproxy\")".into()));
     }
     for m in &modules {
@@ -185,5 +203,6 @@ fn validate_upstream(
         ca_cert: u.ca_cert.map(|p| cx.rel(p)),
         timeout: cx.duration(&key("timeout"), u.timeout.as_deref(), Duration::from_secs(30))?,
         ssh,
+        public,
     })
 }

@@ -69,7 +69,7 @@ fn only_admins_may_revoke_others_sessions() {
 #[test]
 fn shipped_policies_load() {
     let p = shipped();
-    assert_eq!(p.len(), 10);
+    assert_eq!(p.len(), 11);
     assert!(!p.is_empty());
     assert_eq!(p.location("developers-download-corp"), Some("gocred.cedar:12"));
     assert_eq!(p.location("no-push"), Some("gocred.cedar:95"));
@@ -331,12 +331,12 @@ fn reload_keeps_old_set_on_error_and_clears_cache_on_success() {
     let err = engine.reload().expect_err("broken file");
     assert!(err.to_string().starts_with("zz-extra.cedar:1:"), "{err}");
     assert_eq!(engine.decide(&alice, Action::Download, &lib), before);
-    assert_eq!(engine.read().policies.len(), 10);
+    assert_eq!(engine.read().policies.len(), 11);
 
     // Fixed: reload succeeds, and the cached "allowed" is not served any more.
     std::fs::write(&extra, "@id(\"no-alice\")\nforbid (principal == User::\"alice\", action, resource);\n")
         .expect("write");
-    assert_eq!(engine.reload().expect("reloads"), Some(11));
+    assert_eq!(engine.reload().expect("reloads"), Some(12));
     assert!(engine.cache().is_empty());
     let after = engine.decide(&alice, Action::Download, &lib);
     assert!(!after.allowed);

@@ -19,6 +19,10 @@ pub struct Metadata {
     /// `<origin>/mod` when a module-proxy upstream is configured.
     #[serde(default)]
     pub goproxy: Option<String>,
+    /// The broker also fronts a public module proxy and checksum database: `<goproxy>,off` is the
+    /// only GOPROXY a client needs.
+    #[serde(default)]
+    pub public_proxy: bool,
     #[serde(default)]
     pub git: Vec<GitHost>,
     #[serde(default)]

@@ -59,6 +59,9 @@ pub fn resolve_mod(upstreams: &[Upstream], rest: &str, query: Option<&str>) -> R
     if query.is_some_and(|q| !q.is_empty()) {
         return Err(ProxyError::BadPath("GOPROXY requests take no query".into()));
     }
+    if let Some(sumdb) = rest.strip_prefix("sumdb/") {
+        return resolve_sumdb(upstreams, sumdb);
+    }
     let (escaped, tail) = if let Some(i) = rest.find("/@v/") {
         let tail = &rest[i + 4..];
         let ok = tail == "list"
@@ -80,9 +83,49 @@ pub fn resolve_mod(upstreams: &[Upstream], rest: &str, query: Option<&str>) -> R
     let module = unescape_module(escaped)?;
     let upstream = upstreams
         .iter()
-        .position(|u| u.kind == UpstreamKind::Goproxy && u.serves(&module))
+        .position(|u| !u.public && u.kind == UpstreamKind::Goproxy && u.serves(&module))
+        .or_else(|| public_for(upstreams, &module))
         .ok_or_else(|| ProxyError::NoUpstream(module.clone()))?;
     Ok(Target { upstream, module, upstream_path: format!("/{escaped}{tail}"), git_op: None, post: false })
+}
+
+/// The public upstream, for a module no private upstream claims in any spelling.
+fn public_for(upstreams: &[Upstream], module: &str) -> Option<usize> {
+    if upstreams.iter().any(|u| !u.public && u.claims(module)) {
+        return None;
+    }
+    upstreams.iter().position(|u| u.public)
+}
+
+/// `/mod/sumdb/<name>/<supported | latest | lookup/M@V | tile/...>` (the go command's checksum
+/// database proxy protocol) → the public upstream. A lookup of a private module path is refused:
+/// it would tell the public database which private modules exist.
+fn resolve_sumdb(upstreams: &[Upstream], rest: &str) -> Result<Target, ProxyError> {
+    let (name, what) = rest.split_once('/').ok_or_else(|| ProxyError::BadPath("expected sumdb/<name>/...".into()))?;
+    let name_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c));
+    let what_ok = what == "supported"
+        || what == "latest"
+        || what.starts_with("lookup/")
+        || what.starts_with("tile/")
+            && what[5..]
+                .split('/')
+                .all(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || ".".contains(c)));
+    if !name_ok || !what_ok || !clean_path(what) {
+        return Err(ProxyError::BadPath("not a checksum database request".into()));
+    }
+    let sumdb = format!("sumdb/{name}");
+    let upstream = if let Some(lookup) = what.strip_prefix("lookup/") {
+        let (escaped, version) =
+            lookup.rsplit_once('@').ok_or_else(|| ProxyError::BadPath("expected lookup/<module>@<version>".into()))?;
+        if version.is_empty() || version.contains('/') {
+            return Err(ProxyError::BadPath("expected lookup/<module>@<version>".into()));
+        }
+        let module = unescape_module(escaped)?;
+        public_for(upstreams, &module).ok_or(ProxyError::NoUpstream(module))?
+    } else {
+        upstreams.iter().position(|u| u.public).ok_or_else(|| ProxyError::NoUpstream(sumdb.clone()))?
+    };
+    Ok(Target { upstream, module: sumdb, upstream_path: format!("/sumdb/{rest}"), git_op: None, post: false })
 }
 
 /// Split a git smart-HTTP path `<repo>/info/refs` | `<repo>/git-upload-pack` | `<repo>/git-receive-pack`.
@@ -187,11 +230,53 @@ mod tests {
             ca_cert: None,
             timeout: Duration::from_secs(1),
             ssh: None,
+            public: false,
         };
         vec![
             mk("git", UpstreamKind::Git, &["git.corp.test"], &["git.corp.test"]),
             mk("athens", UpstreamKind::Goproxy, &[], &["mods.corp.test/Acme"]),
         ]
+    }
+
+    #[test]
+    fn public_upstream_gets_only_unclaimed_modules_in_any_spelling() {
+        let mut u = ups();
+        let mut public = u[1].clone();
+        (public.name, public.modules, public.public) = ("public".into(), Vec::new(), true);
+        u.push(public);
+        let t = resolve_mod(&u, "github.com/google/uuid/@v/list", None).unwrap();
+        assert_eq!(t.upstream, 2);
+        // Private paths never go public: not in the configured spelling, not in another one,
+        // not a git-only private host, not as a checksum database lookup.
+        for rest in [
+            "mods.corp.test/!acme/secret/@v/list",
+            "mods.corp.test/acme/secret/@v/list",
+            "!m!o!d!s.corp.test/!a!c!m!e/x/@latest",
+            "git.corp.test/acme/lib/@v/v1.0.0.info",
+            "!g!i!t.corp.test/acme/lib/@v/list",
+            "sumdb/sum.golang.org/lookup/git.corp.test/acme/lib@v1.0.0",
+            "sumdb/sum.golang.org/lookup/!g!i!t.corp.test/acme/lib@v1.0.0",
+        ] {
+            match resolve_mod(&u, rest, None) {
+                Ok(t) => assert_ne!(t.upstream, 2, "{rest} went to the public upstream"),
+                Err(e) => assert!(matches!(e, ProxyError::NoUpstream(_)), "{rest}: {e}"),
+            }
+        }
+        for rest in [
+            "sumdb/sum.golang.org/supported",
+            "sumdb/sum.golang.org/latest",
+            "sumdb/sum.golang.org/tile/8/0/x001/234.p/5",
+            "sumdb/sum.golang.org/lookup/github.com/google/uuid@v1.6.0",
+        ] {
+            let t = resolve_mod(&u, rest, None).unwrap();
+            assert_eq!((t.upstream, t.module.as_str()), (2, "sumdb/sum.golang.org"), "{rest}");
+            assert_eq!(t.upstream_path, format!("/{rest}"));
+        }
+        for bad in ["sumdb/sum.golang.org/../x", "sumdb/sum.golang.org/other", "sumdb/a b/latest", "sumdb/x"] {
+            assert!(resolve_mod(&u, bad, None).is_err(), "{bad}");
+        }
+        // Without a public upstream nothing changes.
+        assert!(resolve_mod(&ups(), "github.com/google/uuid/@v/list", None).is_err());
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub fn metadata(b: &Broker) -> Metadata {
         direct_modules,
         goproxy: ups.iter().any(|u| u.kind == UpstreamKind::Goproxy).then(|| format!("{origin}/mod")),
         git,
+        public_proxy: ups.iter().any(|u| u.public),
         ssh: ups
             .iter()
             .filter_map(|u| u.ssh.as_ref().map(|t| (u, t)))

@@ -17,6 +17,7 @@ mod kit;
 mod layering;
 mod oidc;
 mod proxy;
+mod public;
 mod secrets_cli;
 mod ssh;
 mod tunnel;

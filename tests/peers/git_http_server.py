@@ -21,6 +21,7 @@ ap.add_argument("--go-import-host")
 ap.add_argument("--exact-repo-paths", action="store_true",
                 help="serve a repository only under its on-disk name (no `<path>.git` fallback)")
 ap.add_argument("--bind", default="127.0.0.1")
+ap.add_argument("--anonymous", action="store_true", help="serve without credentials (a public proxy)")
 ap.add_argument("--tls-cert")
 ap.add_argument("--tls-key")
 args = ap.parse_args()
@@ -36,6 +37,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def authorized(self):
         h = self.headers.get("Authorization", "")
+        if args.anonymous:
+            return "anonymous"
         if args.bearer and h == "Bearer " + args.bearer:
             return "bearer"
         if args.user and h.startswith("Basic "):
