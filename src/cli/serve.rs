@@ -85,6 +85,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let url = crate::server::origin_for(&config, &listener)?;
     let backend = describe_backend(&config);
     let broker = Broker::start(config, url.clone()).await?;
+    let shutdown = shutdown_signal()?;
     let kid = broker.keys.snapshot().set.current().kid.clone();
 
     outln!("gocred: listening on {scheme}://{addr} (public URL {url})");
@@ -104,17 +105,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         outln!("gocred:       gocred status");
         outln!("gocred:       curl --cacert {} {url}/.well-known/jwks.json", ca.ca_cert.display());
     }
-    crate::server::serve(broker, listener, shutdown_signal()).await?;
+    crate::server::serve(broker, listener, shutdown).await?;
     outln!("gocred: stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGTERM/SIGINT handlers, installed now (before the "listening" line is printed, so a signal
+/// sent as soon as it appears is handled); the future resolves on the first signal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("cannot install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("cannot install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
 }
