@@ -145,7 +145,9 @@ async fn write_bundle(dir: &Path, s: &Session, proof: &str, until: u64, ca: Opti
         env.push_str(&format!("GOPRIVATE={}\nGONOSUMDB={}\n", modules.join(","), modules.join(",")));
     }
     if meta.goproxy.is_some() {
-        env.push_str(&format!("GOPROXY={origin}/mod,https://proxy.golang.org,direct\nGONOPROXY=none\n"));
+        // A broker fronting the public proxy is the only one: nothing is asked for elsewhere.
+        let rest = if meta.public_proxy { "off" } else { "https://proxy.golang.org,direct" };
+        env.push_str(&format!("GOPROXY={origin}/mod,{rest}\nGONOPROXY=none\n"));
     }
     env.push_str(&format!(
         "GOAUTH=netrc\nNETRC={}\nGIT_CONFIG_GLOBAL={}\nGOCRED_EXPIRES_AT={until}\n",

@@ -326,3 +326,24 @@ fn example_config_is_valid() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/broker.toml");
     Config::load(&p, Vec::new(), &Overrides::default()).unwrap();
 }
+
+#[test]
+fn a_public_upstream_is_one_goproxy_without_credentials_and_makes_the_webhook_default_off() {
+    let public =
+        "[[upstreams]]\nname = \"public\"\nkind = \"goproxy\"\nurl = \"https://proxy.golang.org\"\npublic = true\n";
+    let c = parse(&format!("{MIN}{public}"), &[]).unwrap();
+    assert!(c.upstreams[0].public && c.upstreams[0].modules.is_empty());
+    for (bad, why) in [
+        (format!("{public}credentials = \"vault:x\"\n"), "with credentials"),
+        (format!("{public}{}", public.replace("name = \"public\"", "name = \"public2\"")), "two public"),
+        ("[[upstreams]]\nname = \"g\"\nkind = \"git\"\nhosts = [\"h.example\"]\nurl = \"https://h.example\"\npublic = true\n".into(), "git"),
+    ] {
+        let e = parse(&format!("{MIN}{bad}"), &[]).unwrap_err().to_string();
+        assert!(e.contains(".public") && e.contains("only one upstream may be public"), "{why}: {e}");
+    }
+    let hook = "[[oidc.issuers]]\nname = \"cluster\"\nissuer = \"https://k.example\"\nkind = \"kubernetes\"\naudiences = [\"gocred\"]\n\
+                [[upstreams]]\nname = \"mods\"\nkind = \"goproxy\"\nmodules = [\"a.b\"]\nurl = \"https://127.0.0.1:2\"\n\
+                [webhook]\nenabled = true\nimage = \"i:1\"\nbroker_url = \"https://b.example\"\n";
+    let c = parse(&format!("{MIN}{public}{hook}"), &[]).unwrap();
+    assert_eq!(c.webhook.unwrap().goproxy_fallback, "off");
+}

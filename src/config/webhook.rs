@@ -135,7 +135,9 @@ pub(super) fn validate_webhook(
         Some(s) => InjectMode::parse(s)
             .ok_or_else(|| cx.err("webhook.mode", format!("`{s}` must be \"goproxy\" or \"git\"")))?,
     };
-    let goproxy_fallback = goproxy_fallback(cx, w.goproxy_fallback)?;
+    // A broker fronting a public proxy is the only GOPROXY pods need: `off` by default then.
+    let default_fallback = if upstreams.iter().any(|u| u.public) { "off" } else { DEFAULT_GOPROXY_FALLBACK };
+    let goproxy_fallback = goproxy_fallback(cx, w.goproxy_fallback, default_fallback)?;
     let token_audience = w.token_audience.unwrap_or_else(|| DEFAULT_TOKEN_AUDIENCE.into());
     if token_audience.is_empty() || token_audience.contains(char::is_whitespace) {
         return Err(cx.err("webhook.token_audience", format!("`{token_audience}` must be a non-empty audience")));
@@ -221,8 +223,8 @@ fn modules(cx: &Ctx, configured: Option<Vec<String>>, upstreams: &[Upstream]) ->
 }
 
 /// `webhook.goproxy_fallback`: a GOPROXY list of http(s) URLs, `file://` URLs, `direct`, `off`.
-fn goproxy_fallback(cx: &Ctx, configured: Option<String>) -> Result<String, ConfigError> {
-    let fallback = configured.unwrap_or_else(|| DEFAULT_GOPROXY_FALLBACK.into());
+fn goproxy_fallback(cx: &Ctx, configured: Option<String>, default: &str) -> Result<String, ConfigError> {
+    let fallback = configured.unwrap_or_else(|| default.into());
     let fallback_ok = !fallback.is_empty()
         && fallback
             .split([',', '|'])
