@@ -393,10 +393,12 @@ pub fn alice_auth(w: &World) -> (String, String) {
     let (code, token, err) = Gocred::run(&["token"], &env_refs(&env));
     assert_eq!(code, 0, "{err}");
     let token = token.trim().to_string();
-    let msg = gocred::proto::proof::proof_message(&token, &format!("{}/", w.broker.url), now() + 300);
+    // One expiry for the signed message and the encoding (two `now()` calls can straddle a second).
+    let exp = now() + 300;
+    let msg = gocred::proto::proof::proof_message(&token, &format!("{}/", w.broker.url), exp);
     let sig = gocred::auth::sshsig::parse(&ssh_sign(&w.key, "gocred-proof@v1", &msg)).unwrap();
     let proof = gocred::proto::proof::encode(
-        now() + 300,
+        exp,
         &format!("{}/", w.broker.url),
         &gocred::proto::proof::signature_b64url(&sig).unwrap(),
     );

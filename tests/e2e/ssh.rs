@@ -454,10 +454,11 @@ async fn revocation_on_one_broker_is_honoured_by_another_within_10s_with_keys_fr
     assert_eq!(r.status(), 200);
     let login: serde_json::Value = r.json().await.unwrap();
     let t = login["access_token"].as_str().unwrap().to_string();
-    let msg = gocred::proto::proof::proof_message(&t, &format!("{public}/"), now() + 300);
+    let exp = now() + 300;
+    let msg = gocred::proto::proof::proof_message(&t, &format!("{public}/"), exp);
     let psig = gocred::auth::sshsig::parse(&ssh_sign(&key, "gocred-proof@v1", &msg)).unwrap();
     let proof = gocred::proto::proof::encode(
-        now() + 300,
+        exp,
         &format!("{public}/"),
         &gocred::proto::proof::signature_b64url(&psig).unwrap(),
     );
