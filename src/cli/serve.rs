@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// Listen address (overrides server.listen).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// The public module proxy (and checksum database) --dev fronts: default
+    /// https://proxy.golang.org; `off` for none.
+    #[arg(long, value_name = "URL", env = "GOCRED_PUBLIC_PROXY")]
+    pub public_proxy: Option<String>,
     /// Data directory for --dev (default: $XDG_DATA_HOME/gocred/dev).
     #[arg(long, value_name = "DIR", env = "GOCRED_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -49,7 +53,7 @@ fn describe_backend(c: &Config) -> String {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let flags = Overrides { listen: args.listen.clone() };
+    let flags = Overrides { listen: args.listen.clone(), public_proxy: args.public_proxy.clone() };
     let mut dev_ca = None;
     let config = if args.dev {
         let dir = match args.data_dir.clone() {

@@ -123,7 +123,12 @@ impl DevIdentity {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
+    /// `--dev` only: the public module proxy the dev broker fronts (`off`: none).
+    pub public_proxy: Option<String>,
 }
+
+/// The public module proxy `--dev` fronts unless told otherwise.
+pub const DEV_PUBLIC_PROXY: &str = "https://proxy.golang.org";
 
 impl Config {
     /// Read `path`, apply env overrides from `env` (pairs of name, value) and flag overrides.
@@ -227,13 +232,42 @@ impl Config {
                 require_user_verification: false,
             },
             oidc: Vec::new(),
-            upstreams: Vec::new(),
+            upstreams: dev_public_upstream(flags.public_proxy.as_deref())?,
             policy: PolicyConfig::Dev { user: dev.user.clone() },
             audit: AuditConfig::File(data_dir.join("audit.log")),
             webhook: None,
             dev: true,
         })
     }
+}
+
+/// `--dev`'s public upstream: proxy.golang.org (and its checksum database), or `--public-proxy
+/// URL`, or none with `off`.
+fn dev_public_upstream(flag: Option<&str>) -> Result<Vec<Upstream>, ConfigError> {
+    let url = flag.unwrap_or(DEV_PUBLIC_PROXY).trim_end_matches('/');
+    if url == "off" {
+        return Ok(Vec::new());
+    }
+    if !(url.starts_with("https://") || crate::proto::rules::secure_url(url)) || url.contains(char::is_whitespace) {
+        return Err(ConfigError::Key {
+            origin: "flag --public-proxy".into(),
+            key: "upstreams[].url".into(),
+            message: format!("`{url}` must be an https:// URL (http:// only on loopback), or off"),
+        });
+    }
+    Ok(vec![Upstream {
+        name: "public".into(),
+        kind: UpstreamKind::Goproxy,
+        hosts: Vec::new(),
+        modules: Vec::new(),
+        url: url.to_string(),
+        credentials: None,
+        mode: UpstreamMode::Proxy,
+        ca_cert: None,
+        timeout: Duration::from_secs(30),
+        ssh: None,
+        public: true,
+    }])
 }
 
 /// The raw config → [`Config`], one validator per section, in this order (the first problem

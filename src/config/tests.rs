@@ -124,7 +124,7 @@ fn flags_override_env() {
         MIN,
         None,
         [("GOCRED_SERVER__LISTEN".to_string(), "127.0.0.1:1".to_string())],
-        &Overrides { listen: Some("127.0.0.1:2".into()) },
+        &Overrides { listen: Some("127.0.0.1:2".into()), ..Default::default() },
     )
     .unwrap();
     assert_eq!(c.server.listen.port(), 2);
@@ -139,9 +139,12 @@ fn secrets_never_in_debug() {
 
 #[test]
 fn dev_refuses_non_loopback() {
-    let e =
-        Config::dev(Path::new("/tmp/x"), &DevIdentity::default(), &Overrides { listen: Some("0.0.0.0:8443".into()) })
-            .unwrap_err();
+    let e = Config::dev(
+        Path::new("/tmp/x"),
+        &DevIdentity::default(),
+        &Overrides { listen: Some("0.0.0.0:8443".into()), ..Default::default() },
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("loopback"));
 }
 

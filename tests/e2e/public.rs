@@ -73,3 +73,81 @@ async fn public_modules_come_through_the_broker_and_private_paths_never_reach_th
     let leaked: Vec<&String> = seen.iter().filter(|l| l.to_ascii_lowercase().contains("corp.test")).collect();
     assert!(leaked.is_empty(), "private paths reached the public upstream: {leaked:#?}");
 }
+
+/// `serve --dev` fronts a public proxy by default (here a local one via `--public-proxy`):
+/// `serve --dev` → `login` → `setup` → `go get` of a public module, with nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_broker_fronts_the_public_proxy_so_login_setup_go_get_just_works() {
+    let dir = tempfile::tempdir().unwrap();
+    public_layout(&dir.path().join("public"));
+    let port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_root().join("tests/peers/git_http_server.py"))
+        .args(["--port", &port.to_string(), "--anonymous", "--goproxy-root"])
+        .arg(dir.path().join("public"));
+    let mut public = Proc::spawn("public-proxy", cmd);
+    public.wait_stdout("listening", Duration::from_secs(10));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    ssh_keygen(&home.join(".ssh/id_ed25519"), "ed25519", "");
+    let data = dir.path().join("dev");
+    let public_url = format!("http://127.0.0.1:{port}/mod");
+    let g = Gocred::start(
+        &[
+            "serve",
+            "--dev",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--public-proxy",
+            &public_url,
+        ],
+        &[("HOME", home.to_str().unwrap()), ("USER", "devuser")],
+    );
+    let ca = data.join("tls/ca.pem");
+    let path = format!(
+        "{}:{}:{}",
+        crate::proxy::go_bin().parent().unwrap().display(),
+        gocred_bin().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let d = dir.path();
+    let env: Vec<(String, String)> = [
+        ("HOME", home.display().to_string()),
+        ("USER", "devuser".into()),
+        ("XDG_CACHE_HOME", d.join("cache").display().to_string()),
+        ("XDG_CONFIG_HOME", d.join("config").display().to_string()),
+        ("SSH_AUTH_SOCK", String::new()),
+        ("SSL_CERT_FILE", ca.display().to_string()),
+        ("PATH", path),
+        ("GOTOOLCHAIN", "local".into()),
+        ("GOMODCACHE", d.join("modcache").display().to_string()),
+        ("GOPATH", d.join("gopath").display().to_string()),
+        ("GOCACHE", d.join("gocache").display().to_string()),
+        ("GOSUMDB", "off".into()),
+        ("GOFLAGS", "-mod=mod".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let (code, out, err) = Gocred::run(&["login", "--ssh", "--broker", &g.url], &env_refs(&env));
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = Gocred::run(&["setup"], &env_refs(&env));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("go env -w GOPROXY={}/mod,off\n", g.url)), "{out}");
+    assert!(out.contains(&format!("go env -w GOAUTH={} goauth", gocred_bin().display())), "{out}");
+    // Plain `go`, configured only by what setup wrote (go env -w into XDG_CONFIG_HOME).
+    let app = d.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("go.mod"), "module example.com/app\n\ngo 1.21\n").unwrap();
+    let mut go = Command::new(crate::proxy::go_bin());
+    go.current_dir(&app).args(["get", "pub.example/lib@v1.0.0"]).env_clear();
+    for (k, v) in &env {
+        go.env(k, v);
+    }
+    let out = go.output().unwrap();
+    assert!(out.status.success(), "go get through the dev broker: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(app.join("go.sum")).unwrap().contains("pub.example/lib v1.0.0 h1:"));
+    assert!(public.stderr().iter().any(|l| l.contains("/mod/pub.example/lib/@v/v1.0.0.zip")));
+}
