@@ -120,8 +120,11 @@ impl Upstream {
     /// Does this upstream's `modules` claim `module` in any spelling (ASCII case folded)? A
     /// claimed path is private: it never goes to a public upstream.
     pub fn claims(&self, module: &str) -> bool {
-        let (m, pats) = (module.to_ascii_lowercase(), self.modules.iter().map(|p| p.to_ascii_lowercase()));
-        pats.into_iter().any(|p| m == p || m.starts_with(&format!("{p}/")))
+        self.modules.iter().any(|p| {
+            module.len() >= p.len()
+                && module.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+                && (module.len() == p.len() || module.as_bytes()[p.len()] == b'/')
+        })
     }
 }
 

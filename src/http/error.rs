@@ -8,7 +8,6 @@
 //! `render`.
 
 use super::RequestId;
-use crate::auth::AuthError;
 use crate::auth::oidc::OidcError;
 use crate::proxy::ProxyError;
 use crate::service::access::AccessError;
@@ -155,12 +154,6 @@ impl ApiError {
 impl From<OidcError> for ApiError {
     fn from(e: OidcError) -> ApiError {
         ApiError::Session(SessionError::VerifySubject(e))
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> ApiError {
-        ApiError::Access(AccessError::Credentials(e))
     }
 }
 

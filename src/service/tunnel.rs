@@ -15,6 +15,7 @@ use super::access::{AccessError, Caller, authorize};
 use crate::audit::Event;
 use crate::config::{SshTarget, Upstream};
 use crate::policy::{Action, Resource};
+use crate::proxy::route;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,24 +79,22 @@ pub struct Opened {
     started: Instant,
 }
 
-/// The upstream whose `hosts` contain `host` (as configured, case-insensitively) and that has an
-/// `ssh` target.
-fn target<'a>(b: &'a Broker, host: &str) -> Option<(&'a Upstream, &'a SshTarget)> {
+/// The git upstream serving `host` (as the git routes find it), its `ssh` target, and the host's
+/// configured spelling.
+fn target<'a>(b: &'a Broker, host: &str) -> Option<(&'a Upstream, &'a SshTarget, &'a str)> {
     let ups = b.proxy.as_ref()?.upstreams();
-    ups.iter().find_map(|u| {
-        let t = u.ssh.as_ref()?;
-        u.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)).then_some((u, t))
-    })
+    let u = &ups[route::git_upstream(ups, host)?];
+    Some((u, u.ssh.as_ref()?, route::canonical_host(u, host)?))
 }
 
 /// Authorize `caller` for a tunnel to `host:port` and connect to its SSH server.
 pub async fn open(b: &Arc<Broker>, caller: Caller, host: &str, port: u16) -> Result<Opened, TunnelError> {
-    let (u, t) =
+    let (u, t, host) =
         target(b, host).ok_or_else(|| TunnelError::NotConfigured { host: host.escape_default().to_string() })?;
     if port != 22 && port != t.port {
         return Err(TunnelError::WrongPort { host: host.into(), port, configured: t.port });
     }
-    let host = u.hosts.iter().find(|h| h.eq_ignore_ascii_case(host)).cloned().unwrap_or_default();
+    let host = host.to_string();
     authorize(b, &caller.request_id, &caller.principal, Action::Tunnel, &Resource::module(&host, &u.name))?;
     let principal = caller.principal.display();
     let limit = b.config.server.limits.tunnels_per_principal;

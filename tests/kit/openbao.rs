@@ -80,29 +80,19 @@ impl OpenBao {
     /// An ID token of identity OIDC role `role`, read with `client_token` (a token with an
     /// entity: root tokens have none).
     pub async fn identity_token(&self, client_token: &str, role: &str) -> String {
-        let r: serde_json::Value = client(None)
-            .get(format!("{}/v1/identity/oidc/token/{role}", self.addr))
-            .header("X-Vault-Token", client_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = json(
+            client(None)
+                .get(format!("{}/v1/identity/oidc/token/{role}", self.addr))
+                .header("X-Vault-Token", client_token),
+        )
+        .await;
         r["data"]["token"].as_str().unwrap_or_else(|| panic!("no identity token for role {role}: {r}")).to_string()
     }
 
     /// Log in with AppRole; the client token.
     pub async fn approle_login(&self, role_id: &str, secret_id: &str) -> String {
-        let login: serde_json::Value = client(None)
-            .post(format!("{}/v1/auth/approle/login", self.addr))
-            .json(&serde_json::json!({"role_id": role_id, "secret_id": secret_id}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = serde_json::json!({"role_id": role_id, "secret_id": secret_id});
+        let login = json(client(None).post(format!("{}/v1/auth/approle/login", self.addr)).json(&body)).await;
         login["auth"]["client_token"].as_str().unwrap_or_else(|| panic!("approle login: {login}")).to_string()
     }
 
@@ -127,4 +117,9 @@ path "secret/metadata/gocred/*" { capabilities = ["read"] }"#;
         )
         .await;
     }
+}
+
+/// Send `req` and parse the JSON answer.
+async fn json(req: reqwest::RequestBuilder) -> serde_json::Value {
+    req.send().await.unwrap().json().await.unwrap()
 }
