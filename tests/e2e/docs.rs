@@ -302,3 +302,20 @@ fn readme_contributor_section_names_real_modules_and_areas() {
     }
     assert!(modules >= 10, "found only {modules} module names in the section");
 }
+
+/// docs/ssh-tunnel.md's broker configuration is valid as shown (with the minimal server and
+/// secrets sections every config has), and yields the SSH target and the tunnel cap it describes.
+#[test]
+fn ssh_tunnel_doc_config_is_valid() {
+    let doc = std::fs::read_to_string(repo_root().join("docs/ssh-tunnel.md")).unwrap();
+    let toml = doc.split("```toml\n").nth(1).and_then(|r| r.split("```").next()).expect("a toml block");
+    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[secrets]\nbackend = \"file\"\nfile = \"s.enc\"\n{toml}");
+    let c = gocred::config::Config::from_toml(&text, None, std::iter::empty(), &Default::default())
+        .unwrap_or_else(|e| panic!("docs/ssh-tunnel.md's config: {e}"));
+    let t = c.upstreams[0].ssh.as_ref().expect("an ssh target");
+    assert_eq!(
+        (t.host.as_str(), t.port, t.user.as_str(), t.path.as_str()),
+        ("git-ssh.internal.corp.example", 22, "git", "/")
+    );
+    assert_eq!(c.server.limits.tunnels_per_principal, 8);
+}
