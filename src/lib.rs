@@ -25,6 +25,7 @@
 //! | [`policy`]  | Cedar policies: `load` (file:line diagnostics), `decide`, `engine` (reload, cache), `dev` | talk HTTP, do I/O beyond the policy dir |
 //! | [`audit`]   | one JSON line per authn/authz decision                               | record tokens, proofs or keys         |
 //! | [`proxy`]   | upstream clients, credential cache, header hygiene, streaming forward, route resolution | decide who may fetch what |
+//! | [`modfetch`] | git-hosted modules over GOPROXY with the go command's semantics: bare mirrors, `git` run as the go command runs it, versions, pseudo-versions, `.info`/`.mod`/`.zip` | decide who may fetch, know HTTP, put a credential on argv or in env |
 //! | [`keys`]    | Ed25519 signing key set, rotation, JWKS                              | talk HTTP                             |
 //! | [`health`]  | readiness: probing the secrets backend, grace period                 | decide HTTP status codes              |
 //! | [`secrets`] | one interface over the `file` (AES-256-GCM) and `vault` backends     | log or format secret values           |
@@ -54,6 +55,7 @@ pub mod health;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod modfetch;
 pub mod policy;
 pub mod proto;
 pub mod proxy;

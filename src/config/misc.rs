@@ -40,3 +40,13 @@ pub(super) fn validate_audit(cx: &Ctx, raw: Option<RawAudit>) -> Result<AuditCon
         Some(p) => Ok(AuditConfig::File(cx.rel(PathBuf::from(p)))),
     }
 }
+
+/// `[store] dir` → the broker's private data dir for module builds (git mirrors, built zips);
+/// default `$TMPDIR/gocred-store`.
+pub(super) fn validate_store(cx: &Ctx, raw: Option<super::raw::RawStore>) -> Result<PathBuf, ConfigError> {
+    match raw.and_then(|s| s.dir) {
+        None => Ok(std::env::temp_dir().join("gocred-store")),
+        Some(d) if d.as_os_str().is_empty() => Err(cx.err("store.dir", "must be a directory path".into())),
+        Some(d) => Ok(cx.rel(d)),
+    }
+}

@@ -83,6 +83,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// The admission webhook's injection settings; `None`: `POST /v1/admission` is not served.
     pub webhook: Option<webhook::InjectSettings>,
+    /// The broker's private data dir for building git-hosted modules (`[store] dir`).
+    pub store_dir: PathBuf,
     /// Set by `serve --dev`: loopback only, embedded defaults.
     pub dev: bool,
 }
@@ -236,6 +238,7 @@ impl Config {
             policy: PolicyConfig::Dev { user: dev.user.clone() },
             audit: AuditConfig::File(data_dir.join("audit.log")),
             webhook: None,
+            store_dir: data_dir.join("store"),
             dev: true,
         })
     }
@@ -283,6 +286,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
     let audit = misc::validate_audit(&cx, raw.audit)?;
     let upstreams = upstreams::validate_upstreams(&cx, raw.upstreams)?;
     let webhook = webhook::validate_webhook(&cx, raw.webhook, server.public_url.as_deref(), &upstreams, &oidc)?;
+    let store_dir = misc::validate_store(&cx, raw.store)?;
     Ok(Config {
         source: file.map(Path::to_path_buf),
         server,
@@ -294,6 +298,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
         policy,
         audit,
         webhook,
+        store_dir,
         dev: false,
     })
 }

@@ -22,6 +22,13 @@ pub(super) struct RawConfig {
     pub(super) webhook: Option<RawWebhook>,
     #[serde(default)]
     pub(super) limits: RawLimits,
+    pub(super) store: Option<RawStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub(super) dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

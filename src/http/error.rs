@@ -9,6 +9,7 @@
 
 use super::RequestId;
 use crate::auth::oidc::OidcError;
+use crate::modfetch::ModFetchError;
 use crate::proxy::ProxyError;
 use crate::service::access::AccessError;
 use crate::service::session::SessionError;
@@ -49,6 +50,8 @@ pub enum ApiError {
     Webhook(#[from] WebhookError),
     #[error(transparent)]
     Tunnel(#[from] TunnelError),
+    #[error(transparent)]
+    ModFetch(#[from] ModFetchError),
 }
 
 fn access_status(e: &AccessError) -> (StatusCode, &'static str) {
@@ -119,6 +122,10 @@ impl ApiError {
             ApiError::Webhook(WebhookError::EncodeReview(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Webhook(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::Tunnel(e) => tunnel_status(e),
+            ApiError::ModFetch(ModFetchError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::ModFetch(ModFetchError::Timeout { .. }) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
+            ApiError::ModFetch(ModFetchError::Git { .. }) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            ApiError::ModFetch(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 

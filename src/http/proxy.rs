@@ -111,8 +111,95 @@ pub async fn goproxy(State(state): State<AppState>, Authed(a): Authed, req: Requ
     let p = proxy(&state)?;
     let rest = req.uri().path().strip_prefix("/mod/").unwrap_or_default().to_string();
     let t = route::resolve_mod(p.upstreams(), &rest, req.uri().query())?;
+    if p.upstreams()[t.upstream].kind == crate::config::UpstreamKind::Git {
+        return git_module(state.clone(), a, t).await;
+    }
     let (parts, body) = req.into_parts();
     forward(state.clone(), a, t, parts.method, parts.headers, body).await
+}
+
+/// `/mod/...` for a module whose upstream is a git server: authorized, then built by
+/// [`crate::modfetch`] (the upstream credential reaches git through a private config file).
+async fn git_module(state: AppState, a: Caller, t: Target) -> Result<Response, ApiError> {
+    use crate::modfetch::{Answer, Request, Source};
+    let p = proxy(&state)?.clone();
+    let upstream = p.upstreams()[t.upstream].clone();
+    authorize(&state, &a.request_id, &a.principal, Action::Download, &Resource::module(&t.module, &upstream.name))?;
+    if upstream.mode == crate::config::UpstreamMode::Vend {
+        return Err(ApiError::BadRequest(format!("upstream {} is vend-only: use GET /v1/credentials", upstream.name)));
+    }
+    let tail = t.upstream_path.rsplit_once("/@").map(|(_, r)| r).unwrap_or_default();
+    let version = |ext: &str| -> Result<String, ApiError> {
+        let v = tail.strip_prefix("v/").and_then(|r| r.strip_suffix(ext)).unwrap_or_default();
+        Ok(route::unescape_module(v)?)
+    };
+    let req = match tail {
+        "v/list" => Request::List,
+        "latest" => Request::Latest,
+        t if t.ends_with(".info") => Request::Info(version(".info")?),
+        t if t.ends_with(".mod") => Request::Mod(version(".mod")?),
+        _ => Request::Zip(version(".zip")?),
+    };
+    let started = Instant::now();
+    let base = Event {
+        action: Action::Download.as_str().into(),
+        resource: t.module.clone(),
+        upstream: Some(upstream.name.clone()),
+        ..Event::about("proxy", &a.request_id, &a.principal)
+    };
+    let cred = p.credential(&upstream, false).await?;
+    let src = Source {
+        upstream: &upstream.name,
+        base_url: &upstream.url,
+        header: cred.as_ref().map(|c| c.header()),
+        timeout: upstream.timeout,
+    };
+    let answer = match state.modfetch.serve(&src, &t.module, req).await {
+        Ok(a) => a,
+        Err(e) => {
+            state.audit.record(&Event { decision: "error", reason: e.to_string(), ..base });
+            return Err(e.into());
+        }
+    };
+    let (ctype, body, len): (&str, Body, Option<u64>) = match answer {
+        Answer::Text(s) => ("text/plain; charset=utf-8", Body::from(s), None),
+        Answer::Json(s) => ("application/json", Body::from(s), None),
+        Answer::Bytes(b) => ("text/plain; charset=utf-8", Body::from(b), None),
+        Answer::File(path) => {
+            let f = tokio::fs::File::open(&path).await.map_err(|e| ApiError::ModFetch(e.into()))?;
+            let len = f.metadata().await.ok().map(|m| m.len());
+            ("application/zip", Body::from_stream(file_stream(f)), len)
+        }
+    };
+    state.audit.record(&Event {
+        status: Some(200),
+        decision: "allow",
+        duration_ms: Some(started.elapsed().as_millis() as u64),
+        ..base
+    });
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static(ctype));
+    if let Some(n) = len {
+        resp.headers_mut().insert(header::CONTENT_LENGTH, n.into());
+    }
+    Ok(resp)
+}
+
+/// A file as a body stream, 64 KiB at a time (memory flat whatever the file's size).
+fn file_stream(f: tokio::fs::File) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> {
+    futures_util::stream::unfold(Some(f), |f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut f = f?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), Some(f)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
 }
 
 /// `/git/<host>/<repo>/...` — git smart HTTP.

@@ -66,6 +66,13 @@ pub struct UpstreamCredential {
     pub secret: SecretString,
 }
 
+impl UpstreamCredential {
+    /// The `Authorization` header value (for git, through a private config file only).
+    pub fn header(&self) -> &SecretString {
+        &self.header
+    }
+}
+
 impl std::fmt::Debug for UpstreamCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamCredential").field("username", &self.username).finish_non_exhaustive()

@@ -54,11 +54,39 @@ pub fn unescape_module(escaped: &str) -> Result<String, ProxyError> {
     Ok(out)
 }
 
+/// `%XX` → the byte, for printable ASCII only (a module path or version has nothing else).
+fn percent_decode(s: &str) -> Result<String, ProxyError> {
+    if !s.contains('%') {
+        return Ok(s.to_string());
+    }
+    let bad = || ProxyError::BadPath("malformed percent-encoding in module path".into());
+    let b = s.as_bytes();
+    let (mut out, mut i) = (String::with_capacity(s.len()), 0);
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).ok_or_else(bad)?;
+            let c = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
+            if !c.is_ascii_graphic() {
+                return Err(bad());
+            }
+            out.push(c as char);
+            i += 3;
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
 /// `/mod/<rest>` → the goproxy upstream serving the module.
 pub fn resolve_mod(upstreams: &[Upstream], rest: &str, query: Option<&str>) -> Result<Target, ProxyError> {
     if query.is_some_and(|q| !q.is_empty()) {
         return Err(ProxyError::BadPath("GOPROXY requests take no query".into()));
     }
+    // The go command percent-encodes some characters of a version (`!` in `!h!e!a!d`).
+    let decoded = percent_decode(rest)?;
+    let rest = decoded.as_str();
     if let Some(sumdb) = rest.strip_prefix("sumdb/") {
         return resolve_sumdb(upstreams, sumdb);
     }
@@ -84,6 +112,8 @@ pub fn resolve_mod(upstreams: &[Upstream], rest: &str, query: Option<&str>) -> R
     let upstream = upstreams
         .iter()
         .position(|u| !u.public && u.kind == UpstreamKind::Goproxy && u.serves(&module))
+        // A module proxy serving the path wins; else a git server hosting it (built by modfetch).
+        .or_else(|| upstreams.iter().position(|u| !u.public && u.kind == UpstreamKind::Git && u.serves(&module)))
         .or_else(|| public_for(upstreams, &module))
         .ok_or_else(|| ProxyError::NoUpstream(module.clone()))?;
     Ok(Target { upstream, module, upstream_path: format!("/{escaped}{tail}"), git_op: None, post: false })
@@ -239,6 +269,18 @@ mod tests {
     }
 
     #[test]
+    fn percent_encoded_versions_are_decoded_and_bad_encodings_refused() {
+        let u = ups();
+        let t = resolve_mod(&u, "git.corp.test/acme/lib/@v/%21h%21e%21a%21d.info", None).unwrap();
+        assert_eq!((t.upstream, t.upstream_path.as_str()), (0, "/git.corp.test/acme/lib/@v/!h!e!a!d.info"));
+        for bad in
+            ["git.corp.test/acme/lib/@v/%2.info", "git.corp.test/acme/lib/@v/%0a.info", "git.corp.test/%2e%2e/@latest"]
+        {
+            assert!(matches!(resolve_mod(&u, bad, None), Err(ProxyError::BadPath(_))), "{bad}");
+        }
+    }
+
+    #[test]
     fn public_upstream_gets_only_unclaimed_modules_in_any_spelling() {
         let mut u = ups();
         let mut public = u[1].clone();
@@ -254,6 +296,8 @@ mod tests {
             "!m!o!d!s.corp.test/!a!c!m!e/x/@latest",
             "git.corp.test/acme/lib/@v/v1.0.0.info",
             "!g!i!t.corp.test/acme/lib/@v/list",
+            "%21g%21i%21t.corp.test/acme/lib/@v/list",
+            "git%2ecorp.test/acme/lib/@latest",
             "sumdb/sum.golang.org/lookup/git.corp.test/acme/lib@v1.0.0",
             "sumdb/sum.golang.org/lookup/!g!i!t.corp.test/acme/lib@v1.0.0",
         ] {

@@ -74,6 +74,8 @@ pub struct Broker {
     pub oidc: OidcVerifier,
     /// Open SSH tunnels per principal.
     pub tunnels: tunnel::Tunnels,
+    /// Git-hosted modules served over GOPROXY, built in the private `[store] dir`.
+    pub modfetch: Arc<crate::modfetch::ModFetch>,
 }
 
 /// Load the configured policy set.
@@ -124,7 +126,9 @@ impl Broker {
         }
         let limits = Limiters::new(&config.server.limits, config.server.trusted_proxies.clone());
         let oidc = OidcVerifier::new(&config.oidc).map_err(StartError::SetupOidc)?;
+        let modfetch = Arc::new(crate::modfetch::ModFetch::new(config.store_dir.clone()));
         Ok(Arc::new(Broker {
+            modfetch,
             config,
             origin,
             store,

@@ -9,6 +9,7 @@
 mod chart;
 mod docs;
 mod foundation;
+mod gitmod;
 mod hardening;
 mod harness;
 mod injected;
