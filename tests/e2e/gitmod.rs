@@ -447,6 +447,88 @@ fn base_env(d: &Path, name: &str) -> Vec<(String, String)> {
     .collect()
 }
 
+/// A broker over TLS where alice may download `corp.test/acme/*` from one git upstream
+/// (`creds`: its `credentials = …` line, or empty), logged in; returns it and the client env
+/// (`GOPROXY=<broker>/mod,off` + `GOAUTH`).
+fn corpus_broker(d: &Path, port: u16, creds: &str, env: &[(&str, &str)]) -> (SshBroker, Vec<(String, String)>) {
+    corpus_broker_in(tempfile::tempdir().unwrap(), d, port, creds, env)
+}
+
+/// [`corpus_broker`] with `token = secret` stored at `upstreams/corpus` first, the documented
+/// way: `gocred secrets put` reading it from stdin, into the broker's file backend.
+fn corpus_broker_seeded(
+    d: &Path,
+    port: u16,
+    creds: &str,
+    env: &[(&str, &str)],
+    secret: &str,
+) -> (SshBroker, Vec<(String, String)>) {
+    use std::io::Write;
+    let bdir = tempfile::tempdir().unwrap();
+    let seed = bdir.path().join("seed.toml");
+    std::fs::write(
+        &seed,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[secrets]\nbackend = \"file\"\nfile = \"secrets.enc\"\n",
+    )
+    .unwrap();
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    let mut child = gocred_cmd(
+        &["secrets", "--config", seed.to_str().unwrap(), "put", "upstreams/corpus"],
+        &[("GOCRED_FILE_KEY", &key)],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    child.stdin.take().unwrap().write_all(format!("token={secret}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "secrets put: {}", String::from_utf8_lossy(&out.stderr));
+    corpus_broker_in(bdir, d, port, creds, env)
+}
+
+fn corpus_broker_in(
+    bdir: tempfile::TempDir,
+    d: &Path,
+    port: u16,
+    creds: &str,
+    env: &[(&str, &str)],
+) -> (SshBroker, Vec<(String, String)>) {
+    let b = bdir.path();
+    let tls = gocred::tls::ensure_dev_ca(&b.join("tls")).unwrap();
+    let pol = b.join("policies");
+    std::fs::create_dir_all(&pol).unwrap();
+    std::fs::copy(repo_root().join("policies/gocred.cedarschema"), pol.join("gocred.cedarschema")).unwrap();
+    std::fs::copy(repo_root().join("policies/gocred.cedar"), pol.join("gocred.cedar")).unwrap();
+    std::fs::write(
+        pol.join("corpus.cedar"),
+        "@id(\"alice-corpus\")\npermit (principal == User::\"alice\", action == Action::\"download\", resource)\nwhen { resource.folded_path like \"corp.test/acme/*\" };\n",
+    )
+    .unwrap();
+    let extra = format!(
+        "[[upstreams]]\nname = \"corpus\"\nkind = \"git\"\nhosts = [\"corp.test\"]\nurl = \"http://127.0.0.1:{port}\"\n{creds}\n\
+         [server.tls]\ncert = \"{}\"\nkey = \"{}\"\n[store]\ndir = \"store\"\n",
+        tls.cert.display(),
+        tls.key.display()
+    );
+    let broker = SshBroker::start_in_env(bdir, "", &extra, env);
+    let key = broker.add_user_key("alice", "alice", "ed25519");
+    let mut benv = base_env(d, "broker");
+    benv.push(("SSL_CERT_FILE".into(), tls.ca_cert.display().to_string()));
+    let e: Vec<(&str, &str)> = benv.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let (code, out, err) = Gocred::run(&["login", "--ssh", key.to_str().unwrap(), "--broker", &broker.g.url], &e);
+    assert_eq!(code, 0, "login: {out}{err}");
+    let me = gocred_bin().display().to_string();
+    benv.extend([
+        ("GOPROXY".to_string(), format!("{}/mod,off", broker.g.url)),
+        ("GOAUTH".to_string(), format!("{me} goauth")),
+        ("GONOSUMDB".to_string(), "corp.test".to_string()),
+        ("GIT_CONFIG_GLOBAL".to_string(), "/dev/null".to_string()),
+    ]);
+    (broker, benv)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn git_hosted_modules_through_the_broker_match_the_go_command_direct_from_git() {
     let dir = tempfile::tempdir().unwrap();
@@ -462,39 +544,7 @@ async fn git_hosted_modules_through_the_broker_match_the_go_command_direct_from_
     let mut upstream = Proc::spawn("git-upstream", up);
     upstream.wait_stdout("listening", Duration::from_secs(10));
 
-    // The broker: TLS, alice may download corp.test/acme/*, one git upstream, nothing else.
-    let bdir = tempfile::tempdir().unwrap();
-    let b = bdir.path();
-    let tls = gocred::tls::ensure_dev_ca(&b.join("tls")).unwrap();
-    let pol = b.join("policies");
-    std::fs::create_dir_all(&pol).unwrap();
-    std::fs::copy(repo_root().join("policies/gocred.cedarschema"), pol.join("gocred.cedarschema")).unwrap();
-    std::fs::copy(repo_root().join("policies/gocred.cedar"), pol.join("gocred.cedar")).unwrap();
-    std::fs::write(
-        pol.join("corpus.cedar"),
-        "@id(\"alice-corpus\")\npermit (principal == User::\"alice\", action == Action::\"download\", resource)\nwhen { resource.folded_path like \"corp.test/acme/*\" };\n",
-    )
-    .unwrap();
-    let extra = format!(
-        "[[upstreams]]\nname = \"corpus\"\nkind = \"git\"\nhosts = [\"corp.test\"]\nurl = \"http://127.0.0.1:{port}\"\n\
-         [server.tls]\ncert = \"{}\"\nkey = \"{}\"\n[store]\ndir = \"store\"\n",
-        tls.cert.display(),
-        tls.key.display()
-    );
-    let broker = SshBroker::start_in(bdir, "", &extra);
-    let key = broker.add_user_key("alice", "alice", "ed25519");
-    let mut benv = base_env(d, "broker");
-    benv.push(("SSL_CERT_FILE".into(), tls.ca_cert.display().to_string()));
-    let e: Vec<(&str, &str)> = benv.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let (code, out, err) = Gocred::run(&["login", "--ssh", key.to_str().unwrap(), "--broker", &broker.g.url], &e);
-    assert_eq!(code, 0, "login: {out}{err}");
-    let me = gocred_bin().display().to_string();
-    benv.extend([
-        ("GOPROXY".to_string(), format!("{}/mod,off", broker.g.url)),
-        ("GOAUTH".to_string(), format!("{me} goauth")),
-        ("GONOSUMDB".to_string(), "corp.test".to_string()),
-        ("GIT_CONFIG_GLOBAL".to_string(), "/dev/null".to_string()),
-    ]);
+    let (broker, benv) = corpus_broker(d, port, "", &[]);
     // Direct: the go command itself, from git (https://corp.test/ rewritten to the server).
     let direct_cfg = d.join("direct.gitconfig");
     std::fs::write(&direct_cfg, format!("[url \"http://127.0.0.1:{port}/\"]\n\tinsteadOf = https://corp.test/\n"))
@@ -556,4 +606,127 @@ async fn git_hosted_modules_through_the_broker_match_the_go_command_direct_from_
     // never saw a credential on its command line: there is none to see (anonymous here; the
     // credential path is covered by the proxy tests).
     drop(upstream);
+}
+
+/// An authenticated git upstream: the credential reaches git only through the broker's private
+/// config file (never argv, never the environment — a `git` wrapper records both), 50 clients
+/// asking for one version at the same moment cause one `git archive`, and everyone gets the
+/// same zip; the secret is in no log and no file outside the broker's store.
+#[tokio::test(flavor = "multi_thread")]
+async fn git_module_credential_stays_in_a_private_file_and_one_build_serves_fifty_clients() {
+    const SECRET: &str = "s3cr3t-upstream-t0ken-4f9a";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let srv = d.join("srv");
+    let mut r = Repo::new(&srv, "lib");
+    // ~8 MB that does not compress: the build takes long enough for the requests to overlap.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let noise: String = (0..8 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'!' + (x % 90) as u8) as char
+        })
+        .collect();
+    r.write("go.mod", &format!("module {M}/lib.git\n\ngo 1.21\n")).write("data.txt", &noise);
+    r.commit("1").tag("v1.0.0");
+    r.publish(&srv, "lib");
+    let port = free_port();
+    let mut up = Command::new("python3");
+    up.arg(repo_root().join("tests/peers/git_http_server.py"))
+        .args(["--port", &port.to_string(), "--bearer", SECRET, "--git-root"])
+        .arg(&srv);
+    let mut upstream = Proc::spawn("git-upstream", up);
+    upstream.wait_stdout("listening", Duration::from_secs(10));
+
+    // A `git` first on the broker's PATH that logs its argv and environment, then runs git.
+    let bin = d.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = d.join("git.log");
+    let real = String::from_utf8(Command::new("sh").args(["-c", "command -v git"]).output().unwrap().stdout).unwrap();
+    std::fs::write(
+        bin.join("git"),
+        format!(
+            "#!/bin/sh\n{{ printf 'ARGV'; for a in \"$@\"; do printf ' %s' \"$a\"; done; printf '\\n'; env | sed 's/^/ENV /'; }} >> '{}'\nexec {} \"$@\"\n",
+            log.display(),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    run_ok(Command::new("chmod").arg("755").arg(bin.join("git")));
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let (broker, benv) =
+        corpus_broker_seeded(d, port, "credentials = \"vault:upstreams/corpus\"", &[("PATH", &path)], SECRET);
+
+    // 50 go commands at once, each with its own module cache.
+    let m = format!("{M}/lib.git@v1.0.0");
+    let runs: Vec<_> = (0..50)
+        .map(|i| {
+            let mut env = benv.clone();
+            for (k, v) in env.iter_mut() {
+                if k == "GOMODCACHE" {
+                    *v = d.join(format!("cache-{i}")).display().to_string();
+                }
+            }
+            let (dd, m) = (d.to_path_buf(), m.clone());
+            std::thread::spawn(move || download(&env, &dd, &m))
+        })
+        .collect();
+    let outcomes: Vec<(Outcome, String)> = runs.into_iter().map(|h| h.join().unwrap()).collect();
+    let first = &outcomes[0].0;
+    assert!(!first.failed && first.sum.starts_with("h1:"), "{:?}", outcomes[0]);
+    for (o, text) in &outcomes {
+        assert_eq!(o, first, "every client gets the same module: {text}");
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let archives = logged.lines().filter(|l| l.starts_with("ARGV") && l.contains(" archive ")).count();
+    assert_eq!(archives, 1, "one git archive for 50 simultaneous clients");
+    assert!(logged.lines().any(|l| l.contains("ls-remote")), "git did reach the authenticated upstream");
+    // The secret: not on any git command line or in any git environment, not in the broker's
+    // output or audit log; the one file holding it in clear is the store's 0600 git config.
+    assert!(!logged.contains(SECRET), "the credential reached git's argv or environment");
+    let mut out = broker.g.proc.stdout();
+    out.extend(broker.g.proc.stderr());
+    assert!(!out.join("\n").contains(SECRET), "the credential is in the broker's output");
+    let mut holders = Vec::new();
+    for root in [d, broker.dir.path()] {
+        for e in walk(root) {
+            if std::fs::read(&e).is_ok_and(|b| b.windows(SECRET.len()).any(|w| w == SECRET.as_bytes())) {
+                holders.push(e);
+            }
+        }
+    }
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert!(holders[0].starts_with(broker.dir.path().join("store")), "{holders:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&holders[0]).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // A repository the upstream does not have is "not found" (the go command probes path
+    // prefixes and needs 404/410: with `GOPROXY=<broker>/mod,off` it then moves on to `off`);
+    // an upstream that is down is a 502 with one line go prints.
+    let (o, text) = download(&benv, d, &format!("{M}/nosuch.git@latest"));
+    assert!(o.failed && text.contains("module lookup disabled by GOPROXY=off"), "{text}");
+    drop(upstream);
+    std::thread::sleep(Duration::from_millis(2500)); // past the refs cache
+    let (o, text) = download(&benv, d, &format!("{M}/lib.git@main"));
+    assert!(
+        o.failed && text.contains("502 Bad Gateway") && text.contains("server response: gocred: upstream corpus"),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET), "{text}");
+}
+
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+        if md.is_dir() {
+            stack.extend(std::fs::read_dir(&p).into_iter().flatten().flatten().map(|e| e.path()));
+        } else if md.is_file() {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -87,6 +87,11 @@ impl SshBroker {
     }
 
     pub fn start_in(dir: tempfile::TempDir, tokens: &str, extra: &str) -> SshBroker {
+        Self::start_in_env(dir, tokens, extra, &[])
+    }
+
+    /// [`Self::start_in`] with extra environment for the broker process.
+    pub fn start_in_env(dir: tempfile::TempDir, tokens: &str, extra: &str, env: &[(&str, &str)]) -> SshBroker {
         let d = dir.path();
         std::fs::create_dir_all(Self::keys_dir(d)).unwrap();
         let ca = d.join("ca");
@@ -117,7 +122,9 @@ impl SshBroker {
         .unwrap();
         use base64::Engine;
         let key_b64 = base64::engine::general_purpose::STANDARD.encode(file_key);
-        let g = Gocred::start(&["serve", "--config", cfg.to_str().unwrap()], &[("GOCRED_FILE_KEY", &key_b64)]);
+        let mut all = vec![("GOCRED_FILE_KEY", key_b64.as_str())];
+        all.extend_from_slice(env);
+        let g = Gocred::start(&["serve", "--config", cfg.to_str().unwrap()], &all);
         SshBroker { dir, g, file_key }
     }
 
