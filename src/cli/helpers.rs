@@ -299,6 +299,10 @@ pub struct SetupArgs {
     /// https:// URLs to ssh:// (what the go command fetches with GOPROXY=direct).
     #[arg(long)]
     pub ssh: bool,
+    /// Fetch git-hosted modules with git through the broker's `/git/` (GONOPROXY for them)
+    /// instead of from `/mod/` (the default: the broker builds them; clients need no git).
+    #[arg(long)]
+    pub git: bool,
 }
 
 /// git's `insteadOf` rules for the broker's git hosts (to `/git/`, or with `ssh` to `ssh://` for
@@ -363,9 +367,11 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
             if meta.public_proxy { format!("{gp},off") } else { format!("{gp},https://proxy.golang.org,direct") };
         go_env.push(("GOPROXY".into(), chain));
     }
-    // Modules only a git host serves are fetched with git (through the broker's /git/ via
-    // insteadOf); everything else private goes through the broker's /mod.
-    go_env.push(("GONOPROXY".into(), if direct.is_empty() { "none".into() } else { direct.join(",") }));
+    // Everything goes through the broker's /mod/ (it builds git-hosted modules itself); with
+    // --git or --ssh, modules only a git host serves are fetched with git (insteadOf → /git/ or
+    // the SSH tunnel).
+    let with_git = args.git || args.ssh || meta.goproxy.is_none();
+    go_env.push(("GONOPROXY".into(), if direct.is_empty() || !with_git { "none".into() } else { direct.join(",") }));
     go_env.push(("GOAUTH".into(), format!("{me} goauth")));
     let mut git: Vec<(String, String)> = vec![(format!("credential.{broker}.helper"), format!("{me} credential"))];
     let ssh_block = git_rules(&meta, args.ssh, &me, &broker, &mut git)?;

@@ -291,7 +291,19 @@ fn webhook_section_defaults_validation_and_env() {
         + "[webhook]"
         + with_issuer.split("[webhook]").nth(1).unwrap();
     let e = parse(&only_issuer, &[]).unwrap_err().to_string();
-    assert!(e.contains("webhook.mode") && e.contains("kind = \"goproxy\""), "{e}");
+    assert!(e.contains("webhook.mode") && e.contains("kind = \"goproxy\" or \"git\""), "{e}");
+    // Only a public upstream: still nothing serves the private modules.
+    let only_public = only_issuer.replace(
+        "[webhook]",
+        "[[upstreams]]\nname = \"public\"\nkind = \"goproxy\"\nurl = \"https://proxy.golang.org\"\npublic = true\n[webhook]",
+    );
+    assert!(parse(&only_public, &[]).unwrap_err().to_string().contains("webhook.mode"));
+    // A git upstream is enough: /mod/ builds its modules.
+    let only_git = only_issuer.replace(
+        "[webhook]",
+        "[[upstreams]]\nname = \"g\"\nkind = \"git\"\nhosts = [\"git.corp.test\"]\nurl = \"https://git.corp.test\"\n[webhook]",
+    );
+    assert!(parse(&only_git, &[]).unwrap().webhook.unwrap().has_goproxy);
     let c = parse(&with_issuer, &[]).unwrap();
     assert_eq!(c.webhook.unwrap().broker_url, "https://gocred.corp.test");
     let e = parse(&format!("{MIN}[webhook]\nenabled = true\nimage = \"i:1\"\nbroker_url = \"https://b\"\n"), &[])

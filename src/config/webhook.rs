@@ -279,7 +279,8 @@ fn usable(
             ),
         ));
     }
-    let has_goproxy = upstreams.iter().any(|u| u.kind == UpstreamKind::Goproxy && u.mode == UpstreamMode::Proxy);
+    // `/mod/` serves private modules from a private module proxy or, built from git, a git server.
+    let has_goproxy = upstreams.iter().any(|u| !u.public && u.mode == UpstreamMode::Proxy);
     let git_hosts: Vec<String> = upstreams
         .iter()
         .filter(|u| u.kind == UpstreamKind::Git && u.mode == UpstreamMode::Proxy)
@@ -288,7 +289,7 @@ fn usable(
     if mode == InjectMode::Goproxy && !has_goproxy {
         return Err(cx.err(
             "webhook.mode",
-            "\"goproxy\" needs an [[upstreams]] entry with kind = \"goproxy\" (or use mode = \"git\")".into(),
+            "\"goproxy\" needs a private [[upstreams]] entry (kind = \"goproxy\" or \"git\") to serve /mod/".into(),
         ));
     }
     if mode == InjectMode::Git && git_hosts.is_empty() {

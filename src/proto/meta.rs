@@ -13,10 +13,11 @@ pub struct Metadata {
     /// Module path patterns the broker serves (GOPRIVATE / GONOSUMDB).
     #[serde(default)]
     pub modules: Vec<String>,
-    /// Patterns only a git host serves: fetched with git through `/git/` (GONOPROXY).
+    /// Patterns only a git host serves: `/mod/` builds them from git; a client that wants git
+    /// instead fetches them through `/git/` (GONOPROXY).
     #[serde(default)]
     pub direct_modules: Vec<String>,
-    /// `<origin>/mod` when a module-proxy upstream is configured.
+    /// `<origin>/mod` when a module-proxy or (proxied) git upstream is configured.
     #[serde(default)]
     pub goproxy: Option<String>,
     /// The broker also fronts a public module proxy and checksum database: `<goproxy>,off` is the

@@ -37,8 +37,9 @@ pub fn metadata(b: &Broker) -> Metadata {
         .filter(proxied_git)
         .flat_map(|u| u.hosts.iter().map(|h| GitHost { host: h.clone(), url: format!("{origin}/git/{h}/") }))
         .collect();
-    // Module prefixes of proxied git hosts that no module-proxy upstream serves: `go` fetches
-    // them with git (GONOPROXY), which `insteadOf` sends to /git/.
+    // Module prefixes of proxied git hosts that no module-proxy upstream serves: clients that
+    // want git (`gocred setup --git`) fetch them with it (GONOPROXY), `insteadOf` → /git/.
+    // Everyone else gets them from /mod/, which builds them from git itself.
     let proxied: Vec<&String> =
         ups.iter().filter(|u| u.kind == UpstreamKind::Goproxy).flat_map(|u| u.modules.iter()).collect();
     let direct_modules = ups
@@ -53,7 +54,10 @@ pub fn metadata(b: &Broker) -> Metadata {
         origin: origin.clone(),
         modules,
         direct_modules,
-        goproxy: ups.iter().any(|u| u.kind == UpstreamKind::Goproxy).then(|| format!("{origin}/mod")),
+        goproxy: ups
+            .iter()
+            .any(|u| u.kind == UpstreamKind::Goproxy || proxied_git(&u))
+            .then(|| format!("{origin}/mod")),
         git,
         public_proxy: ups.iter().any(|u| u.public),
         ssh: ups

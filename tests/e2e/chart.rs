@@ -364,6 +364,21 @@ fn chart_lints_renders_schema_valid_objects_and_a_config_gocred_accepts() {
         .parse()
         .unwrap();
     assert_eq!(issuers[0].as_table().unwrap(), &want);
+    // The public proxy fronted by default (so the webhook's GOPROXY ends in `,off`), and a
+    // disk-backed store for the modules built from git.
+    let ups = parsed["upstreams"].as_array().unwrap();
+    let public: Vec<_> = ups.iter().filter(|u| u.get("public").and_then(|p| p.as_bool()) == Some(true)).collect();
+    assert_eq!(public.len(), 1, "{toml_text}");
+    assert_eq!(
+        (public[0]["name"].as_str(), public[0]["url"].as_str()),
+        (Some("public"), Some("https://proxy.golang.org"))
+    );
+    assert_eq!(parsed["store"]["dir"].as_str(), Some("/var/lib/gocred/store"));
+    let store = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "store").unwrap();
+    assert_eq!(store["emptyDir"]["sizeLimit"], "10Gi");
+    assert!(store["emptyDir"].get("medium").is_none(), "on disk, not in memory: {store}");
+    let mount = c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "store").unwrap();
+    assert_eq!(mount["mountPath"], "/var/lib/gocred/store");
     let kube_ca = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "kube-root-ca").unwrap();
     assert_eq!(kube_ca["configMap"]["name"], "kube-root-ca.crt");
     let mount = c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "kube-root-ca").unwrap();
@@ -451,6 +466,7 @@ fn chart_lints_renders_schema_valid_objects_and_a_config_gocred_accepts() {
                 "tls.certManager.issuerRef.name=corp-ca",
             ][..],
             &["--set", "webhook.enabled=false", "--set", "replicaCount=1", "--set", "antiAffinity=hard"][..],
+            &["--set", "publicProxy=", "--set", "store.existingClaim=gocred-store"][..],
         ]
         .into_iter()
         .enumerate()
@@ -463,6 +479,13 @@ fn chart_lints_renders_schema_valid_objects_and_a_config_gocred_accepts() {
         let objs = objects(&yaml);
         let sub = dir.path().join(format!("variant-{i}"));
         check_rendered_config(&objs, "gocred", &sub);
+        if set.contains(&"publicProxy=") {
+            let toml_text = find(&objs, "ConfigMap", "gocred")["data"]["gocred.toml"].as_str().unwrap();
+            assert!(!toml_text.contains("public = true"), "no public upstream:\n{toml_text}");
+            let vols = &find(&objs, "Deployment", "gocred")["spec"]["template"]["spec"]["volumes"];
+            let store = vols.as_array().unwrap().iter().find(|v| v["name"] == "store").unwrap();
+            assert_eq!(store["persistentVolumeClaim"]["claimName"], "gocred-store", "{store}");
+        }
         if set.contains(&"webhook.enabled=false") {
             let toml_text = find(&objs, "ConfigMap", "gocred")["data"]["gocred.toml"].as_str().unwrap();
             assert!(!toml_text.contains("[[oidc.issuers]]"), "no issuer added without the webhook:\n{toml_text}");

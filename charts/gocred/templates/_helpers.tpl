@@ -205,9 +205,21 @@ is escaped correctly.
 {{- if not $c.ssh -}}
 {{- $_ := unset $c "ssh" -}}
 {{- end -}}
+{{- $ups := default (list) $c.upstreams -}}
+{{- $hasPublic := false -}}
+{{- range $ups -}}
+{{- if .public -}}
+{{- $hasPublic = true -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.publicProxy (not $hasPublic) -}}
+{{- $ups = append $ups (dict "name" "public" "kind" "goproxy" "url" .Values.publicProxy "public" true) -}}
+{{- end -}}
+{{- $_ := set $c "upstreams" $ups -}}
 {{- if not $c.upstreams -}}
 {{- $_ := unset $c "upstreams" -}}
 {{- end -}}
+{{- $_ := set $c "store" (dict "dir" "/var/lib/gocred/store") -}}
 {{- $w := .Values.webhook.inject -}}
 {{- if .Values.webhook.enabled -}}
 {{- /* The broker refuses `[webhook] enabled = true` unless a kind = "kubernetes" issuer accepts
