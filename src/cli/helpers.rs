@@ -305,17 +305,19 @@ pub struct SetupArgs {
     pub git: bool,
 }
 
-/// git's `insteadOf` rules for the broker's git hosts (to `/git/`, or with `ssh` to `ssh://` for
+/// git's `insteadOf` rules for the broker's git hosts (with `with_git`, to `/git/`; with `ssh` to `ssh://` for
 /// the hosts it serves over SSH) added to `git`; with `ssh`, the `~/.ssh/config` block.
 fn git_rules(
     meta: &crate::proto::meta::Metadata,
     ssh: bool,
+    with_git: bool,
     me: &str,
     broker: &str,
     git: &mut Vec<(String, String)>,
 ) -> anyhow::Result<Option<String>> {
     let ssh_hosts: Vec<&crate::proto::meta::SshHost> = if ssh { meta.ssh.iter().collect() } else { Vec::new() };
-    for g in meta.git.iter().filter(|g| !ssh_hosts.iter().any(|s| s.host == g.host)) {
+    // Without --git the go command never runs git (everything comes from /mod/): no rules.
+    for g in meta.git.iter().filter(|g| with_git && !ssh_hosts.iter().any(|s| s.host == g.host)) {
         git.push((format!("url.{}.insteadOf", g.url), format!("https://{}/", g.host)));
     }
     for s in &ssh_hosts {
@@ -374,7 +376,7 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     go_env.push(("GONOPROXY".into(), if direct.is_empty() || !with_git { "none".into() } else { direct.join(",") }));
     go_env.push(("GOAUTH".into(), format!("{me} goauth")));
     let mut git: Vec<(String, String)> = vec![(format!("credential.{broker}.helper"), format!("{me} credential"))];
-    let ssh_block = git_rules(&meta, args.ssh, &me, &broker, &mut git)?;
+    let ssh_block = git_rules(&meta, args.ssh, with_git, &me, &broker, &mut git)?;
     for (k, v) in &go_env {
         outln!("go env -w {k}={v}");
     }

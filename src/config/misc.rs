@@ -45,7 +45,8 @@ pub(super) fn validate_audit(cx: &Ctx, raw: Option<RawAudit>) -> Result<AuditCon
 /// default `$TMPDIR/gocred-store`.
 pub(super) fn validate_store(cx: &Ctx, raw: Option<super::raw::RawStore>) -> Result<PathBuf, ConfigError> {
     match raw.and_then(|s| s.dir) {
-        None => Ok(std::env::temp_dir().join("gocred-store")),
+        // Next to the config file, like its other relative paths: one broker, one store.
+        None => Ok(cx.rel(PathBuf::from("store"))),
         Some(d) if d.as_os_str().is_empty() => Err(cx.err("store.dir", "must be a directory path".into())),
         Some(d) => Ok(cx.rel(d)),
     }

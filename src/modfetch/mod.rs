@@ -182,12 +182,14 @@ impl ModFetch {
 
     async fn zip(&self, src: &Source<'_>, code: &CodeRepo<'_>, module: &str, v: &str) -> Result<Answer, ModFetchError> {
         let zips = self.work_dir("zip")?;
-        let dest = zips.join(format!("{}.zip", short_hash(&format!("{module}@{v}"))));
+        // Keyed by upstream too: two upstreams may serve the same path with different content.
+        let key = short_hash(&format!("{}\n{module}@{v}", src.base_url));
+        let dest = zips.join(format!("{key}.zip"));
         if dest.exists() {
             return Ok(Answer::File(dest));
         }
         let (info, dir, _) = code.find_dir(v).await.map_err(map_repo(src))?;
-        let tmp = zips.join(format!("{}.archive.tmp", short_hash(&format!("{module}@{v}"))));
+        let tmp = zips.join(format!("{key}.archive.tmp"));
         let found = code.git.archive(&info.hash, &dir, &tmp, zip::MAX_ZIP_FILE).await.map_err(map_git(src))?;
         if !found {
             let _ = std::fs::remove_file(&tmp);

@@ -77,8 +77,9 @@ fn bare_repo(root: &Path, dir: &str, module: &str) {
 }
 
 /// README, "Private modules": `gocred login`, `gocred setup`, then plain `go get` of a module
-/// served by a module-proxy upstream and of a git-hosted `.git` module — exactly the commands the
-/// README shows, as a user would type them, in a fresh HOME.
+/// served by a module-proxy upstream and of a module on a git server (built by the broker behind
+/// `/mod/`: no `insteadOf`, no GONOPROXY on the client) — exactly the commands the README shows, as a user
+/// would type them, in a fresh HOME.
 #[tokio::test(flavor = "multi_thread")]
 async fn readme_private_module_flow() {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
@@ -92,7 +93,7 @@ async fn readme_private_module_flow() {
     // The upstreams' content: a git repository, and a GOPROXY layout for mods.corp.example made
     // by a direct download from a local repository.
     let srv = d.join("srv");
-    bare_repo(&srv, "acme/tool.git", "git.corp.example/acme/tool.git");
+    bare_repo(&srv, "acme/tool.git", "git.corp.example/acme/tool");
     let layout = d.join("layout");
     goproxy_layout(&layout, "mods.corp.example/acme/lib");
     let upstream_port = free_port();
@@ -195,7 +196,11 @@ async fn readme_private_module_flow() {
     }
     let sum = std::fs::read_to_string(app.join("go.sum")).unwrap();
     assert!(sum.contains("mods.corp.example/acme/lib v1.0.0 h1:"), "{sum}");
-    assert!(sum.contains("git.corp.example/acme/tool.git v1.0.0 h1:"), "{sum}");
+    assert!(sum.contains("git.corp.example/acme/tool v1.0.0 h1:"), "{sum}");
+    let gitconfig = std::fs::read_to_string(home.join(".gitconfig")).unwrap_or_default();
+    assert!(!gitconfig.contains("insteadOf"), "the client fetches nothing with git: {gitconfig}");
+    let goenv = std::fs::read_to_string(home.join(".config/go/env")).unwrap_or_default();
+    assert!(goenv.contains("GONOPROXY=none") && goenv.contains("/mod,"), "{goenv}");
     // Both went through the broker with the upstream's credentials, not the user's.
     let reqs = upstream.stderr();
     assert!(

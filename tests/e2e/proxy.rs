@@ -638,7 +638,7 @@ async fn setup_configures_go_and_git_idempotently_and_plain_go_then_works() {
         .filter(|(k, _)| !["GOPRIVATE", "GONOSUMDB", "GONOPROXY", "GOPROXY", "GOAUTH"].contains(&k.as_str()))
         .collect();
     let e = env_refs(&env);
-    let (code, out, err) = Gocred::run(&["setup", "--dry-run"], &e);
+    let (code, out, err) = Gocred::run(&["setup", "--dry-run", "--git"], &e);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("go env -w GOPRIVATE=git.corp.test,vend.example")
@@ -647,10 +647,10 @@ async fn setup_configures_go_and_git_idempotently_and_plain_go_then_works() {
         "{out}"
     );
     assert!(!goenv.exists() && !gitcfg.exists(), "dry run changed nothing");
-    let (code, out, err) = Gocred::run(&["setup"], &e);
+    let (code, out, err) = Gocred::run(&["setup", "--git"], &e);
     assert_eq!(code, 0, "{out}{err}");
     let first = (std::fs::read_to_string(&goenv).unwrap(), std::fs::read_to_string(&gitcfg).unwrap());
-    let (code, _, err) = Gocred::run(&["setup"], &e);
+    let (code, _, err) = Gocred::run(&["setup", "--git"], &e);
     assert_eq!(code, 0, "{err}");
     let second = (std::fs::read_to_string(&goenv).unwrap(), std::fs::read_to_string(&gitcfg).unwrap());
     assert_eq!(first, second, "setup is idempotent");
