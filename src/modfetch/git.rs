@@ -10,7 +10,7 @@
 //!
 //! Must not: interpret versions (that is [`super::repo`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -62,6 +62,45 @@ pub struct Mirror {
     /// The git config file holding the credential header (or an empty one).
     pub config: PathBuf,
     pub timeout: Duration,
+    pub objects: std::sync::Arc<ObjectCache>,
+}
+
+/// What the mirror already said about immutable objects — a commit by its full hash, a small
+/// file at a commit — so a `.info`/`.mod`/`.zip` sequence asks git once, not once per request.
+#[derive(Debug, Default)]
+pub struct ObjectCache {
+    commits: std::sync::Mutex<HashMap<String, i64>>,
+    files: std::sync::Mutex<HashMap<(String, String), Option<Vec<u8>>>>,
+}
+
+/// Files kept in [`ObjectCache`]: go.mod/LICENSE-sized ones, a bounded number.
+const CACHED_FILE_MAX: usize = 256 << 10;
+const CACHED_FILES: usize = 2048;
+
+fn full_hash(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+impl ObjectCache {
+    fn commit(&self, hash: &str) -> Option<i64> {
+        self.commits.lock().expect("object cache poisoned").get(hash).copied()
+    }
+
+    fn file(&self, commit: &str, path: &str) -> Option<Option<Vec<u8>>> {
+        let files = self.files.lock().expect("object cache poisoned");
+        files.get(&(commit.to_string(), path.to_string())).cloned()
+    }
+
+    fn keep_file(&self, commit: &str, path: &str, data: &Option<Vec<u8>>) {
+        if !full_hash(commit) || data.as_ref().is_some_and(|d| d.len() > CACHED_FILE_MAX) {
+            return;
+        }
+        let mut files = self.files.lock().expect("object cache poisoned");
+        if files.len() >= CACHED_FILES {
+            files.clear();
+        }
+        files.insert((commit.to_string(), path.to_string()), data.clone());
+    }
 }
 
 /// A line of stderr that says "this does not exist" (remote 404, unknown object or path).
@@ -105,11 +144,22 @@ impl Mirror {
     }
 
     async fn run(&self, op: &'static str, args: &[&str]) -> Result<Vec<u8>, GitError> {
+        self.run_within(op, args, self.timeout).await
+    }
+
+    /// A transfer (fetch, archive) may take long for a big repository: git itself aborts one
+    /// that stalls (`http.lowSpeedTime` = 4 × the upstream timeout, in the config file); this is
+    /// only the overall bound.
+    fn long(&self) -> Duration {
+        (self.timeout * 20).max(Duration::from_secs(600))
+    }
+
+    async fn run_within(&self, op: &'static str, args: &[&str], limit: Duration) -> Result<Vec<u8>, GitError> {
         let mut c = self.command(args);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let out = tokio::time::timeout(self.timeout, c.output())
+        let out = tokio::time::timeout(limit, c.output())
             .await
-            .map_err(|_| GitError::Timeout { op, secs: self.timeout.as_secs() })?
+            .map_err(|_| GitError::Timeout { op, secs: limit.as_secs() })?
             .map_err(GitError::Spawn)?;
         if out.status.success() {
             return Ok(out.stdout);
@@ -157,7 +207,7 @@ impl Mirror {
 
     /// Fetch every branch and tag with full history.
     pub async fn fetch(&self) -> Result<(), GitError> {
-        self.run(
+        self.run_within(
             "fetch",
             &[
                 "fetch",
@@ -168,17 +218,24 @@ impl Mirror {
                 "refs/heads/*:refs/heads/*",
                 "refs/tags/*:refs/tags/*",
             ],
+            self.long(),
         )
         .await
         .map(|_| ())
     }
 
     pub async fn has_commit(&self, hash: &str) -> bool {
+        if self.objects.commit(hash).is_some() {
+            return true;
+        }
         self.run("cat-file", &["cat-file", "-e", &format!("{hash}^{{commit}}")]).await.is_ok()
     }
 
     /// `git log -n1 --format=%H %ct`: the full hash and committer time (Unix seconds).
     pub async fn commit_info(&self, rev: &str) -> Result<(String, i64), GitError> {
+        if let Some(t) = self.objects.commit(rev) {
+            return Ok((rev.to_string(), t));
+        }
         let out = self
             .run(
                 "log",
@@ -198,7 +255,12 @@ impl Mirror {
         let text = String::from_utf8_lossy(&out);
         let mut it = text.split_whitespace();
         match (it.next(), it.next().and_then(|t| t.parse().ok())) {
-            (Some(h), Some(t)) => Ok((h.to_string(), t)),
+            (Some(h), Some(t)) => {
+                if full_hash(h) {
+                    self.objects.commits.lock().expect("object cache poisoned").insert(h.to_string(), t);
+                }
+                Ok((h.to_string(), t))
+            }
             _ => Err(GitError::Failed { op: "log", stderr: format!("unexpected output for {rev}"), not_found: true }),
         }
     }
@@ -206,6 +268,15 @@ impl Mirror {
     /// The raw blob `<commit>:<path>`, `None` when it does not exist (any failure, as the go
     /// command treats it). Bounded by `max` bytes.
     pub async fn read_file(&self, commit: &str, path: &str, max: u64) -> Result<Option<Vec<u8>>, GitError> {
+        if let Some(known) = self.objects.file(commit, path) {
+            return Ok(known);
+        }
+        let data = self.read_file_uncached(commit, path, max).await?;
+        self.objects.keep_file(commit, path, &data);
+        Ok(data)
+    }
+
+    async fn read_file_uncached(&self, commit: &str, path: &str, max: u64) -> Result<Option<Vec<u8>>, GitError> {
         let spec = format!("{commit}:{path}");
         let kind = self.run("cat-file", &["cat-file", "-t", "--end-of-options", &spec]).await;
         if !matches!(kind.as_deref(), Ok(b"blob\n")) {
@@ -265,9 +336,9 @@ impl Mirror {
         // `output()` would replace stdout with a pipe: spawn, so git writes straight to the file.
         c.stdout(Stdio::from(file)).stderr(Stdio::piped()).kill_on_drop(true);
         let child = c.spawn().map_err(GitError::Spawn)?;
-        let out = tokio::time::timeout(self.timeout * 10, child.wait_with_output())
+        let out = tokio::time::timeout(self.long(), child.wait_with_output())
             .await
-            .map_err(|_| GitError::Timeout { op: "archive", secs: self.timeout.as_secs() * 10 })?
+            .map_err(|_| GitError::Timeout { op: "archive", secs: self.long().as_secs() })?
             .map_err(GitError::Spawn)?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -290,10 +361,13 @@ impl Mirror {
 }
 
 /// The git config file carrying `Authorization: <header>` for requests under `url`.
-pub fn credential_config(url: &str, header: Option<&str>) -> Option<String> {
+pub fn credential_config(url: &str, header: Option<&str>, stall: Duration) -> Option<String> {
     let mut cfg = String::from(
         "[protocol]\n\tallow = never\n[protocol \"https\"]\n\tallow = always\n[protocol \"http\"]\n\tallow = always\n",
     );
+    // A transfer that sends nothing for `stall` is a stalled one (servers that build a big pack
+    // before sending a byte are quiet for a while, hence not the plain upstream timeout).
+    cfg.push_str(&format!("[http]\n\tlowSpeedLimit = 1\n\tlowSpeedTime = {}\n", stall.as_secs().max(1)));
     if let Some(h) = header {
         if h.contains(['\n', '\r', '"', '\\']) || url.contains(['\n', '\r', '"', '\\', ']']) {
             return None;
@@ -309,11 +383,11 @@ mod tests {
 
     #[test]
     fn credential_config_is_scoped_and_refuses_injection() {
-        let c = credential_config("https://git.corp.test/base", Some("Basic abc=")).unwrap();
+        let c = credential_config("https://git.corp.test/base", Some("Basic abc="), Duration::from_secs(30)).unwrap();
         assert!(c.contains("[http \"https://git.corp.test/base/\"]\n\textraHeader = \"Authorization: Basic abc=\"\n"));
         assert!(c.contains("allow = never"), "file://, ext:: and ssh transports are off");
-        assert!(credential_config("https://x", Some("Bearer a\"\n[core]\n")).is_none());
-        assert!(!credential_config("https://x", None).unwrap().contains("extraHeader"));
+        assert!(credential_config("https://x", Some("Bearer a\"\n[core]\n"), Duration::from_secs(1)).is_none());
+        assert!(!credential_config("https://x", None, Duration::from_secs(1)).unwrap().contains("extraHeader"));
         assert!(says_not_found("fatal: repository 'http://x/a/' not found"));
         assert!(!says_not_found("fatal: unable to access 'http://x/': Failed to connect"));
     }

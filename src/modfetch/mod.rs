@@ -88,6 +88,7 @@ pub enum Answer {
 
 struct RepoState {
     lock: tokio::sync::Mutex<Option<(Instant, Refs)>>,
+    objects: Arc<git::ObjectCache>,
 }
 
 pub struct ModFetch {
@@ -125,7 +126,7 @@ impl ModFetch {
             .lock()
             .expect("repo table poisoned")
             .entry(url.to_string())
-            .or_insert_with(|| Arc::new(RepoState { lock: tokio::sync::Mutex::new(None) }))
+            .or_insert_with(|| Arc::new(RepoState { lock: tokio::sync::Mutex::new(None), objects: Arc::default() }))
             .clone()
     }
 
@@ -145,12 +146,18 @@ impl ModFetch {
         let layout = Layout::new(module, &root).map_err(map_repo(src))?;
         let git_dir = self.work_dir("git")?;
         let config = git_dir.join(format!("{}.gitconfig", short_hash(src.upstream)));
-        let cfg = git::credential_config(src.base_url, src.header.map(|h| h.expose_secret()))
+        let cfg = git::credential_config(src.base_url, src.header.map(|h| h.expose_secret()), src.timeout * 4)
             .ok_or_else(|| ModFetchError::Build("the upstream credential cannot be passed to git".into()))?;
         crate::fsutil::write_private_atomic(&config, cfg.as_bytes())
             .map_err(|source| ModFetchError::WorkDir { path: config.clone(), source })?;
-        let mirror = Mirror { dir: git_dir.join(short_hash(&url)), remote: url.clone(), config, timeout: src.timeout };
         let state = self.state(&url);
+        let mirror = Mirror {
+            dir: git_dir.join(short_hash(&url)),
+            remote: url.clone(),
+            config,
+            timeout: src.timeout,
+            objects: state.objects.clone(),
+        };
         let mut guard = state.lock.lock().await;
         mirror.init().await.map_err(map_git(src))?;
         let refs = match guard.as_ref() {

@@ -210,13 +210,18 @@ pub fn build(
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated).large_file(false);
     let zerr = |e: zip::result::ZipError| ZipError::Write(std::io::Error::other(e));
     for i in keep {
-        zw.start_file(format!("{module}@{version}/{}", files[i].path), opts).map_err(zerr)?;
+        let name = format!("{module}@{version}/{}", files[i].path);
         match &sources[i] {
+            // git's compressed bytes copied as they are (the h1: hash covers names and
+            // contents, not the compression): no inflate/deflate pass over a big module.
             Source::Archive(j) => {
-                let mut e = za.by_index(*j).map_err(ZipError::ReadArchive)?;
-                std::io::copy(&mut e, &mut zw).map_err(ZipError::Write)?;
+                let e = za.by_index_raw(*j).map_err(ZipError::ReadArchive)?;
+                zw.raw_copy_file_rename(e, name).map_err(zerr)?;
             }
-            Source::License(data) => zw.write_all(data).map_err(ZipError::Write)?,
+            Source::License(data) => {
+                zw.start_file(name, opts).map_err(zerr)?;
+                zw.write_all(data).map_err(ZipError::Write)?
+            }
         }
     }
     let mut w = zw.finish().map_err(zerr)?;
