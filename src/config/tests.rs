@@ -222,6 +222,25 @@ fn oidc_issuers_validation_prefixes_and_transport() {
 }
 
 #[test]
+fn webhook_goproxy_mode_needs_a_private_upstream_of_either_kind() {
+    let issuer = "[[oidc.issuers]]\nname = \"cluster\"\nissuer = \"https://k.example\"\nkind = \"kubernetes\"\naudiences = [\"gocred\"]\n";
+    let hook =
+        "[webhook]\nenabled = true\nimage = \"i:1\"\nbroker_url = \"https://b\"\nmodules = [\"git.corp.test/*\"]\n";
+    let public =
+        "[[upstreams]]\nname = \"public\"\nkind = \"goproxy\"\nurl = \"https://proxy.golang.org\"\npublic = true\n";
+    let git =
+        "[[upstreams]]\nname = \"g\"\nkind = \"git\"\nhosts = [\"git.corp.test\"]\nurl = \"https://git.corp.test\"\n";
+    // Only a public upstream: nothing would serve the private modules.
+    let e = parse(&format!("{MIN}{issuer}{public}{hook}"), &[]).unwrap_err().to_string();
+    assert!(e.contains("webhook.mode") && e.contains("kind = \"goproxy\" or \"git\""), "{e}");
+    // A git upstream is enough (/mod/ builds its modules); with the public one, pods need nothing
+    // after the broker.
+    let w = parse(&format!("{MIN}{issuer}{git}{public}{hook}"), &[]).unwrap().webhook.unwrap();
+    assert!(w.has_goproxy);
+    assert_eq!(w.goproxy_fallback, "off");
+}
+
+#[test]
 fn webhook_section_defaults_validation_and_env() {
     let up = "[[upstreams]]\nname = \"corp\"\nkind = \"git\"\nhosts = [\"git.corp.test\"]\nurl = \"https://127.0.0.1:1\"\n\
               [[upstreams]]\nname = \"mods\"\nkind = \"goproxy\"\nmodules = [\"mods.corp.test/team\", \"git.corp.test\"]\nurl = \"https://127.0.0.1:2\"\n\
@@ -292,18 +311,6 @@ fn webhook_section_defaults_validation_and_env() {
         + with_issuer.split("[webhook]").nth(1).unwrap();
     let e = parse(&only_issuer, &[]).unwrap_err().to_string();
     assert!(e.contains("webhook.mode") && e.contains("kind = \"goproxy\" or \"git\""), "{e}");
-    // Only a public upstream: still nothing serves the private modules.
-    let only_public = only_issuer.replace(
-        "[webhook]",
-        "[[upstreams]]\nname = \"public\"\nkind = \"goproxy\"\nurl = \"https://proxy.golang.org\"\npublic = true\n[webhook]",
-    );
-    assert!(parse(&only_public, &[]).unwrap_err().to_string().contains("webhook.mode"));
-    // A git upstream is enough: /mod/ builds its modules.
-    let only_git = only_issuer.replace(
-        "[webhook]",
-        "[[upstreams]]\nname = \"g\"\nkind = \"git\"\nhosts = [\"git.corp.test\"]\nurl = \"https://git.corp.test\"\n[webhook]",
-    );
-    assert!(parse(&only_git, &[]).unwrap().webhook.unwrap().has_goproxy);
     let c = parse(&with_issuer, &[]).unwrap();
     assert_eq!(c.webhook.unwrap().broker_url, "https://gocred.corp.test");
     let e = parse(&format!("{MIN}[webhook]\nenabled = true\nimage = \"i:1\"\nbroker_url = \"https://b\"\n"), &[])

@@ -70,8 +70,11 @@ pub struct Mirror {
 #[derive(Debug, Default)]
 pub struct ObjectCache {
     commits: std::sync::Mutex<HashMap<String, i64>>,
-    files: std::sync::Mutex<HashMap<(String, String), Option<Vec<u8>>>>,
+    files: std::sync::Mutex<FileMap>,
 }
+
+/// `(commit, path)` → the file's bytes, or `None`: it does not exist there.
+type FileMap = HashMap<(String, String), Option<Vec<u8>>>;
 
 /// Files kept in [`ObjectCache`]: go.mod/LICENSE-sized ones, a bounded number.
 const CACHED_FILE_MAX: usize = 256 << 10;
