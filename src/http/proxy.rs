@@ -148,11 +148,14 @@ async fn git_module(state: AppState, a: Caller, t: Target) -> Result<Response, A
         ..Event::about("proxy", &a.request_id, &a.principal)
     };
     let cred = p.credential(&upstream, false).await?;
+    // A path without `.git` is looked up as the go command would: the upstream's go-import.
+    let repo = if crate::modfetch::names_repo(&t.module) { None } else { p.discover_repo(t.upstream, &t.module).await };
     let src = Source {
         upstream: &upstream.name,
         base_url: &upstream.url,
         header: cred.as_ref().map(|c| c.header()),
         timeout: upstream.timeout,
+        repo,
     };
     let answer = match state.modfetch.serve(&src, &t.module, req).await {
         Ok(a) => a,
@@ -267,7 +270,7 @@ async fn go_import(state: &AppState, a: &Caller, idx: usize, host: &str, path: &
         && resp.status().is_success()
     {
         let text = resp.text().await.unwrap_or_default();
-        found = parse_go_import(&text, &module).and_then(|gi| {
+        found = route::parse_go_import(&text, &module).and_then(|gi| {
             let repo = route::upstream_relative_path(&upstream.url, &gi.repo_url)?;
             Some((gi.prefix, repo))
         });
@@ -281,36 +284,6 @@ async fn go_import(state: &AppState, a: &Caller, idx: usize, host: &str, path: &
         "<!DOCTYPE html>\n<html><head><meta name=\"go-import\" content=\"{root} git https://{host}/{repo}\"></head><body>{root}</body></html>\n"
     );
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response())
-}
-
-/// One `<meta name="go-import" content="PREFIX VCS REPO-URL">`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GoImport {
-    pub prefix: String,
-    pub vcs: String,
-    pub repo_url: String,
-}
-
-/// The go-import tag (of vcs `git`) whose prefix is `module` or a parent of it, as the go
-/// command picks it.
-pub fn parse_go_import(html: &str, module: &str) -> Option<GoImport> {
-    let mut rest = html;
-    while let Some(i) = rest.find("name=\"go-import\"") {
-        let tag_start = rest[..i].rfind('<').unwrap_or(0);
-        let tag_end = rest[i..].find('>').map(|e| i + e).unwrap_or(rest.len());
-        let tag = &rest[tag_start..tag_end];
-        rest = &rest[tag_end..];
-        let Some(c) = tag.find("content=\"") else { continue };
-        let content = &tag[c + 9..];
-        let Some(end) = content.find('"') else { continue };
-        let fields: Vec<&str> = content[..end].split_whitespace().collect();
-        let [prefix, vcs, url] = fields[..] else { continue };
-        let covers = module == prefix || module.starts_with(&format!("{prefix}/"));
-        if covers && vcs == "git" && crate::proto::rules::clean_path(prefix) {
-            return Some(GoImport { prefix: prefix.into(), vcs: vcs.into(), repo_url: url.into() });
-        }
-    }
-    None
 }
 
 #[derive(serde::Deserialize)]

@@ -65,6 +65,9 @@ pub struct Source<'a> {
     /// `Authorization` header value for the upstream, if it needs one.
     pub header: Option<&'a SecretString>,
     pub timeout: Duration,
+    /// The repository root and its path on the upstream when the upstream said so (its
+    /// go-import answer); else [`repo_for`] decides.
+    pub repo: Option<(String, String)>,
 }
 
 /// One GOPROXY request.
@@ -98,6 +101,12 @@ pub struct ModFetch {
 
 fn short_hash(s: &str) -> String {
     crate::fsutil::hex(&Sha256::digest(s.as_bytes())[..12])
+}
+
+/// Whether `m` names its repository itself (an element ending in `.git`): the go command then
+/// asks no go-import question.
+pub fn names_repo(m: &str) -> bool {
+    m.split('/').skip(1).any(|p| p.len() > 4 && p.ends_with(".git"))
 }
 
 /// Repository root and path on the upstream for module `m` (go's `.git`-qualified form
@@ -140,8 +149,12 @@ impl ModFetch {
 
     /// Answer one GOPROXY request for `module` (already authorized).
     pub async fn serve(&self, src: &Source<'_>, module: &str, req: Request) -> Result<Answer, ModFetchError> {
-        let (root, repo_path) =
-            repo_for(module).ok_or_else(|| ModFetchError::NotFound(format!("{module}: not a repository path")))?;
+        let (root, repo_path) = match &src.repo {
+            Some(r) => r.clone(),
+            None => {
+                repo_for(module).ok_or_else(|| ModFetchError::NotFound(format!("{module}: not a repository path")))?
+            }
+        };
         let url = format!("{}/{repo_path}", src.base_url.trim_end_matches('/'));
         let layout = Layout::new(module, &root).map_err(map_repo(src))?;
         let git_dir = self.work_dir("git")?;

@@ -152,7 +152,12 @@ pub struct Proxy {
     clients: Vec<reqwest::Client>,
     store: Arc<SecretStore>,
     creds: Mutex<HashMap<String, UpstreamCredential>>,
+    /// go-import answers of git upstreams: module path → (repository root, upstream path).
+    roots: Mutex<HashMap<String, (Instant, Option<(String, String)>)>>,
 }
+
+/// How long a git upstream's go-import answer is reused.
+const ROOT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Proxy {
     pub fn new(upstreams: Vec<Upstream>, store: Arc<SecretStore>) -> Result<Proxy, ProxyError> {
@@ -183,7 +188,7 @@ impl Proxy {
             }
             clients.push(b.build().map_err(fail)?);
         }
-        Ok(Proxy { upstreams, clients, store, creds: Mutex::new(HashMap::new()) })
+        Ok(Proxy { upstreams, clients, store, creds: Mutex::new(HashMap::new()), roots: Mutex::new(HashMap::new()) })
     }
 
     pub fn upstreams(&self) -> &[Upstream] {
@@ -236,6 +241,34 @@ impl Proxy {
         };
         self.creds.lock().expect("credential cache poisoned").insert(u.name.clone(), cred.clone());
         Ok(Some(cred))
+    }
+
+    /// The repository holding `module` on git upstream `idx`, as the go command finds it:
+    /// the upstream's own `?go-get=1` answer (fetched with the upstream credential), its
+    /// go-import prefix and repository path. `None` when the upstream has no such answer.
+    pub async fn discover_repo(&self, idx: usize, module: &str) -> Option<(String, String)> {
+        if let Some((at, found)) = self.roots.lock().expect("root cache poisoned").get(module)
+            && at.elapsed() < ROOT_TTL
+        {
+            return found.clone();
+        }
+        let u = &self.upstreams[idx];
+        let path = module.split_once('/').map(|(_, p)| p)?;
+        let mut found = None;
+        if let Ok(resp) =
+            self.forward(idx, http::Method::GET, &format!("/{path}?go-get=1"), &http::HeaderMap::new(), None).await
+            && resp.status().is_success()
+        {
+            let text = resp.text().await.unwrap_or_default();
+            found = route::parse_go_import(&text, module)
+                .and_then(|gi| Some((gi.prefix, route::upstream_relative_path(&u.url, &gi.repo_url)?)));
+        }
+        let mut roots = self.roots.lock().expect("root cache poisoned");
+        if roots.len() > 4096 {
+            roots.clear();
+        }
+        roots.insert(module.to_string(), (Instant::now(), found.clone()));
+        found
     }
 
     /// Forward a request to upstream `idx`. `body` is streamed; a bodiless request whose

@@ -224,6 +224,36 @@ pub fn upstream_relative_path(base: &str, repo_url: &str) -> Option<String> {
     clean_path(rel).then(|| rel.to_string())
 }
 
+/// One `<meta name="go-import" content="PREFIX VCS REPO-URL">`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoImport {
+    pub prefix: String,
+    pub vcs: String,
+    pub repo_url: String,
+}
+
+/// The go-import tag (of vcs `git`) whose prefix is `module` or a parent of it, as the go
+/// command picks it.
+pub fn parse_go_import(html: &str, module: &str) -> Option<GoImport> {
+    let mut rest = html;
+    while let Some(i) = rest.find("name=\"go-import\"") {
+        let tag_start = rest[..i].rfind('<').unwrap_or(0);
+        let tag_end = rest[i..].find('>').map(|e| i + e).unwrap_or(rest.len());
+        let tag = &rest[tag_start..tag_end];
+        rest = &rest[tag_end..];
+        let Some(c) = tag.find("content=\"") else { continue };
+        let content = &tag[c + 9..];
+        let Some(end) = content.find('"') else { continue };
+        let fields: Vec<&str> = content[..end].split_whitespace().collect();
+        let [prefix, vcs, url] = fields[..] else { continue };
+        let covers = module == prefix || module.starts_with(&format!("{prefix}/"));
+        if covers && vcs == "git" && clean_path(prefix) {
+            return Some(GoImport { prefix: prefix.into(), vcs: vcs.into(), repo_url: url.into() });
+        }
+    }
+    None
+}
+
 /// The git upstream for `host`.
 pub fn git_upstream(upstreams: &[Upstream], host: &str) -> Option<usize> {
     upstreams.iter().position(|u| u.kind == UpstreamKind::Git && u.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))

@@ -462,7 +462,7 @@ fn direct_env(d: &Path, port: u16) -> Vec<(String, String)> {
     denv
 }
 
-/// A broker over TLS where alice may download `corp.test/acme/*` from one git upstream
+/// A broker over TLS where alice may download `corp.test/*` from one git upstream
 /// (`creds`: its `credentials = …` line, or empty), logged in; returns it and the client env
 /// (`GOPROXY=<broker>/mod,off` + `GOAUTH`).
 fn corpus_broker(d: &Path, port: u16, creds: &str, env: &[(&str, &str)]) -> (SshBroker, Vec<(String, String)>) {
@@ -518,7 +518,7 @@ fn corpus_broker_in(
     std::fs::copy(repo_root().join("policies/gocred.cedar"), pol.join("gocred.cedar")).unwrap();
     std::fs::write(
         pol.join("corpus.cedar"),
-        "@id(\"alice-corpus\")\npermit (principal == User::\"alice\", action == Action::\"download\", resource)\nwhen { resource.folded_path like \"corp.test/acme/*\" };\n",
+        "@id(\"alice-corpus\")\npermit (principal == User::\"alice\", action == Action::\"download\", resource)\nwhen { resource.folded_path like \"corp.test/*\" };\n",
     )
     .unwrap();
     let extra = format!(
@@ -637,10 +637,19 @@ async fn git_module_credential_stays_in_a_private_file_and_one_build_serves_fift
     r.write("go.mod", &format!("module {M}/lib.git\n\ngo 1.21\n")).write("data.txt", &noise);
     r.commit("1").tag("v1.0.0");
     r.publish(&srv, "lib");
+    // A repository in a subgroup, named without `.git`: found through the upstream's go-import.
+    let mut deep = Repo::new(&srv, "deep");
+    deep.write("go.mod", "module corp.test/group/sub/deep\n\ngo 1.21\n").write("d.go", "package deep\n");
+    deep.write("tools/go.mod", "module corp.test/group/sub/deep/tools\n\ngo 1.21\n")
+        .write("tools/t.go", "package tools\n");
+    deep.commit("1").tag("v1.2.0").tag("tools/v0.1.0");
+    deep.publish(&srv, "deep");
+    std::fs::create_dir_all(srv.join("group/sub")).unwrap();
+    std::fs::rename(srv.join("acme/deep.git"), srv.join("group/sub/deep.git")).unwrap();
     let port = free_port();
     let mut up = Command::new("python3");
     up.arg(repo_root().join("tests/peers/git_http_server.py"))
-        .args(["--port", &port.to_string(), "--bearer", SECRET, "--git-root"])
+        .args(["--port", &port.to_string(), "--bearer", SECRET, "--go-import-host", "corp.test", "--git-root"])
         .arg(&srv);
     let mut upstream = Proc::spawn("git-upstream", up);
     upstream.wait_stdout("listening", Duration::from_secs(10));
@@ -707,6 +716,12 @@ async fn git_module_credential_stays_in_a_private_file_and_one_build_serves_fift
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&holders[0]).unwrap().permissions().mode() & 0o777, 0o600);
 
+    for (q, want) in
+        [("corp.test/group/sub/deep@latest", "v1.2.0"), ("corp.test/group/sub/deep/tools@latest", "v0.1.0")]
+    {
+        let (o, text) = download(&benv, d, q);
+        assert!(!o.failed && o.version == want && o.sum.starts_with("h1:"), "{q}: {o:?} {text}");
+    }
     // A repository the upstream does not have is "not found" (the go command probes path
     // prefixes and needs 404/410: with `GOPROXY=<broker>/mod,off` it then moves on to `off`);
     // an upstream that is down is a 502 with one line go prints.

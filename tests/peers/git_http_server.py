@@ -93,11 +93,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send(401, b"unauthorized\n", extra=[("WWW-Authenticate", 'Basic realm="upstream"')])
         if args.go_import_host and "go-get=1" in query.split("&"):
             parts = path.strip("/").split("/")
-            repo = "/".join(parts[:2])
-            # Advertise the repository under the name it has on disk: `<root>` or `<root>.git`.
+            # The longest path prefix that is a repository on disk (GitLab-style subgroups),
+            # else the first two elements; advertised under its on-disk name (`.git` or not).
+            n = next((i for i in range(len(parts), 0, -1)
+                      if any(os.path.isdir(os.path.join(args.git_root or "", "/".join(parts[:i]) + sfx))
+                             for sfx in ("", ".git"))), 2)
+            repo = "/".join(parts[:n])
             if not os.path.isdir(os.path.join(args.git_root or "", repo)):
                 repo += ".git"
-            root = args.go_import_host + "/" + "/".join(parts[:2])
+            root = args.go_import_host + "/" + "/".join(parts[:n])
             page = ('<html><head><meta name="go-import" content="%s git https://%s/%s"></head></html>\n'
                     % (root, args.go_import_host, repo)).encode()
             return self.send(200, page, "text/html")
