@@ -153,8 +153,11 @@ pub struct Proxy {
     store: Arc<SecretStore>,
     creds: Mutex<HashMap<String, UpstreamCredential>>,
     /// go-import answers of git upstreams: module path → (repository root, upstream path).
-    roots: Mutex<HashMap<String, (Instant, Option<(String, String)>)>>,
+    roots: Mutex<HashMap<String, (Instant, Option<RepoRoot>)>>,
 }
+
+/// A go-import answer: the repository root (module path prefix) and its path on the upstream.
+pub type RepoRoot = (String, String);
 
 /// How long a git upstream's go-import answer is reused.
 const ROOT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -246,7 +249,7 @@ impl Proxy {
     /// The repository holding `module` on git upstream `idx`, as the go command finds it:
     /// the upstream's own `?go-get=1` answer (fetched with the upstream credential), its
     /// go-import prefix and repository path. `None` when the upstream has no such answer.
-    pub async fn discover_repo(&self, idx: usize, module: &str) -> Option<(String, String)> {
+    pub async fn discover_repo(&self, idx: usize, module: &str) -> Option<RepoRoot> {
         if let Some((at, found)) = self.roots.lock().expect("root cache poisoned").get(module)
             && at.elapsed() < ROOT_TTL
         {
