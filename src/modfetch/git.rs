@@ -370,7 +370,11 @@ pub fn credential_config(url: &str, header: Option<&str>, stall: Duration) -> Op
     );
     // A transfer that sends nothing for `stall` is a stalled one (servers that build a big pack
     // before sending a byte are quiet for a while, hence not the plain upstream timeout).
-    cfg.push_str(&format!("[http]\n\tlowSpeedLimit = 1\n\tlowSpeedTime = {}\n", stall.as_secs().max(1)));
+    // No redirects: the header is scoped to the upstream's URL and must not follow one elsewhere.
+    cfg.push_str(&format!(
+        "[http]\n\tfollowRedirects = false\n\tlowSpeedLimit = 1\n\tlowSpeedTime = {}\n",
+        stall.as_secs().max(1)
+    ));
     if let Some(h) = header {
         if h.contains(['\n', '\r', '"', '\\']) || url.contains(['\n', '\r', '"', '\\', ']']) {
             return None;
@@ -387,6 +391,7 @@ mod tests {
     #[test]
     fn credential_config_is_scoped_and_refuses_injection() {
         let c = credential_config("https://git.corp.test/base", Some("Basic abc="), Duration::from_secs(30)).unwrap();
+        assert!(c.contains("followRedirects = false"), "{c}");
         assert!(c.contains("[http \"https://git.corp.test/base/\"]\n\textraHeader = \"Authorization: Basic abc=\"\n"));
         assert!(c.contains("allow = never"), "file://, ext:: and ssh transports are off");
         assert!(credential_config("https://x", Some("Bearer a\"\n[core]\n"), Duration::from_secs(1)).is_none());

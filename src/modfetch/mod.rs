@@ -203,7 +203,7 @@ impl ModFetch {
     async fn zip(&self, src: &Source<'_>, code: &CodeRepo<'_>, module: &str, v: &str) -> Result<Answer, ModFetchError> {
         let zips = self.work_dir("zip")?;
         // Keyed by upstream too: two upstreams may serve the same path with different content.
-        let key = short_hash(&format!("{}\n{module}@{v}", src.base_url));
+        let key = short_hash(&format!("{}\n{}\n{module}@{v}", src.upstream, code.git.remote));
         let dest = zips.join(format!("{key}.zip"));
         if dest.exists() {
             return Ok(Answer::File(dest));

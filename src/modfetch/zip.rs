@@ -51,7 +51,7 @@ fn is_vendored(name: &str, go124: bool) -> bool {
     let rest = if let Some(r) = name.strip_prefix("vendor/") {
         r
     } else if let Some(j) = name.find("/vendor/") {
-        if go124 { &name[j + 8..] } else { &name[8.min(name.len())..] }
+        if go124 { &name[j + 8..] } else { name.get(8..).unwrap_or("") }
     } else {
         return false;
     };
@@ -248,6 +248,14 @@ mod tests {
         assert_eq!(kept(&files, Some(b"module m\ngo 1.23\n")), ["go.mod", "vendor/modules.txt", "x.go"]);
         assert_eq!(kept(&files, None), ["go.mod", "vendor/modules.txt", "x.go"]);
         assert_eq!(kept(&files, Some(b"module m\ngo 1.24\n")), ["go.mod", "pkg/vendor/vendor.go", "x.go"]);
+    }
+
+    #[test]
+    fn odd_names_under_vendor_do_not_panic() {
+        for go in ["1.23", "1.24"] {
+            let gm = format!("module m\ngo {go}\n");
+            let _ = check_files(&[c("é/vendor/a/x.go"), c("x/vendor/é.go")], Some(gm.as_bytes()));
+        }
     }
 
     #[test]
