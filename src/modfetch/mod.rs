@@ -161,8 +161,11 @@ impl ModFetch {
         let config = git_dir.join(format!("{}.gitconfig", short_hash(src.upstream)));
         let cfg = git::credential_config(src.base_url, src.header.map(|h| h.expose_secret()), src.timeout * 4)
             .ok_or_else(|| ModFetchError::Build("the upstream credential cannot be passed to git".into()))?;
-        crate::fsutil::write_private_atomic(&config, cfg.as_bytes())
-            .map_err(|source| ModFetchError::WorkDir { path: config.clone(), source })?;
+        // Rewritten only when the credential (or the upstream's settings) changed, not per request.
+        if std::fs::read(&config).ok().as_deref() != Some(cfg.as_bytes()) {
+            crate::fsutil::write_private_atomic(&config, cfg.as_bytes())
+                .map_err(|source| ModFetchError::WorkDir { path: config.clone(), source })?;
+        }
         let state = self.state(&url);
         let mirror = Mirror {
             dir: git_dir.join(short_hash(&url)),

@@ -447,6 +447,19 @@ fn base_env(d: &Path, name: &str) -> Vec<(String, String)> {
     .collect()
 }
 
+/// The test git smart-HTTP server over `srv` on `port`, with `auth` (its auth options), running.
+fn git_server(srv: &Path, port: u16, auth: &[&str]) -> Proc {
+    let mut up = Command::new("python3");
+    up.arg(repo_root().join("tests/peers/git_http_server.py"))
+        .args(["--port", &port.to_string()])
+        .args(auth)
+        .arg("--git-root")
+        .arg(srv);
+    let mut upstream = Proc::spawn("git-upstream", up);
+    upstream.wait_stdout("listening", Duration::from_secs(10));
+    upstream
+}
+
 /// The go command itself, from git (`https://corp.test/` rewritten to the server on `port`).
 fn direct_env(d: &Path, port: u16) -> Vec<(String, String)> {
     let direct_cfg = d.join("direct.gitconfig");
@@ -552,12 +565,7 @@ async fn git_hosted_modules_through_the_broker_match_the_go_command_direct_from_
     let (queries, lists) = corpus(&srv);
     assert!(queries.len() >= 50, "{}", queries.len());
     let port = free_port();
-    let mut up = Command::new("python3");
-    up.arg(repo_root().join("tests/peers/git_http_server.py"))
-        .args(["--port", &port.to_string(), "--anonymous", "--git-root"])
-        .arg(&srv);
-    let mut upstream = Proc::spawn("git-upstream", up);
-    upstream.wait_stdout("listening", Duration::from_secs(10));
+    let upstream = git_server(&srv, port, &["--anonymous"]);
 
     let (broker, benv) = corpus_broker(d, port, "", &[]);
     let denv = direct_env(d, port);
@@ -647,12 +655,7 @@ async fn git_module_credential_stays_in_a_private_file_and_one_build_serves_fift
     std::fs::create_dir_all(srv.join("group/sub")).unwrap();
     std::fs::rename(srv.join("acme/deep.git"), srv.join("group/sub/deep.git")).unwrap();
     let port = free_port();
-    let mut up = Command::new("python3");
-    up.arg(repo_root().join("tests/peers/git_http_server.py"))
-        .args(["--port", &port.to_string(), "--bearer", SECRET, "--go-import-host", "corp.test", "--git-root"])
-        .arg(&srv);
-    let mut upstream = Proc::spawn("git-upstream", up);
-    upstream.wait_stdout("listening", Duration::from_secs(10));
+    let upstream = git_server(&srv, port, &["--bearer", SECRET, "--go-import-host", "corp.test"]);
 
     // A `git` first on the broker's PATH that logs its argv and environment, then runs git.
     let bin = d.join("bin");
@@ -828,12 +831,7 @@ async fn bench_go_mod_download_direct_vs_broker_and_broker_rss() {
     big.publish(&srv, "big");
 
     let port = free_port();
-    let mut up = Command::new("python3");
-    up.arg(repo_root().join("tests/peers/git_http_server.py"))
-        .args(["--port", &port.to_string(), "--anonymous", "--git-root"])
-        .arg(&srv);
-    let mut upstream = Proc::spawn("git-upstream", up);
-    upstream.wait_stdout("listening", Duration::from_secs(10));
+    let upstream = git_server(&srv, port, &["--anonymous"]);
     let (broker, benv) = corpus_broker(d, port, "", &[]);
     let denv = direct_env(d, port);
 
