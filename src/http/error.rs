@@ -137,6 +137,9 @@ impl ApiError {
             ApiError::Session(SessionError::VerifySubject(OidcError::FetchKeys { issuer, .. })) => {
                 format!("cannot reach identity provider `{issuer}` to verify the token; try again later")
             }
+            ApiError::ModFetch(ModFetchError::Git { upstream, source }) => {
+                format!("upstream {upstream}: {} (details in the broker log)", source.summary())
+            }
             ApiError::Proxy(ProxyError::Credential { upstream, .. }) => {
                 format!("upstream {upstream}: credential unavailable (details in the broker log)")
             }

@@ -147,9 +147,30 @@ async fn git_module(state: AppState, a: Caller, t: Target) -> Result<Response, A
         upstream: Some(upstream.name.clone()),
         ..Event::about("proxy", &a.request_id, &a.principal)
     };
+    // `…/lib.git/x` and `…/lib/x`, or a go-import answer naming another repository, reach one
+    // repository: `download` is also decided on the module as served — the repository's path
+    // without `.git` plus the subdirectory — for the fallback guess before the upstream is asked
+    // anything, and for its answer after. (Case variants: policies match `folded_path`.)
+    let host = t.module.split('/').next().unwrap_or_default();
+    let authorize_repo = |(root, repo): &(String, String)| {
+        let rest = t.module.strip_prefix(root.as_str()).unwrap_or_default();
+        let repo = repo.trim_end_matches('/');
+        let stem = repo.strip_suffix(".git").filter(|s| !s.is_empty() && !s.ends_with('/')).unwrap_or(repo);
+        let served = format!("{host}/{stem}{rest}");
+        if served == t.module {
+            return Ok(());
+        }
+        authorize(&state, &a.request_id, &a.principal, Action::Download, &Resource::module(&served, &upstream.name))
+    };
+    if let Some(guess) = crate::modfetch::repo_for(&t.module) {
+        authorize_repo(&guess)?;
+    }
     let cred = p.credential(&upstream, false).await?;
     // A path without `.git` is looked up as the go command would: the upstream's go-import.
     let repo = if crate::modfetch::names_repo(&t.module) { None } else { p.discover_repo(t.upstream, &t.module).await };
+    if let Some(found) = &repo {
+        authorize_repo(found)?;
+    }
     let src = Source {
         upstream: &upstream.name,
         base_url: &upstream.url,

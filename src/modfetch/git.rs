@@ -38,6 +38,29 @@ impl GitError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, GitError::Failed { not_found: true, .. })
     }
+
+    /// What a client may be told: the failed operation and, when git's line says so, that the
+    /// upstream refused the credential — never git's own line (it can name internal URLs and
+    /// paths; it goes to the broker log).
+    pub fn summary(&self) -> String {
+        match self {
+            GitError::Spawn(_) => "cannot run git on the broker".into(),
+            GitError::Timeout { op, secs } => format!("git {op} did not finish within {secs}s"),
+            GitError::Failed { op, stderr, .. } if refused_credential(stderr) => {
+                format!("git {op}: the upstream refused the broker's credential")
+            }
+            GitError::Failed { op, .. } => format!("git {op} failed"),
+            GitError::Mirror { .. } => "cannot prepare the git mirror on the broker".into(),
+        }
+    }
+}
+
+/// Does git's line say the server rejected the credential (HTTP 401/403)?
+fn refused_credential(stderr: &str) -> bool {
+    const MARKERS: &[&str] =
+        &["returned error: 401", "returned error: 403", "authentication failed", "could not read username"];
+    let l = stderr.to_ascii_lowercase();
+    MARKERS.iter().any(|m| l.contains(m))
 }
 
 /// The refs `git ls-remote` reports (annotated tags peeled), as the go command keeps them.
@@ -80,8 +103,9 @@ type FileMap = HashMap<(String, String), Option<Vec<u8>>>;
 const CACHED_FILE_MAX: usize = 256 << 10;
 const CACHED_FILES: usize = 2048;
 
+/// A full object name: 40 (SHA-1) or 64 (SHA-256) lower-case hex digits.
 fn full_hash(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 impl ObjectCache {
@@ -194,6 +218,9 @@ impl Mirror {
         let mut peeled = Vec::new();
         for line in String::from_utf8_lossy(&out).lines() {
             let Some((hash, name)) = line.split_once('\t') else { continue };
+            if !full_hash(hash) {
+                continue;
+            }
             if name == "HEAD" {
                 refs.head = Some(hash.to_string());
             } else if let Some(tag) = name.strip_suffix("^{}") {
@@ -230,6 +257,9 @@ impl Mirror {
     pub async fn has_commit(&self, hash: &str) -> bool {
         if self.objects.commit(hash).is_some() {
             return true;
+        }
+        if hash.starts_with('-') || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return false;
         }
         self.run("cat-file", &["cat-file", "-e", &format!("{hash}^{{commit}}")]).await.is_ok()
     }
@@ -387,6 +417,17 @@ pub fn credential_config(url: &str, header: Option<&str>, stall: Duration) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_summary_never_carries_gits_line() {
+        let f = |stderr: &str| GitError::Failed { op: "ls-remote", stderr: stderr.into(), not_found: false };
+        let s = f("fatal: unable to access 'http://10.0.0.7:3000/acme/lib.git/': Failed to connect").summary();
+        assert_eq!(s, "git ls-remote failed");
+        let s = f("fatal: unable to access 'http://10.0.0.7/x/': The requested URL returned error: 403").summary();
+        assert_eq!(s, "git ls-remote: the upstream refused the broker's credential");
+        let m = GitError::Mirror { path: "/var/lib/gocred/store/git/ab".into(), source: std::io::Error::other("x") };
+        assert!(!m.summary().contains("/var/lib"));
+    }
 
     #[test]
     fn credential_config_is_scoped_and_refuses_injection() {

@@ -153,11 +153,14 @@ pub struct Proxy {
     store: Arc<SecretStore>,
     creds: Mutex<HashMap<String, UpstreamCredential>>,
     /// go-import answers of git upstreams: module path → (repository root, upstream path).
-    roots: Mutex<HashMap<String, (Instant, Option<RepoRoot>)>>,
+    roots: Mutex<RootCache>,
 }
 
 /// A go-import answer: the repository root (module path prefix) and its path on the upstream.
 pub type RepoRoot = (String, String);
+
+/// go-import answers by (upstream index, module), with when they were fetched.
+type RootCache = HashMap<(usize, String), (Instant, Option<RepoRoot>)>;
 
 /// How long a git upstream's go-import answer is reused.
 const ROOT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -250,27 +253,32 @@ impl Proxy {
     /// the upstream's own `?go-get=1` answer (fetched with the upstream credential), its
     /// go-import prefix and repository path. `None` when the upstream has no such answer.
     pub async fn discover_repo(&self, idx: usize, module: &str) -> Option<RepoRoot> {
-        if let Some((at, found)) = self.roots.lock().expect("root cache poisoned").get(module)
+        let key = (idx, module.to_string());
+        if let Some((at, found)) = self.roots.lock().expect("root cache poisoned").get(&key)
             && at.elapsed() < ROOT_TTL
         {
             return found.clone();
         }
         let u = &self.upstreams[idx];
         let path = module.split_once('/').map(|(_, p)| p)?;
-        let mut found = None;
-        if let Ok(resp) =
-            self.forward(idx, http::Method::GET, &format!("/{path}?go-get=1"), &http::HeaderMap::new(), None).await
-            && resp.status().is_success()
-        {
-            let text = resp.text().await.unwrap_or_default();
-            found = route::parse_go_import(&text, module)
-                .and_then(|gi| Some((gi.prefix, route::upstream_relative_path(&u.url, &gi.repo_url)?)));
-        }
+        let resp =
+            self.forward(idx, http::Method::GET, &format!("/{path}?go-get=1"), &http::HeaderMap::new(), None).await;
+        // Only a real answer is remembered: a success (with or without a go-import tag) or a
+        // not-found; a transport error or a 5xx is asked again next time.
+        let found = match resp {
+            Ok(r) if r.status().is_success() => {
+                let text = r.text().await.ok()?;
+                route::parse_go_import(&text, module)
+                    .and_then(|gi| Some((gi.prefix, route::upstream_relative_path(&u.url, &gi.repo_url)?)))
+            }
+            Ok(r) if r.status().is_client_error() => None,
+            _ => return None,
+        };
         let mut roots = self.roots.lock().expect("root cache poisoned");
         if roots.len() > 4096 {
             roots.clear();
         }
-        roots.insert(module.to_string(), (Instant::now(), found.clone()));
+        roots.insert(key, (Instant::now(), found.clone()));
         found
     }
 

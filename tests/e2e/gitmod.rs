@@ -740,6 +740,43 @@ async fn git_module_credential_stays_in_a_private_file_and_one_build_serves_fift
     assert!(!text.contains(SECRET), "{text}");
 }
 
+/// `…/secret.git` and `…/secret` are one repository: a forbid written on the repository's
+/// path (not `folded_path`) also holds for the `.git` spelling and its subdirectories, and the
+/// upstream sees none of the denied requests. A permitted module still downloads.
+#[tokio::test(flavor = "multi_thread")]
+async fn git_module_alias_spellings_are_decided_on_the_repository_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let srv = d.join("srv");
+    for name in ["secret", "open"] {
+        let mut r = Repo::new(&srv, name);
+        r.write("go.mod", &format!("module {M}/{name}.git\n\ngo 1.21\n")).write("x.go", "package x\n");
+        r.commit("1").tag("v1.0.0");
+        r.publish(&srv, name);
+    }
+    let port = free_port();
+    let upstream = git_server(&srv, port, &["--anonymous", "--go-import-host", "corp.test"]);
+    let bdir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(bdir.path().join("policies")).unwrap();
+    std::fs::write(
+        bdir.path().join("policies/secret.cedar"),
+        "@id(\"secret-exact\")\nforbid (principal, action == Action::\"download\", resource)\n\
+         when { resource.path == \"corp.test/acme/secret\" || resource.path like \"corp.test/acme/secret/*\" };\n",
+    )
+    .unwrap();
+    let (_broker, benv) = corpus_broker_in(bdir, d, port, "", &[]);
+    let before = upstream.stderr().len();
+    for q in [format!("{M}/secret.git@v1.0.0"), format!("{M}/secret.git/sub@latest"), format!("{M}/secret@v1.0.0")] {
+        let (o, text) = download(&benv, d, &q);
+        assert!(o.failed && text.contains("forbidden by policy secret-exact"), "{q}: {text}");
+    }
+    let reached: Vec<String> = upstream.stderr()[before..].to_vec();
+    assert!(reached.is_empty(), "the upstream saw denied requests: {reached:#?}");
+    let (o, text) = download(&benv, d, &format!("{M}/open.git@v1.0.0"));
+    assert!(!o.failed && o.sum.starts_with("h1:"), "{text}");
+    assert!(upstream.stderr().len() > before, "the permitted module was fetched from the upstream");
+}
+
 fn walk(root: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
