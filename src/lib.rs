@@ -26,6 +26,7 @@
 //! | [`audit`]   | one JSON line per authn/authz decision                               | record tokens, proofs or keys         |
 //! | [`proxy`]   | upstream clients, credential cache, header hygiene, streaming forward, route resolution | decide who may fetch what |
 //! | [`modfetch`] | git-hosted modules over GOPROXY with the go command's semantics: bare mirrors, `git` run as the go command runs it, versions, pseudo-versions, `.info`/`.mod`/`.zip` | decide who may fetch, know HTTP, put a credential on argv or in env |
+//! | [`modstore`] | the module store: every canonical `.info`/`.mod`/`.zip` served, write-once, AES-256-GCM sealed (segments bound to a head naming module, version, kind), local dir (LRU cap) or S3 (conditional create), ledger, quarantine | decide who may read, know HTTP, fail a download because the store is down |
 //! | [`keys`]    | Ed25519 signing key set, rotation, JWKS                              | talk HTTP                             |
 //! | [`health`]  | readiness: probing the secrets backend, grace period                 | decide HTTP status codes              |
 //! | [`secrets`] | one interface over the `file` (AES-256-GCM) and `vault` backends     | log or format secret values           |
@@ -56,6 +57,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod modfetch;
+pub mod modstore;
 pub mod policy;
 pub mod proto;
 pub mod proxy;

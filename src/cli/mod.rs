@@ -21,6 +21,7 @@ mod secrets;
 mod serve;
 mod session;
 mod ssh_proxy;
+mod store;
 
 use clap::{Parser, Subcommand};
 
@@ -82,6 +83,8 @@ pub enum Command {
     /// Store, list or delete records of the broker's secrets backend (upstream credentials);
     /// values from a prompt or stdin, never the command line.
     Secrets(secrets::SecretsArgs),
+    /// Inspect the module store: list, verify every hash, remove a version, rotate its key.
+    Store(store::StoreArgs),
     /// Validate Cedar policies, or explain a decision.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -104,5 +107,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(a) => agent::run(a).await,
         Command::SshProxy(a) => ssh_proxy::run(a).await,
         Command::Secrets(a) => secrets::run(a).await,
+        Command::Store(a) => store::run(a).await,
     }
 }

@@ -29,7 +29,7 @@ mod tokens;
 mod upstreams;
 pub(crate) mod webhook;
 
-pub use misc::{AuditConfig, PolicyConfig};
+pub use misc::{AuditConfig, PolicyConfig, S3Config, StoreBackend, StoreConfig};
 pub use oidc::{IssuerKind, MAPPABLE_ATTRS, OidcIssuer};
 pub use secrets::{BackendConfig, FileBackendConfig, SecretSource, SecretsConfig, VaultAuth, VaultConfig};
 pub use server::{LimitsConfig, ServerConfig, TlsFiles};
@@ -83,8 +83,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// The admission webhook's injection settings; `None`: `POST /v1/admission` is not served.
     pub webhook: Option<webhook::InjectSettings>,
-    /// The broker's private data dir for building git-hosted modules (`[store] dir`).
-    pub store_dir: PathBuf,
+    /// The module store and the private data dir for building git-hosted modules (`[store]`).
+    pub store: misc::StoreConfig,
     /// Set by `serve --dev`: loopback only, embedded defaults.
     pub dev: bool,
 }
@@ -238,7 +238,13 @@ impl Config {
             policy: PolicyConfig::Dev { user: dev.user.clone() },
             audit: AuditConfig::File(data_dir.join("audit.log")),
             webhook: None,
-            store_dir: data_dir.join("store"),
+            store: StoreConfig {
+                dir: data_dir.join("store"),
+                backend: misc::StoreBackend::Dir,
+                max_size: 10 << 30,
+                list_ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(10),
+            },
             dev: true,
         })
     }
@@ -286,7 +292,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
     let audit = misc::validate_audit(&cx, raw.audit)?;
     let upstreams = upstreams::validate_upstreams(&cx, raw.upstreams)?;
     let webhook = webhook::validate_webhook(&cx, raw.webhook, server.public_url.as_deref(), &upstreams, &oidc)?;
-    let store_dir = misc::validate_store(&cx, raw.store)?;
+    let store = misc::validate_store(&cx, raw.store)?;
     Ok(Config {
         source: file.map(Path::to_path_buf),
         server,
@@ -298,7 +304,7 @@ fn validate(raw: RawConfig, file: Option<&Path>, origin: &str) -> Result<Config,
         policy,
         audit,
         webhook,
-        store_dir,
+        store,
         dev: false,
     })
 }

@@ -29,6 +29,22 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
     pub(super) dir: Option<PathBuf>,
+    pub(super) backend: Option<String>,
+    pub(super) max_size: Option<String>,
+    pub(super) list_ttl: Option<String>,
+    pub(super) negative_ttl: Option<String>,
+    pub(super) s3: Option<RawS3>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawS3 {
+    pub(super) bucket: String,
+    pub(super) endpoint: Option<String>,
+    pub(super) region: Option<String>,
+    pub(super) prefix: Option<String>,
+    pub(super) allow_http: Option<bool>,
+    pub(super) credentials: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

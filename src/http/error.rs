@@ -52,6 +52,8 @@ pub enum ApiError {
     Tunnel(#[from] TunnelError),
     #[error(transparent)]
     ModFetch(#[from] ModFetchError),
+    #[error(transparent)]
+    Store(#[from] crate::modstore::StoreError),
 }
 
 fn access_status(e: &AccessError) -> (StatusCode, &'static str) {
@@ -90,7 +92,8 @@ fn proxy_status(e: &ProxyError) -> (StatusCode, &'static str) {
         ProxyError::Unreachable { .. }
         | ProxyError::Rejected { .. }
         | ProxyError::Credential { .. }
-        | ProxyError::Redirected { .. } => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+        | ProxyError::Redirected { .. }
+        | ProxyError::Body { .. } => (StatusCode::BAD_GATEWAY, "bad_gateway"),
         ProxyError::Client { .. } | ProxyError::ReadCa { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
@@ -126,6 +129,8 @@ impl ApiError {
             ApiError::ModFetch(ModFetchError::Timeout { .. }) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
             ApiError::ModFetch(ModFetchError::Git { .. }) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::ModFetch(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Store(crate::modstore::StoreError::Changed { .. }) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 

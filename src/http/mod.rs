@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod error;
+mod modules;
 pub mod proxy;
 pub mod serve;
 pub mod tunnel;
@@ -140,7 +141,11 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.metrics.set_gauge("gocred_ready", if state.readiness.check().is_ok() { 1.0 } else { 0.0 });
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+    let mut text = state.metrics.render();
+    if let Some(store) = &state.modstore {
+        text.push_str(&store.render_metrics());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
 async fn jwks(State(state): State<AppState>) -> impl IntoResponse {

@@ -64,7 +64,6 @@ async fn forward(
     if upstream.mode == crate::config::UpstreamMode::Vend {
         return Err(ApiError::BadRequest(format!("upstream {} is vend-only: use GET /v1/credentials", upstream.name)));
     }
-    let started = Instant::now();
     let base = Event {
         action: action.as_str().into(),
         resource: t.module.clone(),
@@ -80,6 +79,12 @@ async fn forward(
             return Err(e.into());
         }
     };
+    Ok(relay(state, resp, base))
+}
+
+/// An upstream response streamed back (status, filtered headers), audited once its body is done.
+pub(super) fn relay(state: AppState, resp: reqwest::Response, base: Event) -> Response {
+    let started = Instant::now();
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let out_headers = Proxy::response_headers(&resp);
     let bytes = Arc::new(AtomicU64::new(0));
@@ -101,7 +106,7 @@ async fn forward(
     for (k, v) in out_headers.iter() {
         response.headers_mut().append(k.clone(), v.clone());
     }
-    Ok(response)
+    response
 }
 
 /// `/mod/<module>/@v/...` — GOPROXY protocol.
@@ -111,59 +116,79 @@ pub async fn goproxy(State(state): State<AppState>, Authed(a): Authed, req: Requ
     let p = proxy(&state)?;
     let rest = req.uri().path().strip_prefix("/mod/").unwrap_or_default().to_string();
     let t = route::resolve_mod(p.upstreams(), &rest, req.uri().query())?;
-    if p.upstreams()[t.upstream].kind == crate::config::UpstreamKind::Git {
-        return git_module(state.clone(), a, t).await;
+    let upstream = &p.upstreams()[t.upstream];
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    let parsed = if rest.starts_with("sumdb/") { None } else { super::modules::parse_request(&t.upstream_path)? };
+    if upstream.kind == crate::config::UpstreamKind::Git {
+        let r = parsed.ok_or_else(|| ApiError::BadRequest("not a GOPROXY request".into()))?;
+        return git_module(state.clone(), a, t, req.headers().clone(), r).await;
+    }
+    if let (Some(r), true, crate::config::UpstreamMode::Proxy) = (parsed, get, upstream.mode) {
+        return super::modules::goproxy_module(state.clone(), a, t, req.headers().clone(), r).await;
     }
     let (parts, body) = req.into_parts();
     forward(state.clone(), a, t, parts.method, parts.headers, body).await
 }
 
-/// `/mod/...` for a module whose upstream is a git server: authorized, then built by
-/// [`crate::modfetch`] (the upstream credential reaches git through a private config file).
-async fn git_module(state: AppState, a: Caller, t: Target) -> Result<Response, ApiError> {
-    use crate::modfetch::{Answer, Request, Source};
+/// The module path as served from a repository: its path on the upstream without `.git`,
+/// plus the module's directory in it (what `download` is also decided on).
+fn served_as(module: &str, (root, repo): &(String, String)) -> String {
+    let host = module.split('/').next().unwrap_or_default();
+    let rest = module.strip_prefix(root.as_str()).unwrap_or_default();
+    let repo = repo.trim_end_matches('/');
+    let stem = repo.strip_suffix(".git").filter(|s| !s.is_empty() && !s.ends_with('/')).unwrap_or(repo);
+    format!("{host}/{stem}{rest}")
+}
+
+/// `/mod/...` for a module whose upstream is a git server: authorized, served from the store
+/// when stored, else built by [`crate::modfetch`] (the upstream credential reaches git through
+/// a private config file) and stored.
+async fn git_module(
+    state: AppState,
+    a: Caller,
+    t: Target,
+    headers: HeaderMap,
+    req: crate::modfetch::Request,
+) -> Result<Response, ApiError> {
     let p = proxy(&state)?.clone();
     let upstream = p.upstreams()[t.upstream].clone();
     authorize(&state, &a.request_id, &a.principal, Action::Download, &Resource::module(&t.module, &upstream.name))?;
     if upstream.mode == crate::config::UpstreamMode::Vend {
         return Err(ApiError::BadRequest(format!("upstream {} is vend-only: use GET /v1/credentials", upstream.name)));
     }
-    let tail = t.upstream_path.rsplit_once("/@").map(|(_, r)| r).unwrap_or_default();
-    let version = |ext: &str| -> Result<String, ApiError> {
-        let v = tail.strip_prefix("v/").and_then(|r| r.strip_suffix(ext)).unwrap_or_default();
-        Ok(route::unescape_module(v)?)
+    // `…/lib.git/x` and `…/lib/x`, or a go-import answer naming another repository, reach one
+    // repository: `download` is also decided on the module as served — the repository's path
+    // without `.git` plus the subdirectory — for the fallback guess before the upstream is asked
+    // anything, and for its answer after. (Case variants: policies match `folded_path`.)
+    let authorize_repo = |repo: &(String, String)| {
+        let served = served_as(&t.module, repo);
+        if served == t.module {
+            return Ok(());
+        }
+        authorize(&state, &a.request_id, &a.principal, Action::Download, &Resource::module(&served, &upstream.name))
     };
-    let req = match tail {
-        "v/list" => Request::List,
-        "latest" => Request::Latest,
-        t if t.ends_with(".info") => Request::Info(version(".info")?),
-        t if t.ends_with(".mod") => Request::Mod(version(".mod")?),
-        _ => Request::Zip(version(".zip")?),
-    };
-    let started = Instant::now();
+    let guess = crate::modfetch::repo_for(&t.module);
+    if let Some(g) = &guess {
+        authorize_repo(g)?;
+    }
     let base = Event {
         action: Action::Download.as_str().into(),
         resource: t.module.clone(),
         upstream: Some(upstream.name.clone()),
         ..Event::about("proxy", &a.request_id, &a.principal)
     };
-    // `…/lib.git/x` and `…/lib/x`, or a go-import answer naming another repository, reach one
-    // repository: `download` is also decided on the module as served — the repository's path
-    // without `.git` plus the subdirectory — for the fallback guess before the upstream is asked
-    // anything, and for its answer after. (Case variants: policies match `folded_path`.)
-    let host = t.module.split('/').next().unwrap_or_default();
-    let authorize_repo = |(root, repo): &(String, String)| {
-        let rest = t.module.strip_prefix(root.as_str()).unwrap_or_default();
-        let repo = repo.trim_end_matches('/');
-        let stem = repo.strip_suffix(".git").filter(|s| !s.is_empty() && !s.ends_with('/')).unwrap_or(repo);
-        let served = format!("{host}/{stem}{rest}");
-        if served == t.module {
-            return Ok(());
-        }
-        authorize(&state, &a.request_id, &a.principal, Action::Download, &Resource::module(&served, &upstream.name))
-    };
-    if let Some(guess) = crate::modfetch::repo_for(&t.module) {
-        authorize_repo(&guess)?;
+    let name = crate::service::modules::immutable(&t.module, &req);
+    if let (Some(store), Some(n)) = (state.modstore.clone(), &name)
+        && let Some(obj) = crate::service::modules::stored(&state, &store, &a, &upstream.name, &t.module, n).await?
+        && let Some(resp) = super::modules::from_store(&state, &store, obj, &headers, base.clone()).await
+    {
+        return Ok(resp);
+    }
+    let list_key = (upstream.name.clone(), t.module.clone(), req == crate::modfetch::Request::Latest);
+    let is_list = name.is_none() && matches!(req, crate::modfetch::Request::List | crate::modfetch::Request::Latest);
+    let cfg = &state.config.store;
+    if is_list && let Some(l) = state.lists.fresh(&list_key, cfg.list_ttl, cfg.negative_ttl) {
+        return Ok(super::modules::list_response(&state, l, crate::service::modules::Freshness::Cached, base));
     }
     let cred = p.credential(&upstream, false).await?;
     // A path without `.git` is looked up as the go command would: the upstream's go-import.
@@ -171,29 +196,130 @@ async fn git_module(state: AppState, a: Caller, t: Target) -> Result<Response, A
     if let Some(found) = &repo {
         authorize_repo(found)?;
     }
-    let src = Source {
+    let served = repo.as_ref().or(guess.as_ref()).map(|r| served_as(&t.module, r)).unwrap_or_else(|| t.module.clone());
+    let src = crate::modfetch::Source {
         upstream: &upstream.name,
         base_url: &upstream.url,
         header: cred.as_ref().map(|c| c.header()),
         timeout: upstream.timeout,
         repo,
     };
-    let answer = match state.modfetch.serve(&src, &t.module, req).await {
+    let started = Instant::now();
+    let answer = state.modfetch.serve(&src, &t.module, req).await;
+    if is_list {
+        return git_list(&state, list_key, answer, base);
+    }
+    let answer = match answer {
         Ok(a) => a,
         Err(e) => {
             state.audit.record(&Event { decision: "error", reason: e.to_string(), ..base });
             return Err(e.into());
         }
     };
-    let (ctype, body, len): (&str, Body, Option<u64>) = match answer {
-        Answer::Text(s) => ("text/plain; charset=utf-8", Body::from(s), None),
-        Answer::Json(s) => ("application/json", Body::from(s), None),
-        Answer::Bytes(b) => ("text/plain; charset=utf-8", Body::from(b), None),
-        Answer::File(path) => {
-            let f = tokio::fs::File::open(&path).await.map_err(|e| ApiError::ModFetch(e.into()))?;
-            let len = f.metadata().await.ok().map(|m| m.len());
-            ("application/zip", Body::from_stream(file_stream(f)), len)
+    if let (Some(store), Some(n)) = (state.modstore.clone(), &name) {
+        let built = GitBuilt { store: &store, caller: &a, upstream: &upstream.name, served: &served, name: n };
+        if let Some(resp) = built.keep(&state, &answer, &headers, base.clone()).await? {
+            return Ok(resp);
         }
+    }
+    answer_response(&state, answer, base, started).await
+}
+
+/// A git-built answer on its way into the store.
+struct GitBuilt<'a> {
+    store: &'a Arc<crate::modstore::ModStore>,
+    caller: &'a Caller,
+    upstream: &'a str,
+    served: &'a str,
+    name: &'a crate::modstore::ObjectName,
+}
+
+impl GitBuilt<'_> {
+    /// Store the answer and answer from the store; `None` when the store failed (serve the
+    /// answer itself).
+    async fn keep(
+        &self,
+        state: &AppState,
+        answer: &crate::modfetch::Answer,
+        headers: &HeaderMap,
+        ev: Event,
+    ) -> Result<Option<Response>, ApiError> {
+        use crate::modfetch::Answer;
+        let tmp = self.store.temp_path("built");
+        let file = match answer {
+            Answer::File(p) => p.clone(),
+            Answer::Json(s) | Answer::Text(s) => {
+                crate::fsutil::write_private_atomic(&tmp, s.as_bytes()).map_err(crate::modstore::StoreError::Io)?;
+                tmp.clone()
+            }
+            Answer::Bytes(b) => {
+                crate::fsutil::write_private_atomic(&tmp, b).map_err(crate::modstore::StoreError::Io)?;
+                tmp.clone()
+            }
+        };
+        let kept =
+            crate::service::modules::keep(state, self.store, self.caller, self.upstream, self.served, self.name, &file)
+                .await;
+        let _ = std::fs::remove_file(&tmp);
+        match kept? {
+            Some(obj) => Ok(super::modules::from_store(state, self.store, obj, headers, ev).await),
+            None => Ok(None),
+        }
+    }
+}
+
+/// `@v/list` / `@latest` built from git, through the list cache (stale when git fails).
+fn git_list(
+    state: &AppState,
+    key: (String, String, bool),
+    answer: Result<crate::modfetch::Answer, crate::modfetch::ModFetchError>,
+    base: Event,
+) -> Result<Response, ApiError> {
+    use crate::modfetch::{Answer, ModFetchError};
+    use crate::service::modules::{Freshness, Listed};
+    let l = match answer {
+        Ok(Answer::Text(body)) => Listed::Found { body, json: false },
+        Ok(Answer::Json(body)) => Listed::Found { body, json: true },
+        Ok(_) => return Err(ApiError::NotFound),
+        Err(ModFetchError::NotFound(line)) => Listed::Missing(line),
+        Err(e) => {
+            if let Some(l) = state.lists.stale(&key) {
+                super::modules::stale_counted(state);
+                return Ok(super::modules::list_response(state, l, Freshness::Stale, base));
+            }
+            state.audit.record(&Event { decision: "error", reason: e.to_string(), ..base });
+            return Err(e.into());
+        }
+    };
+    state.lists.put(key, l.clone());
+    Ok(super::modules::list_response(state, l, Freshness::Fetched, base))
+}
+
+/// A built file as a streamed response.
+pub(super) async fn file_response(path: &std::path::Path, ctype: &'static str) -> Result<Response, ApiError> {
+    let f = tokio::fs::File::open(path).await.map_err(|e| ApiError::ModFetch(e.into()))?;
+    let len = f.metadata().await.ok().map(|m| m.len());
+    let mut resp = Response::new(Body::from_stream(file_stream(f)));
+    resp.headers_mut().insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static(ctype));
+    if let Some(n) = len {
+        resp.headers_mut().insert(header::CONTENT_LENGTH, n.into());
+    }
+    Ok(resp)
+}
+
+/// A modfetch answer served as it is (no store, or the store failed).
+async fn answer_response(
+    state: &AppState,
+    answer: crate::modfetch::Answer,
+    base: Event,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    use crate::modfetch::Answer;
+    let resp = match answer {
+        Answer::Text(s) => text_response("text/plain; charset=utf-8", s.into_bytes()),
+        Answer::Json(s) => text_response("application/json", s.into_bytes()),
+        Answer::Bytes(b) => text_response("text/plain; charset=utf-8", b),
+        Answer::File(path) => file_response(&path, "application/zip").await?,
     };
     state.audit.record(&Event {
         status: Some(200),
@@ -201,12 +327,13 @@ async fn git_module(state: AppState, a: Caller, t: Target) -> Result<Response, A
         duration_ms: Some(started.elapsed().as_millis() as u64),
         ..base
     });
-    let mut resp = Response::new(body);
-    resp.headers_mut().insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static(ctype));
-    if let Some(n) = len {
-        resp.headers_mut().insert(header::CONTENT_LENGTH, n.into());
-    }
     Ok(resp)
+}
+
+fn text_response(ctype: &'static str, body: Vec<u8>) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut().insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static(ctype));
+    resp
 }
 
 /// A file as a body stream, 64 KiB at a time (memory flat whatever the file's size).

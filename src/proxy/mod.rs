@@ -48,6 +48,12 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    #[error("upstream {upstream}: the answer broke off")]
+    Body {
+        upstream: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot build the HTTP client for upstream {upstream}: {source}")]
     Client {
         upstream: String,

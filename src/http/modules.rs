@@ -1,0 +1,300 @@
+//! HTTP side of module serving through the store: a stored artifact as a response (`ETag`,
+//! `Content-Length`, `Range`/`If-Range`, `If-None-Match`, immutable `Cache-Control`), `/mod/`
+//! for module-proxy upstreams with the store and the list cache in front, and the GOPROXY
+//! request parsing both kinds of upstream share.
+
+use super::AppState;
+use super::error::ApiError;
+use crate::audit::Event;
+use crate::modfetch::Request;
+use crate::modstore::{Kind, ModStore, Stored};
+use crate::policy::{Action, Resource};
+use crate::proxy::route::{self, Target};
+use crate::service::access::{Caller, authorize};
+use crate::service::modules::{self, Freshness, Listed};
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use futures_util::StreamExt;
+use std::sync::Arc;
+
+/// `…/@v/list`, `…/@latest`, `…/@v/<v>.info|.mod|.zip` → the request.
+pub(super) fn parse_request(upstream_path: &str) -> Result<Option<Request>, ApiError> {
+    let Some((_, tail)) = upstream_path.rsplit_once("/@") else { return Ok(None) };
+    let version = |ext: &str| -> Result<String, ApiError> {
+        let v = tail.strip_prefix("v/").and_then(|r| r.strip_suffix(ext)).unwrap_or_default();
+        Ok(route::unescape_module(v)?)
+    };
+    Ok(Some(match tail {
+        "v/list" => Request::List,
+        "latest" => Request::Latest,
+        t if t.starts_with("v/") && t.ends_with(".info") => Request::Info(version(".info")?),
+        t if t.starts_with("v/") && t.ends_with(".mod") => Request::Mod(version(".mod")?),
+        t if t.starts_with("v/") && t.ends_with(".zip") => Request::Zip(version(".zip")?),
+        _ => return Ok(None),
+    }))
+}
+
+fn content_type(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Info => "application/json",
+        Kind::Mod => "text/plain; charset=utf-8",
+        Kind::Zip => "application/zip",
+    }
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` against `size` → the range; `Err` when unsatisfiable;
+/// `Ok(None)` for anything else (served whole, as RFC 9110 allows).
+fn byte_range(v: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = v.trim().strip_prefix("bytes=") else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.split_once('-') else { return Ok(None) };
+    let (a, b) = (a.trim(), b.trim());
+    let r = match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
+        (Some(s), Some(e)) if s <= e => (s, e.min(size.saturating_sub(1)) + 1),
+        (Some(s), None) if b.is_empty() => (s, size),
+        (None, Some(n)) if a.is_empty() && n > 0 => (size.saturating_sub(n), size),
+        _ => return Ok(None),
+    };
+    if r.0 >= size { Err(()) } else { Ok(Some(r)) }
+}
+
+/// A stored artifact as the response, or `None` when it failed its check before the first
+/// byte (quarantined; the caller fetches it again). Objects of one part are read and verified
+/// whole before answering; a longer zip is verified part by part as it streams.
+pub(super) async fn from_store(
+    state: &AppState,
+    store: &Arc<ModStore>,
+    obj: Stored,
+    headers: &HeaderMap,
+    ev: Event,
+) -> Option<Response> {
+    let h = &obj.head;
+    let etag = format!("\"{}\"", h.sha256);
+    let mut resp = Response::new(Body::empty());
+    let rh = resp.headers_mut();
+    rh.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(h.kind)));
+    rh.insert(header::ETAG, HeaderValue::from_str(&etag).ok()?);
+    rh.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=31536000, immutable"));
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+    {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        return Some(resp);
+    }
+    let mut range = None;
+    if h.kind == Kind::Zip {
+        rh.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        let if_range_ok = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()).is_none_or(|v| v.trim() == etag);
+        if let (Some(r), true) = (headers.get(header::RANGE).and_then(|v| v.to_str().ok()), if_range_ok) {
+            match byte_range(r, h.size) {
+                Ok(r) => range = r,
+                Err(()) => {
+                    *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                    resp.headers_mut()
+                        .insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{}", h.size)).ok()?);
+                    return Some(resp);
+                }
+            }
+        }
+    }
+    let (start, end) = range.unwrap_or((0, h.size));
+    let stream = store.read(&obj, start..end).await.ok()?;
+    let body = if h.size <= crate::modstore::crypt::PART as u64 {
+        let mut whole = Vec::with_capacity((end - start) as usize);
+        let mut s = stream;
+        while let Some(b) = s.next().await {
+            whole.extend_from_slice(&b.ok()?);
+        }
+        if h.kind == Kind::Mod && range.is_none() && h.h1.as_deref() != Some(&crate::modstore::hash::gomod_h1(&whole)) {
+            return None;
+        }
+        Body::from(whole)
+    } else {
+        Body::from_stream(stream.map(|r| r.map_err(std::io::Error::other)))
+    };
+    store.stats.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state.audit.record(&Event {
+        status: Some(if range.is_some() { 206 } else { 200 }),
+        decision: "allow",
+        reason: "from the module store".into(),
+        bytes: Some(end - start),
+        ..ev
+    });
+    let rh = resp.headers_mut();
+    rh.insert(header::CONTENT_LENGTH, (end - start).into());
+    if range.is_some() {
+        rh.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {start}-{}/{}", end - 1, h.size)).ok()?);
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    *resp.body_mut() = body;
+    Some(resp)
+}
+
+/// A list answer as the response (`stale`: marked in the audit line).
+pub(super) fn list_response(state: &AppState, l: Listed, how: Freshness, ev: Event) -> Response {
+    let reason = match how {
+        Freshness::Cached => "list from the cache",
+        Freshness::Fetched => "list from the upstream",
+        Freshness::Stale => "stale list: the upstream failed",
+    };
+    let (status, ctype, body) = match l {
+        Listed::Found { body, json } => {
+            (StatusCode::OK, if json { "application/json" } else { "text/plain; charset=utf-8" }, body)
+        }
+        Listed::Missing(line) => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", line),
+    };
+    state.audit.record(&Event { status: Some(status.as_u16()), decision: "allow", reason: reason.into(), ..ev });
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Copy a response body to `path` (0600), streamed.
+async fn body_to_file(resp: reqwest::Response, path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use tokio::io::AsyncWriteExt;
+    let f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = tokio::fs::File::from_std(f);
+    let mut s = resp.bytes_stream();
+    while let Some(chunk) = s.next().await {
+        f.write_all(&chunk.map_err(std::io::Error::other)?).await?;
+    }
+    f.flush().await
+}
+
+/// `/mod/` for a module-proxy upstream (private or public): the store in front of immutable
+/// answers, the list cache in front of `@v/list`/`@latest`; anything else is forwarded as is.
+pub(super) async fn goproxy_module(
+    state: AppState,
+    a: Caller,
+    t: Target,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let p = state.proxy.clone().ok_or(ApiError::NotFound)?;
+    let upstream = p.upstreams()[t.upstream].clone();
+    authorize(&state, &a.request_id, &a.principal, Action::Download, &Resource::module(&t.module, &upstream.name))?;
+    let ev = Event {
+        action: Action::Download.as_str().into(),
+        resource: t.module.clone(),
+        upstream: Some(upstream.name.clone()),
+        ..Event::about("proxy", &a.request_id, &a.principal)
+    };
+    let name = modules::immutable(&t.module, &req);
+    if let (Some(store), Some(n)) = (state.modstore.clone(), &name) {
+        if let Some(obj) = modules::stored(&state, &store, &a, &upstream.name, &t.module, n).await?
+            && let Some(resp) = from_store(&state, &store, obj, &headers, ev.clone()).await
+        {
+            return Ok(resp);
+        }
+        let resp = p.forward(t.upstream, http::Method::GET, &t.upstream_path, &HeaderMap::new(), None).await?;
+        if resp.status() != reqwest::StatusCode::OK {
+            return Ok(super::proxy::relay(state.clone(), resp, ev));
+        }
+        let tmp = store.temp_path("fetch");
+        let fetched = body_to_file(resp, &tmp).await;
+        let kept = match fetched {
+            Ok(()) => modules::keep(&state, &store, &a, &upstream.name, &t.module, n, &tmp).await,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(ApiError::Proxy(crate::proxy::ProxyError::Body {
+                    upstream: upstream.name.clone(),
+                    source: e,
+                }));
+            }
+        };
+        let out = match kept {
+            Ok(Some(obj)) => from_store(&state, &store, obj, &headers, ev.clone()).await,
+            Ok(None) => None,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
+        let out = match out {
+            Some(r) => r,
+            None => super::proxy::file_response(&tmp, content_type(n.kind)).await?,
+        };
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(out);
+    }
+    if matches!(req, Request::List | Request::Latest) {
+        return goproxy_list(state, t, req, ev).await;
+    }
+    let resp = p.forward(t.upstream, http::Method::GET, &t.upstream_path, &headers, None).await?;
+    Ok(super::proxy::relay(state.clone(), resp, ev))
+}
+
+/// `@v/list` / `@latest` from a module-proxy upstream through the list cache.
+async fn goproxy_list(state: AppState, t: Target, req: Request, ev: Event) -> Result<Response, ApiError> {
+    let p = state.proxy.clone().ok_or(ApiError::NotFound)?;
+    let cfg = state.config.store.clone();
+    let key = (p.upstreams()[t.upstream].name.clone(), t.module.clone(), req == Request::Latest);
+    if let Some(l) = state.lists.fresh(&key, cfg.list_ttl, cfg.negative_ttl) {
+        return Ok(list_response(&state, l, Freshness::Cached, ev));
+    }
+    let failed = match p.forward(t.upstream, http::Method::GET, &t.upstream_path, &HeaderMap::new(), None).await {
+        Ok(resp) if resp.status().is_success() => {
+            let json = req == Request::Latest;
+            match resp.text().await {
+                Ok(body) => {
+                    let l = Listed::Found { body, json };
+                    state.lists.put(key, l.clone());
+                    return Ok(list_response(&state, l, Freshness::Fetched, ev));
+                }
+                Err(e) => ApiError::Proxy(crate::proxy::ProxyError::Body {
+                    upstream: key.0.clone(),
+                    source: std::io::Error::other(e),
+                }),
+            }
+        }
+        Ok(resp) if matches!(resp.status().as_u16(), 404 | 410) => {
+            let line = resp.text().await.unwrap_or_default();
+            let l = Listed::Missing(line.chars().take(1000).collect());
+            state.lists.put(key, l.clone());
+            return Ok(list_response(&state, l, Freshness::Fetched, ev));
+        }
+        Ok(resp) => {
+            if let Some(l) = state.lists.stale(&key) {
+                stale_counted(&state);
+                return Ok(list_response(&state, l, Freshness::Stale, ev));
+            }
+            return Ok(super::proxy::relay(state.clone(), resp, ev));
+        }
+        Err(e) => ApiError::Proxy(e),
+    };
+    if let Some(l) = state.lists.stale(&key) {
+        stale_counted(&state);
+        return Ok(list_response(&state, l, Freshness::Stale, ev));
+    }
+    Err(failed)
+}
+
+pub(super) fn stale_counted(state: &AppState) {
+    if let Some(s) = &state.modstore {
+        s.stats.stale_lists.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_ranges() {
+        assert_eq!(byte_range("bytes=0-9", 100), Ok(Some((0, 10))));
+        assert_eq!(byte_range("bytes=90-", 100), Ok(Some((90, 100))));
+        assert_eq!(byte_range("bytes=-10", 100), Ok(Some((90, 100))));
+        assert_eq!(byte_range("bytes=50-500", 100), Ok(Some((50, 100))));
+        assert_eq!(byte_range("bytes=100-", 100), Err(()));
+        assert_eq!(byte_range("bytes=0-1,5-6", 100), Ok(None));
+        assert_eq!(byte_range("items=0-1", 100), Ok(None));
+    }
+}

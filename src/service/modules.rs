@@ -1,0 +1,180 @@
+//! Module serving around the store: which GOPROXY answers are immutable (`.info`, `.mod`,
+//! `.zip` of a canonical version) and come from the store once stored; the short-lived cache of
+//! `@v/list` and `@latest` (fresh for `store.list_ttl`, served stale when the upstream fails, a
+//! short negative cache for "does not exist"). The caller has authorized the module path; a
+//! stored artifact is served only after `download` is also decided on the path it was fetched
+//! as (in its authenticated head).
+//!
+//! Must not: import axum or choose status codes; fail a download because the store failed (a
+//! store error is logged, counted, and the upstream used instead).
+
+use super::Broker;
+use super::access::{AccessError, Caller, authorize};
+use crate::audit::Event;
+use crate::modfetch::Request;
+use crate::modstore::{Ingested, Kind, ModStore, ObjectName, StoreError, Stored};
+use crate::policy::{Action, Resource};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The stored name of an immutable answer, when `req` is one.
+pub fn immutable(module: &str, req: &Request) -> Option<ObjectName> {
+    let (v, kind) = match req {
+        Request::Info(v) => (v, Kind::Info),
+        Request::Mod(v) => (v, Kind::Mod),
+        Request::Zip(v) => (v, Kind::Zip),
+        Request::List | Request::Latest => return None,
+    };
+    (crate::modfetch::semver::canonical_version(v) == *v && !v.is_empty()).then(|| ObjectName {
+        module: module.to_string(),
+        version: v.clone(),
+        kind,
+    })
+}
+
+/// A stored artifact `caller` may have: looked up, and `download` decided on the path it was
+/// fetched as. `Ok(None)`: not stored, or the store failed (logged, counted, quarantined when
+/// it failed a check) — fetch from the upstream.
+pub async fn stored(
+    b: &Broker,
+    store: &Arc<ModStore>,
+    caller: &Caller,
+    upstream: &str,
+    module: &str,
+    name: &ObjectName,
+) -> Result<Option<Stored>, AccessError> {
+    match store.get(name).await {
+        Ok(Some(obj)) => {
+            if obj.head.served_as != module {
+                let r = Resource::module(&obj.head.served_as, upstream);
+                authorize(b, &caller.request_id, &caller.principal, Action::Download, &r)?;
+            }
+            Ok(Some(obj))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => {
+            report(b, store, caller, upstream, name, &e).await;
+            Ok(None)
+        }
+    }
+}
+
+/// Log, count and audit a store failure (an integrity failure also quarantines the object).
+async fn report(b: &Broker, store: &ModStore, caller: &Caller, upstream: &str, name: &ObjectName, e: &StoreError) {
+    match e {
+        StoreError::Integrity { reason, .. } => {
+            store.stats.integrity_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(object = %name, %reason, "stored object failed its integrity check; quarantined, fetching again");
+            store.quarantine(name, None).await;
+        }
+        StoreError::Changed { .. } => tracing::warn!(object = %name, error = %e, "upstream changed a served version"),
+        other => {
+            store.stats.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(object = %name, error = %crate::error_chain(other), "module store unavailable; using the upstream");
+        }
+    }
+    b.audit.record(&Event {
+        action: "store".into(),
+        resource: name.to_string(),
+        upstream: Some(upstream.to_string()),
+        decision: "error",
+        reason: e.to_string(),
+        ..Event::about("proxy", &caller.request_id, &caller.principal)
+    });
+}
+
+/// Keep the artifact fetched into `file` and return it as stored. `Ok(None)`: the store failed
+/// (serve `file` itself). `Err`: the upstream answered differently from what was first served,
+/// and nothing was stored in its place — never passed on.
+pub async fn keep(
+    b: &Broker,
+    store: &ModStore,
+    caller: &Caller,
+    upstream: &str,
+    served_as: &str,
+    name: &ObjectName,
+    file: &Path,
+) -> Result<Option<Stored>, StoreError> {
+    store.stats.misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match store.ingest(name, served_as, upstream, file).await {
+        Ok(Ingested::Stored(s)) => Ok(Some(s)),
+        Ok(Ingested::Kept { stored, fetched_sha256 }) => {
+            let e = StoreError::Changed {
+                name: name.to_string(),
+                recorded: stored.head.sha256.clone(),
+                fetched: fetched_sha256,
+            };
+            report(b, store, caller, upstream, name, &e).await;
+            Ok(Some(stored))
+        }
+        Err(e @ StoreError::Changed { .. }) => {
+            report(b, store, caller, upstream, name, &e).await;
+            Err(e)
+        }
+        Err(e) => {
+            report(b, store, caller, upstream, name, &e).await;
+            Ok(None)
+        }
+    }
+}
+
+/// A cached `@v/list` or `@latest` answer.
+#[derive(Clone, Debug)]
+pub enum Listed {
+    Found {
+        body: String,
+        json: bool,
+    },
+    /// The upstream said it does not exist (with its line).
+    Missing(String),
+}
+
+/// (upstream name, module, `@latest`?) → a list answer.
+pub type ListKey = (String, String, bool);
+
+/// Lists by [`ListKey`], with when they were fetched.
+#[derive(Default)]
+pub struct ListCache {
+    map: Mutex<HashMap<ListKey, (Instant, Listed)>>,
+}
+
+/// How a list answer was obtained (for the audit line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    Cached,
+    Fetched,
+    /// The upstream failed; this is older than `list_ttl`.
+    Stale,
+}
+
+impl ListCache {
+    /// A fresh answer (found within `ttl`, missing within `negative`).
+    pub fn fresh(&self, key: &ListKey, ttl: Duration, negative: Duration) -> Option<Listed> {
+        let g = self.map.lock().expect("list cache poisoned");
+        let (at, l) = g.get(key)?;
+        let limit = if matches!(l, Listed::Found { .. }) { ttl } else { negative };
+        (at.elapsed() < limit).then(|| l.clone())
+    }
+
+    /// Any found answer, however old: what the broker serves when the upstream fails.
+    pub fn stale(&self, key: &ListKey) -> Option<Listed> {
+        let g = self.map.lock().expect("list cache poisoned");
+        g.get(key).map(|(_, l)| l.clone()).filter(|l| matches!(l, Listed::Found { .. }))
+    }
+
+    pub fn put(&self, key: ListKey, l: Listed) {
+        let mut g = self.map.lock().expect("list cache poisoned");
+        if g.len() > 20_000 {
+            g.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(3600));
+        }
+        // A "missing" never replaces a found answer still usable as stale.
+        if matches!(l, Listed::Missing(_))
+            && let Some((_, Listed::Found { .. })) = g.get(&key)
+        {
+            g.remove(&key);
+        }
+        g.insert(key, (Instant::now(), l));
+    }
+}
