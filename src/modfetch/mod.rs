@@ -205,13 +205,14 @@ impl ModFetch {
 
     async fn zip(&self, src: &Source<'_>, code: &CodeRepo<'_>, module: &str, v: &str) -> Result<Answer, ModFetchError> {
         let zips = self.work_dir("zip")?;
-        // Keyed by upstream too: two upstreams may serve the same path with different content.
-        let key = short_hash(&format!("{}\n{}\n{module}@{v}", src.upstream, code.git.remote));
+        let (info, dir, _) = code.find_dir(v).await.map_err(map_repo(src))?;
+        // Keyed by upstream and commit too: two upstreams may serve the same path with different
+        // content, and a retagged version is another build.
+        let key = short_hash(&format!("{}\n{}\n{module}@{v}\n{}", src.upstream, code.git.remote, info.hash));
         let dest = zips.join(format!("{key}.zip"));
         if dest.exists() {
             return Ok(Answer::File(dest));
         }
-        let (info, dir, _) = code.find_dir(v).await.map_err(map_repo(src))?;
         let tmp = zips.join(format!("{key}.archive.tmp"));
         let found = code.git.archive(&info.hash, &dir, &tmp, zip::MAX_ZIP_FILE).await.map_err(map_git(src))?;
         if !found {

@@ -28,47 +28,47 @@ fn git_in(dir: &Path, args: &[&str], date: u64) {
 }
 
 /// A work tree being turned into `srv/acme/<name>.git`, one step at a time.
-struct Repo {
+pub(crate) struct Repo {
     work: std::path::PathBuf,
     date: u64,
 }
 
 impl Repo {
-    fn new(srv: &Path, name: &str) -> Repo {
+    pub(crate) fn new(srv: &Path, name: &str) -> Repo {
         let work = srv.join(format!("work-{name}"));
         std::fs::create_dir_all(&work).unwrap();
         git_in(&work, &["init", "-q", "-b", "main"], 0);
         Repo { work, date: 1_700_000_000 + name.len() as u64 * 7919 }
     }
-    fn write(&mut self, path: &str, data: &str) -> &mut Repo {
+    pub(crate) fn write(&mut self, path: &str, data: &str) -> &mut Repo {
         let p = self.work.join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, data).unwrap();
         self
     }
-    fn rm(&mut self, path: &str) -> &mut Repo {
+    pub(crate) fn rm(&mut self, path: &str) -> &mut Repo {
         std::fs::remove_file(self.work.join(path)).unwrap();
         self
     }
-    fn commit(&mut self, msg: &str) -> &mut Repo {
+    pub(crate) fn commit(&mut self, msg: &str) -> &mut Repo {
         self.date += 3600;
         git_in(&self.work, &["add", "-A"], self.date);
         git_in(&self.work, &["commit", "-q", "--allow-empty", "-m", msg], self.date);
         self
     }
-    fn tag(&mut self, t: &str) -> &mut Repo {
+    pub(crate) fn tag(&mut self, t: &str) -> &mut Repo {
         git_in(&self.work, &["tag", t], self.date);
         self
     }
-    fn head(&self) -> String {
+    pub(crate) fn head(&self) -> String {
         let out = Command::new("git").current_dir(&self.work).args(["rev-parse", "HEAD"]).output().unwrap();
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
-    fn git(&mut self, args: &[&str]) -> &mut Repo {
+    pub(crate) fn git(&mut self, args: &[&str]) -> &mut Repo {
         git_in(&self.work, args, self.date);
         self
     }
-    fn publish(&self, srv: &Path, name: &str) {
+    pub(crate) fn publish(&self, srv: &Path, name: &str) {
         let bare = srv.join(format!("acme/{name}.git"));
         std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
         run_ok(
@@ -81,7 +81,7 @@ impl Repo {
     }
 }
 
-const M: &str = "corp.test/acme";
+pub(crate) const M: &str = "corp.test/acme";
 
 /// Build the corpus; returns the queries (module@query) and the modules to list.
 fn corpus(srv: &Path) -> (Vec<String>, Vec<String>) {
@@ -392,11 +392,11 @@ fn corpus(srv: &Path) -> (Vec<String>, Vec<String>) {
 }
 
 #[derive(Debug, PartialEq)]
-struct Outcome {
-    version: String,
-    sum: String,
-    gomodsum: String,
-    failed: bool,
+pub(crate) struct Outcome {
+    pub(crate) version: String,
+    pub(crate) sum: String,
+    pub(crate) gomodsum: String,
+    pub(crate) failed: bool,
 }
 
 fn go(env: &[(String, String)], dir: &Path, args: &[&str]) -> (bool, String, String) {
@@ -409,7 +409,7 @@ fn go(env: &[(String, String)], dir: &Path, args: &[&str]) -> (bool, String, Str
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
-fn download(env: &[(String, String)], dir: &Path, query: &str) -> (Outcome, String) {
+pub(crate) fn download(env: &[(String, String)], dir: &Path, query: &str) -> (Outcome, String) {
     let (ok, out, err) = go(env, dir, &["mod", "download", "-json", query]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
@@ -418,7 +418,7 @@ fn download(env: &[(String, String)], dir: &Path, query: &str) -> (Outcome, Stri
     (o, format!("{}{err}", s("Error")))
 }
 
-fn base_env(d: &Path, name: &str) -> Vec<(String, String)> {
+pub(crate) fn base_env(d: &Path, name: &str) -> Vec<(String, String)> {
     let path = format!(
         "{}:{}:{}",
         go_bin().parent().unwrap().display(),
@@ -448,7 +448,7 @@ fn base_env(d: &Path, name: &str) -> Vec<(String, String)> {
 }
 
 /// The test git smart-HTTP server over `srv` on `port`, with `auth` (its auth options), running.
-fn git_server(srv: &Path, port: u16, auth: &[&str]) -> Proc {
+pub(crate) fn git_server(srv: &Path, port: u16, auth: &[&str]) -> Proc {
     let mut up = Command::new("python3");
     up.arg(repo_root().join("tests/peers/git_http_server.py"))
         .args(["--port", &port.to_string()])
@@ -516,7 +516,7 @@ fn corpus_broker_seeded(
     corpus_broker_in(bdir, d, port, creds, env)
 }
 
-fn corpus_broker_in(
+pub(crate) fn corpus_broker_in(
     bdir: tempfile::TempDir,
     d: &Path,
     port: u16,

@@ -20,6 +20,7 @@ mod oidc;
 mod proxy;
 mod public;
 mod secrets_cli;
+mod store;
 mod ssh;
 mod tunnel;
 mod vault_auth;
