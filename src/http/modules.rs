@@ -181,12 +181,7 @@ pub(super) async fn goproxy_module(
     let p = state.proxy.clone().ok_or(ApiError::NotFound)?;
     let upstream = p.upstreams()[t.upstream].clone();
     authorize(&state, &a.request_id, &a.principal, Action::Download, &Resource::module(&t.module, &upstream.name))?;
-    let ev = Event {
-        action: Action::Download.as_str().into(),
-        resource: t.module.clone(),
-        upstream: Some(upstream.name.clone()),
-        ..Event::about("proxy", &a.request_id, &a.principal)
-    };
+    let ev = super::proxy::download_event(&a, &t.module, &upstream.name);
     let name = modules::immutable(&t.module, &req);
     if let (Some(store), Some(n)) = (state.modstore.clone(), &name) {
         if let Some(obj) = modules::stored(&state, &store, &a, &upstream.name, &t.module, n).await?

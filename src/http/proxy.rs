@@ -171,12 +171,7 @@ async fn git_module(
     if let Some(g) = &guess {
         authorize_repo(g)?;
     }
-    let base = Event {
-        action: Action::Download.as_str().into(),
-        resource: t.module.clone(),
-        upstream: Some(upstream.name.clone()),
-        ..Event::about("proxy", &a.request_id, &a.principal)
-    };
+    let base = download_event(&a, &t.module, &upstream.name);
     let name = crate::service::modules::immutable(&t.module, &req);
     if let (Some(store), Some(n)) = (state.modstore.clone(), &name)
         && let Some(obj) = crate::service::modules::stored(&state, &store, &a, &upstream.name, &t.module, n).await?
@@ -223,6 +218,16 @@ async fn git_module(
         }
     }
     answer_response(&state, answer, base, started).await
+}
+
+/// The audit event of a module download (filled in when it is answered).
+pub(super) fn download_event(a: &Caller, module: &str, upstream: &str) -> Event {
+    Event {
+        action: Action::Download.as_str().into(),
+        resource: module.to_string(),
+        upstream: Some(upstream.to_string()),
+        ..Event::about("proxy", &a.request_id, &a.principal)
+    }
 }
 
 /// A git-built answer on its way into the store.

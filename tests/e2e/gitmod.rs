@@ -523,6 +523,18 @@ pub(crate) fn corpus_broker_in(
     creds: &str,
     env: &[(&str, &str)],
 ) -> (SshBroker, Vec<(String, String)>) {
+    corpus_broker_store(bdir, d, port, creds, env, "[store]\ndir = \"store\"\n")
+}
+
+/// [`corpus_broker_in`] with `store` as its `[store]` section.
+pub(crate) fn corpus_broker_store(
+    bdir: tempfile::TempDir,
+    d: &Path,
+    port: u16,
+    creds: &str,
+    env: &[(&str, &str)],
+    store: &str,
+) -> (SshBroker, Vec<(String, String)>) {
     let b = bdir.path();
     let tls = gocred::tls::ensure_dev_ca(&b.join("tls")).unwrap();
     let pol = b.join("policies");
@@ -536,7 +548,7 @@ pub(crate) fn corpus_broker_in(
     .unwrap();
     let extra = format!(
         "[[upstreams]]\nname = \"corpus\"\nkind = \"git\"\nhosts = [\"corp.test\"]\nurl = \"http://127.0.0.1:{port}\"\n{creds}\n\
-         [server.tls]\ncert = \"{}\"\nkey = \"{}\"\n[store]\ndir = \"store\"\n",
+         [server.tls]\ncert = \"{}\"\nkey = \"{}\"\n{store}",
         tls.cert.display(),
         tls.key.display()
     );
