@@ -215,7 +215,13 @@ pub(super) async fn goproxy_module(
         };
         let out = match out {
             Some(r) => r,
-            None => super::proxy::file_response(&tmp, content_type(n.kind)).await?,
+            None => {
+                let r = super::proxy::file_response(&tmp, content_type(n.kind)).await?;
+                let bytes = std::fs::metadata(&tmp).map(|m| m.len()).ok();
+                let reason = "from the upstream (not stored)".to_string();
+                state.audit.record(&Event { status: Some(200), decision: "allow", reason, bytes, ..ev });
+                r
+            }
         };
         let _ = std::fs::remove_file(&tmp);
         return Ok(out);

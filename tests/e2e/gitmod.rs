@@ -706,7 +706,9 @@ async fn git_module_credential_stays_in_a_private_file_and_one_build_serves_fift
     let first = &outcomes[0].0;
     assert!(!first.failed && first.sum.starts_with("h1:"), "{:?}", outcomes[0]);
     for (o, text) in &outcomes {
-        assert_eq!(o, first, "every client gets the same module: {text}");
+        let warns: Vec<String> =
+            broker.g.proc.stderr().into_iter().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+        assert_eq!(o, first, "every client gets the same module: {text} {warns:#?}");
     }
     let logged = std::fs::read_to_string(&log).unwrap();
     let archives = logged.lines().filter(|l| l.starts_with("ARGV") && l.contains(" archive ")).count();
@@ -895,6 +897,23 @@ async fn bench_go_mod_download_direct_vs_broker_and_broker_rss() {
         warm / direct
     );
     assert!(cold / direct < 2.0, "cold through the broker {cold:.2}s vs direct {direct:.2}s");
+    // The S3 backend (s3s-fs) vs the local one: another broker, same upstream, same versions.
+    let s3port = free_port();
+    let _s3 = crate::store::s3_server(&d.join("s3"), s3port);
+    let aws = [("AWS_ACCESS_KEY_ID", "AKTEST"), ("AWS_SECRET_ACCESS_KEY", "SKTEST-secret")];
+    let (s3broker, s3env) =
+        corpus_broker_store(tempfile::tempdir().unwrap(), d, port, "", &aws, &crate::store::s3_store_toml(s3port));
+    let (s3cold, s3c) = timed_download(&s3env, d, "cache-s3-cold", &mods);
+    let (s3warm, s3w) = timed_download(&s3env, d, "cache-s3-warm", &mods);
+    assert_eq!(dsums, s3c);
+    assert_eq!(dsums, s3w);
+    println!(
+        "bench module store: 20 versions: s3 cold {s3cold:.2}s ({:.2}x direct), s3 warm {s3warm:.2}s ({:.2}x direct); dir warm {warm:.2}s ({:.2}x)",
+        s3cold / direct,
+        s3warm / direct,
+        warm / direct
+    );
+    drop(s3broker);
 
     let pid = broker.g.proc.id();
     let (before, _) = rss_kib(pid);
@@ -914,5 +933,33 @@ async fn bench_go_mod_download_direct_vs_broker_and_broker_rss() {
     assert!(sums[0].starts_with("h1:"));
     assert!(zip_mb > 200.0, "{zip_mb}");
     assert!(after < 64 * 1024, "broker peak RSS {after} KiB building and serving a 200 MB module");
+    let (warm_big, _) = timed_download(&benv, d, "cache-big-warm", &[format!("{bm}@v1.0.0")]);
+    let (peak, _) = rss_kib(pid);
+    println!(
+        "bench module store: 200 MB module from the store in {warm_big:.1}s; broker peak RSS {:.1} MB",
+        peak as f64 / 1024.0
+    );
+    assert!(peak < 64 * 1024, "broker peak RSS {peak} KiB serving a 200 MB module from the store");
+
+    // Every upstream stopped, warm store: N of N runs (fresh module cache each) get the direct sums.
     drop(upstream);
+    let runs: usize = std::env::var("GOCRED_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let mut ok = 0;
+    let mut times = Vec::new();
+    for i in 0..runs {
+        let (secs, sums) = timed_download(&benv, d, &format!("cache-down-{i}"), &mods);
+        times.push(secs);
+        if sums == dsums {
+            ok += 1;
+        }
+        let _ = std::process::Command::new("chmod").args(["-R", "u+w"]).arg(d.join(format!("cache-down-{i}"))).status();
+        let _ = std::fs::remove_dir_all(d.join(format!("cache-down-{i}")));
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "bench module store: upstream stopped, warm store: {ok} of {runs} runs of 20 versions succeeded with the direct sums (p50 {:.2}s, max {:.2}s)",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+    assert_eq!(ok, runs);
 }

@@ -535,7 +535,8 @@ async fn upstream_down_is_a_quick_502_naming_it_and_rotated_credentials_are_pick
     // Upstream gone: a 502 naming the upstream, quickly, as one plain-text line for go.
     up2.kill();
     let started = std::time::Instant::now();
-    let r = get("/mod/git.corp.test/acme/lib.git/@v/list").await.unwrap();
+    // (`@latest`, never fetched: `@v/list` is in the broker's list cache.)
+    let r = get("/mod/git.corp.test/acme/lib.git/@latest").await.unwrap();
     assert_eq!(r.status(), 502);
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let body = r.text().await.unwrap();
