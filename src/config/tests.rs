@@ -369,3 +369,40 @@ fn a_public_upstream_is_one_goproxy_without_credentials_and_makes_the_webhook_de
     let c = parse(&format!("{MIN}{public}{hook}"), &[]).unwrap();
     assert_eq!(c.webhook.unwrap().goproxy_fallback, "off");
 }
+
+#[test]
+fn store_section_defaults_and_validation() {
+    let c = parse(MIN, &[]).unwrap();
+    assert_eq!(c.store.dir, Path::new("/etc/gocred/store"));
+    assert_eq!(c.store.backend, StoreBackend::Dir);
+    assert_eq!(c.store.max_size, 10 << 30);
+    assert_eq!(c.store.list_ttl, Duration::from_secs(60));
+    let s3 = format!(
+        "{MIN}[store]\nmax_size = \"512MiB\"\nlist_ttl = \"5s\"\n[store.s3]\nbucket = \"mods\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\n"
+    );
+    let c = parse(&s3, &[("GOCRED_STORE__S3__PREFIX", "prod/")]).unwrap();
+    assert_eq!(c.store.max_size, 512 << 20);
+    match &c.store.backend {
+        StoreBackend::S3(s) => {
+            assert_eq!((s.bucket.as_str(), s.prefix.as_str(), s.region.as_str()), ("mods", "prod", "us-east-1"))
+        }
+        other => panic!("{other:?}"),
+    }
+    for (bad, key) in [
+        ("[store]\nmax_size = \"lots\"\n", "store.max_size"),
+        ("[store]\nbackend = \"tape\"\n", "store.backend"),
+        ("[store]\nbackend = \"s3\"\n", "store.s3"),
+        ("[store.s3]\nbucket = \"b\"\nendpoint = \"http://x:1\"\n", "store.s3.endpoint"),
+        ("[store.s3]\nbucket = \"b\"\ncredentials = \"AKIA...\"\n", "store.s3.credentials"),
+        ("[store]\nlist_ttl = \"soon\"\n", "store.list_ttl"),
+    ] {
+        let e = parse(&format!("{MIN}{bad}"), &[]).unwrap_err().to_string();
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+    assert!(
+        !parse(&format!("{MIN}[store.s3]\nbucket = \"b\"\ncredentials = \"AKIA...\"\n"), &[])
+            .unwrap_err()
+            .to_string()
+            .contains("AKIA")
+    );
+}

@@ -192,8 +192,16 @@ pub struct ModStore {
     /// Head path → last read (Unix seconds), for least-recently-used eviction.
     used: Mutex<HashMap<String, u64>>,
     approx_bytes: AtomicU64,
+    /// One ingest per object at a time: the others wait and find it stored.
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Digests of files already hashed, by (path, length, modification time): 50 clients
+    /// asking for one freshly built zip hash it once.
+    digests: Mutex<HashMap<(PathBuf, u64, std::time::SystemTime), Digested>>,
     pub stats: Stats,
 }
+
+/// Size, SHA-256 and `h1:` of an artifact.
+type Digested = (u64, String, Option<String>);
 
 fn hexrand<const N: usize>() -> String {
     crate::fsutil::hex(&crate::random_bytes::<N>())
@@ -255,6 +263,8 @@ impl ModStore {
             cfg: cfg.clone(),
             used: Mutex::new(HashMap::new()),
             approx_bytes: AtomicU64::new(0),
+            inflight: Mutex::new(HashMap::new()),
+            digests: Mutex::new(HashMap::new()),
             stats: Stats::default(),
         };
         if cfg.backend == StoreBackend::Dir {
@@ -496,9 +506,53 @@ impl ModStore {
         upstream: &str,
         src: &Path,
     ) -> Result<Ingested, StoreError> {
-        let (size, sha, h1) = digest(n.kind, src.to_path_buf()).await?;
         let head_path = self.head_path(n);
         let key_name = head_path.to_string();
+        let lock = self.inflight.lock().expect("inflight poisoned").entry(key_name.clone()).or_default().clone();
+        let one = lock.lock().await;
+        let out = self.ingest_one(n, served_as, upstream, src, head_path).await;
+        drop(one);
+        let mut g = self.inflight.lock().expect("inflight poisoned");
+        if Arc::strong_count(&lock) <= 2 {
+            g.remove(&key_name);
+        }
+        out
+    }
+
+    /// The digest of `src`, from the cache when this very file was hashed already.
+    async fn digest_cached(&self, kind: Kind, src: &Path) -> Result<Digested, StoreError> {
+        let meta = std::fs::metadata(src)?;
+        let key = (src.to_path_buf(), meta.len(), meta.modified()?);
+        if let Some(d) = self.digests.lock().expect("digest cache poisoned").get(&key) {
+            return Ok(d.clone());
+        }
+        let d = digest(kind, src.to_path_buf()).await?;
+        let mut g = self.digests.lock().expect("digest cache poisoned");
+        if g.len() > 1024 {
+            g.clear();
+        }
+        g.insert(key, d.clone());
+        Ok(d)
+    }
+
+    async fn ingest_one(
+        &self,
+        n: &ObjectName,
+        served_as: &str,
+        upstream: &str,
+        src: &Path,
+        head_path: OPath,
+    ) -> Result<Ingested, StoreError> {
+        let (size, sha, h1) = self.digest_cached(n.kind, src).await?;
+        let key_name = head_path.to_string();
+        // Stored meanwhile (by the ingest this one waited for, or another replica).
+        if let Ok(Some(stored)) = self.get(n).await {
+            if stored.head.sha256 == sha {
+                return Ok(Ingested::Stored(stored));
+            }
+            self.stats.upstream_changed.fetch_add(1, Ordering::Relaxed);
+            return Ok(Ingested::Kept { stored, fetched_sha256: sha });
+        }
         if let Some(seen) = self.ledger.recorded(&key_name)
             && seen != sha
             && self.ledger.recheck(&key_name).is_some_and(|s| s != sha)

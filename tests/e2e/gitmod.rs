@@ -896,13 +896,26 @@ async fn bench_go_mod_download_direct_vs_broker_and_broker_rss() {
         cold / direct,
         warm / direct
     );
-    assert!(cold / direct < 2.0, "cold through the broker {cold:.2}s vs direct {direct:.2}s");
+    // Release builds hold the targets (BENCHMARKS.md); a debug build (the test suite on
+    // a loaded 2-core machine) gets room.
+    let (cold_max, warm_max) = if cfg!(debug_assertions) { (3.0, 1.5) } else { (1.2, 0.3) };
+    assert!(cold / direct < cold_max, "cold through the broker {cold:.2}s vs direct {direct:.2}s");
+    assert!(warm / direct < warm_max, "warm store {warm:.2}s vs direct {direct:.2}s");
     // The S3 backend (s3s-fs) vs the local one: another broker, same upstream, same versions.
     let s3port = free_port();
     let _s3 = crate::store::s3_server(&d.join("s3"), s3port);
     let aws = [("AWS_ACCESS_KEY_ID", "AKTEST"), ("AWS_SECRET_ACCESS_KEY", "SKTEST-secret")];
-    let (s3broker, s3env) =
-        corpus_broker_store(tempfile::tempdir().unwrap(), d, port, "", &aws, &crate::store::s3_store_toml(s3port));
+    // Its own client home: logging in to it must not replace the first broker's session.
+    let s3client = d.join("s3client");
+    std::fs::create_dir_all(&s3client).unwrap();
+    let (s3broker, s3env) = corpus_broker_store(
+        tempfile::tempdir().unwrap(),
+        &s3client,
+        port,
+        "",
+        &aws,
+        &crate::store::s3_store_toml(s3port),
+    );
     let (s3cold, s3c) = timed_download(&s3env, d, "cache-s3-cold", &mods);
     let (s3warm, s3w) = timed_download(&s3env, d, "cache-s3-warm", &mods);
     assert_eq!(dsums, s3c);

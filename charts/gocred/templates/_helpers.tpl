@@ -219,7 +219,17 @@ is escaped correctly.
 {{- if not $c.upstreams -}}
 {{- $_ := unset $c "upstreams" -}}
 {{- end -}}
-{{- $_ := set $c "store" (dict "dir" "/var/lib/gocred/store") -}}
+{{- $store := dict "dir" "/var/lib/gocred/store" "max_size" .Values.store.maxSize -}}
+{{- with .Values.store.s3 -}}
+{{- if .bucket -}}
+{{- $s3 := dict "bucket" .bucket -}}
+{{- range $k := list "endpoint" "region" "prefix" "credentials" -}}
+{{- if index $.Values.store.s3 $k -}}{{- $_ := set $s3 $k (index $.Values.store.s3 $k) -}}{{- end -}}
+{{- end -}}
+{{- $_ := set $store "s3" $s3 -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $c "store" $store -}}
 {{- $w := .Values.webhook.inject -}}
 {{- if .Values.webhook.enabled -}}
 {{- /* The broker refuses `[webhook] enabled = true` unless a kind = "kubernetes" issuer accepts
