@@ -883,7 +883,9 @@ async fn bench_go_mod_download_direct_vs_broker_and_broker_rss() {
 
     let port = free_port();
     let upstream = git_server(&srv, port, &["--anonymous"]);
-    let (broker, benv) = corpus_broker(d, port, "", &[]);
+    // One principal downloading 100 × 20 versions in seconds: above the default per-principal
+    // rate (100/s, burst 1000), which is the operator's to raise for such a load.
+    let (broker, benv) = corpus_broker(d, port, "", &[("GOCRED_LIMITS__REQUESTS_PER_SECOND", "100000")]);
     let denv = direct_env(d, port);
 
     let (direct, dsums) = timed_download(&denv, d, "cache-direct", &mods);
