@@ -181,15 +181,16 @@ async fn git_module(
     }
     let list_key = (upstream.name.clone(), t.module.clone(), req == crate::modfetch::Request::Latest);
     let is_list = name.is_none() && matches!(req, crate::modfetch::Request::List | crate::modfetch::Request::Latest);
-    let cfg = &state.config.store;
-    if is_list && let Some(l) = state.lists.fresh(&list_key, cfg.list_ttl, cfg.negative_ttl) {
-        return Ok(super::modules::list_response(&state, l, crate::service::modules::Freshness::Cached, base));
-    }
     let cred = p.credential(&upstream, false).await?;
     // A path without `.git` is looked up as the go command would: the upstream's go-import.
     let repo = if crate::modfetch::names_repo(&t.module) { None } else { p.discover_repo(t.upstream, &t.module).await };
     if let Some(found) = &repo {
         authorize_repo(found)?;
+    }
+    // Lists from the cache only after the repository answer was authorized too.
+    let cfg = &state.config.store;
+    if is_list && let Some(l) = state.lists.fresh(&list_key, cfg.list_ttl, cfg.negative_ttl) {
+        return Ok(super::modules::list_response(&state, l, crate::service::modules::Freshness::Cached, base));
     }
     let served = repo.as_ref().or(guess.as_ref()).map(|r| served_as(&t.module, r)).unwrap_or_else(|| t.module.clone());
     let src = crate::modfetch::Source {

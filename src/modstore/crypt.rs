@@ -40,13 +40,17 @@ pub fn segment_count(size: u64) -> u64 {
 }
 
 impl Sealer {
+    /// Every object is sealed under its own key, derived from the data key and the digest of
+    /// its head (which holds a random object id and nonce prefix): nonces never repeat under
+    /// one key however many objects the store holds.
     pub fn new(key: &[u8; 32], prefix: [u8; 7], head: &[u8], size: u64) -> Sealer {
-        Sealer {
-            cipher: Aes256Gcm::new(key.into()),
-            prefix,
-            aad: Sha256::digest(head).into(),
-            segments: segment_count(size),
-        }
+        let aad: [u8; 32] = Sha256::digest(head).into();
+        let mut kdf = Sha256::new();
+        kdf.update(b"gocred module store object key v1\0");
+        kdf.update(key);
+        kdf.update(aad);
+        let object_key = zeroize::Zeroizing::new(<[u8; 32]>::from(kdf.finalize()));
+        Sealer { cipher: Aes256Gcm::new(object_key.as_slice().into()), prefix, aad, segments: segment_count(size) }
     }
 
     fn nonce(&self, index: u64) -> [u8; 12] {

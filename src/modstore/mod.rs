@@ -722,8 +722,10 @@ impl ModStore {
             .ok_or_else(|| StoreError::Integrity { name: n.to_string(), reason: "not stored".into() })?;
         let tmp = self.tmp.join(format!("verify-{}", hexrand::<8>()));
         let written = async {
+            use std::os::unix::fs::OpenOptionsExt;
             use tokio::io::AsyncWriteExt;
-            let mut f = tokio::fs::File::create(&tmp).await?;
+            let f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut f = tokio::fs::File::from_std(f);
             let mut s = self.read(&obj, 0..obj.head.size).await?;
             while let Some(b) = s.next().await {
                 f.write_all(&b?).await?;

@@ -98,6 +98,29 @@ pub async fn keep(
     file: &Path,
 ) -> Result<Option<Stored>, StoreError> {
     store.stats.misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let kept = keep_one(b, store, caller, upstream, served_as, name, file).await?;
+    // Another writer's object may have been fetched as another path: decided on that too.
+    if let Some(s) = &kept
+        && s.head.served_as != served_as
+        && s.head.served_as != name.module
+    {
+        let r = Resource::module(&s.head.served_as, upstream);
+        if authorize(b, &caller.request_id, &caller.principal, Action::Download, &r).is_err() {
+            return Ok(None);
+        }
+    }
+    Ok(kept)
+}
+
+async fn keep_one(
+    b: &Broker,
+    store: &ModStore,
+    caller: &Caller,
+    upstream: &str,
+    served_as: &str,
+    name: &ObjectName,
+    file: &Path,
+) -> Result<Option<Stored>, StoreError> {
     match store.ingest(name, served_as, upstream, file).await {
         Ok(Ingested::Stored(s)) => Ok(Some(s)),
         Ok(Ingested::Kept { stored, fetched_sha256 }) => {
