@@ -298,6 +298,11 @@ async fn refused_tunnels_never_reach_the_sshd_and_a_revoked_session_closes_its_t
     let mut banner = [0u8; 8];
     stdout.read_exact(&mut banner).unwrap();
     assert_eq!(&banner, b"SSH-2.0-");
+    // sshd logs the connection a moment after it sent its banner.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while t.sshd.connections() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(t.sshd.connections(), 1);
     let (code, out, err) = t.b.cli(&["logout"], &t.env());
     assert_eq!(code, 0, "{out}{err}");
