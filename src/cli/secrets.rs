@@ -110,19 +110,30 @@ fn read_values(fields: &[String]) -> anyhow::Result<Vec<(String, SecretString)>>
     Ok(out)
 }
 
-async fn open(args: &SecretsArgs) -> anyhow::Result<SecretStore> {
-    let config = if args.dev {
-        let dir = match args.data_dir.clone() {
+/// The broker configuration an operator command works on: `--config FILE`, or `--dev`'s embedded
+/// one in `--data-dir` (default the dev data dir).
+pub(super) fn operator_config(
+    config: Option<&PathBuf>,
+    dev: bool,
+    data_dir: Option<&PathBuf>,
+) -> anyhow::Result<Config> {
+    let config = if dev {
+        let dir = match data_dir.cloned() {
             Some(d) => d,
             None => super::serve::gocred_paths::default_dev_dir()
                 .context("cannot find a data dir: set --data-dir or HOME")?,
         };
         Config::dev(&dir, &crate::config::DevIdentity::from_env(), &Default::default())?
     } else {
-        let path = args.config.clone().expect("clap requires --config or --dev");
-        Config::load(&path, std::env::vars(), &Default::default())?
+        let path = config.expect("clap requires --config or --dev");
+        Config::load(path, std::env::vars(), &Default::default())?
     };
     crate::install_crypto_provider();
+    Ok(config)
+}
+
+async fn open(args: &SecretsArgs) -> anyhow::Result<SecretStore> {
+    let config = operator_config(args.config.as_ref(), args.dev, args.data_dir.as_ref())?;
     Ok(SecretStore::open(&config.secrets).await?)
 }
 

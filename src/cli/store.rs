@@ -2,12 +2,11 @@
 //! configured by `--config` (or `--dev`) uses — list what is stored with its hashes, re-check
 //! every hash, remove a version, add a data key.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::Config;
 use crate::modstore::{Kind, ModStore, ObjectName};
 use crate::secrets::SecretStore;
 
@@ -49,18 +48,7 @@ pub enum StoreCommand {
 }
 
 async fn open(args: &StoreArgs) -> anyhow::Result<Arc<ModStore>> {
-    let config = if args.dev {
-        let dir = match args.data_dir.clone() {
-            Some(d) => d,
-            None => super::serve::gocred_paths::default_dev_dir()
-                .context("cannot find a data dir: set --data-dir or HOME")?,
-        };
-        Config::dev(&dir, &crate::config::DevIdentity::from_env(), &Default::default())?
-    } else {
-        let path = args.config.clone().expect("clap requires --config or --dev");
-        Config::load(&path, std::env::vars(), &Default::default())?
-    };
-    crate::install_crypto_provider();
+    let config = super::secrets::operator_config(args.config.as_ref(), args.dev, args.data_dir.as_ref())?;
     let secrets = Arc::new(SecretStore::open(&config.secrets).await?);
     Ok(Arc::new(ModStore::open(&config.store, secrets, &config.secrets.prefix).await?))
 }

@@ -23,6 +23,7 @@ mod keyring;
 mod ledger;
 
 use crate::config::{StoreBackend, StoreConfig};
+use crate::modfetch::semver::escape;
 use crate::secrets::SecretStore;
 use bytes::Bytes;
 use crypt::{PART, SEGMENTS_PER_PART, Sealer};
@@ -97,20 +98,6 @@ impl std::fmt::Display for ObjectName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}@{}.{}", self.module, self.version, self.kind.as_str())
     }
-}
-
-/// The GOPROXY protocol's case escaping (`Azure` → `!azure`).
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('!');
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// An object's head: what it is and how it was sealed. Its exact bytes are every segment's

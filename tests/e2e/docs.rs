@@ -324,3 +324,24 @@ fn ssh_tunnel_doc_config_is_valid() {
     );
     assert_eq!(c.server.limits.tunnels_per_principal, 8);
 }
+
+/// docs/module-store.md's `[store]` example is valid as shown and yields what it describes.
+#[test]
+fn module_store_doc_config_is_valid() {
+    let doc = std::fs::read_to_string(repo_root().join("docs/module-store.md")).unwrap();
+    let toml = doc.split("```toml\n").nth(1).and_then(|r| r.split("```").next()).expect("a toml block");
+    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[secrets]\nbackend = \"file\"\nfile = \"s.enc\"\n{toml}");
+    let c = gocred::config::Config::from_toml(&text, None, std::iter::empty(), &Default::default())
+        .unwrap_or_else(|e| panic!("docs/module-store.md's config: {e}"));
+    assert_eq!(c.store.max_size, 10 << 30);
+    assert_eq!(c.store.list_ttl, std::time::Duration::from_secs(60));
+    match &c.store.backend {
+        gocred::config::StoreBackend::S3(s) => {
+            assert_eq!(
+                (s.bucket.as_str(), s.region.as_str(), s.prefix.as_str()),
+                ("gocred-modules", "eu-west-1", "prod")
+            )
+        }
+        other => panic!("expected the S3 backend: {other:?}"),
+    }
+}
