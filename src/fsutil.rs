@@ -1,5 +1,6 @@
 //! Atomic, private file writes: write a 0600 temp file beside the target, fsync, rename.
 //! Readers never observe a half-written file; a crash leaves either the old or the new content.
+//! Also temporary paths removed on drop, and the sweep of stale ones.
 //! Must not: decide what goes in the file.
 
 use std::io::Write;
@@ -67,4 +68,41 @@ mod tests {
         // no temp files left behind
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
+}
+
+/// A file path removed when dropped (also when the request that made it is cancelled).
+#[derive(Debug)]
+pub struct TempPath(PathBuf);
+
+impl TempPath {
+    pub fn new(path: PathBuf) -> TempPath {
+        TempPath(path)
+    }
+}
+
+impl std::ops::Deref for TempPath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Remove the files directly in `dir` not modified for `age` (leftovers of a crash).
+pub fn sweep_older(dir: &Path, age: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let old =
+            e.metadata().ok().filter(|m| m.is_file()).and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        if old.is_some_and(|d| d > age) && std::fs::remove_file(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
 }

@@ -71,7 +71,15 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
             for (h, _) in store.heads().await? {
                 if h.module.starts_with(prefix.as_str()) {
                     let h1 = h.h1.as_deref().unwrap_or("-");
-                    println!("{}@{}\t{}\t{}\t{h1}\t{}", h.module, h.version, h.kind.as_str(), h.size, h.upstream);
+                    println!(
+                        "{}@{}\t{}\t{}\t{h1}\t{}\t{}",
+                        h.module,
+                        h.version,
+                        h.kind.as_str(),
+                        h.size,
+                        h.upstream,
+                        h.key_id
+                    );
                 }
             }
         }

@@ -7,7 +7,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::audit::Event;
 use crate::modfetch::Request;
-use crate::modstore::{Kind, ModStore, Stored};
+use crate::modstore::{Kind, ModStore, ObjectName, Stored};
 use crate::policy::{Action, Resource};
 use crate::proxy::route::{self, Target};
 use crate::service::access::{Caller, authorize};
@@ -84,6 +84,8 @@ pub(super) async fn from_store(
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
     {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        let reason = "not modified (from the module store)".into();
+        state.audit.record(&Event { status: Some(304), decision: "allow", reason, bytes: Some(0), ..ev });
         return Some(resp);
     }
     let mut range = None;
@@ -97,6 +99,8 @@ pub(super) async fn from_store(
                     *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
                     resp.headers_mut()
                         .insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{}", h.size)).ok()?);
+                    let reason = format!("range {r:?} not satisfiable (from the module store)");
+                    state.audit.record(&Event { status: Some(416), decision: "allow", reason, bytes: Some(0), ..ev });
                     return Some(resp);
                 }
             }
@@ -156,17 +160,25 @@ pub(super) fn list_response(state: &AppState, l: Listed, how: Freshness, ev: Eve
     resp
 }
 
+/// Why a fetch did not reach its temporary file.
+enum Saving {
+    Upstream(std::io::Error),
+    /// The broker's own disk: not the upstream's fault, and no reason to fail the download.
+    Local(std::io::Error),
+}
+
 /// Copy a response body to `path` (0600), streamed.
-async fn body_to_file(resp: reqwest::Response, path: &std::path::Path) -> std::io::Result<()> {
+async fn body_to_file(resp: reqwest::Response, path: &std::path::Path) -> Result<(), Saving> {
     use std::os::unix::fs::OpenOptionsExt;
     use tokio::io::AsyncWriteExt;
-    let f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(Saving::Local)?;
     let mut f = tokio::fs::File::from_std(f);
     let mut s = resp.bytes_stream();
     while let Some(chunk) = s.next().await {
-        f.write_all(&chunk.map_err(std::io::Error::other)?).await?;
+        let chunk = chunk.map_err(|e| Saving::Upstream(std::io::Error::other(e)))?;
+        f.write_all(&chunk).await.map_err(Saving::Local)?;
     }
-    f.flush().await
+    f.flush().await.map_err(Saving::Local)
 }
 
 /// `/mod/` for a module-proxy upstream (private or public): the store in front of immutable
@@ -189,48 +201,54 @@ pub(super) async fn goproxy_module(
         {
             return Ok(resp);
         }
-        let resp = p.forward(t.upstream, http::Method::GET, &t.upstream_path, &HeaderMap::new(), None).await?;
-        if resp.status() != reqwest::StatusCode::OK {
-            return Ok(super::proxy::relay(state.clone(), resp, ev));
-        }
-        let tmp = store.temp_path("fetch");
-        let fetched = body_to_file(resp, &tmp).await;
-        let kept = match fetched {
-            Ok(()) => modules::keep(&state, &store, &a, &upstream.name, &t.module, n, &tmp).await,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(ApiError::Proxy(crate::proxy::ProxyError::Body {
-                    upstream: upstream.name.clone(),
-                    source: e,
-                }));
-            }
-        };
-        let out = match kept {
-            Ok(Some(obj)) => from_store(&state, &store, obj, &headers, ev.clone()).await,
-            Ok(None) => None,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.into());
-            }
-        };
-        let out = match out {
-            Some(r) => r,
-            None => {
-                let r = super::proxy::file_response(&tmp, content_type(n.kind)).await?;
-                let bytes = std::fs::metadata(&tmp).map(|m| m.len()).ok();
-                let reason = "from the upstream (not stored)".to_string();
-                state.audit.record(&Event { status: Some(200), decision: "allow", reason, bytes, ..ev });
-                r
-            }
-        };
-        let _ = std::fs::remove_file(&tmp);
-        return Ok(out);
+        return fetch_and_keep(&state, &store, &a, &t, n, &headers, ev).await;
     }
     if matches!(req, Request::List | Request::Latest) {
         return goproxy_list(state, t, req, ev).await;
     }
     let resp = p.forward(t.upstream, http::Method::GET, &t.upstream_path, &headers, None).await?;
     Ok(super::proxy::relay(state.clone(), resp, ev))
+}
+
+/// An immutable answer not (usably) stored: fetched into a temporary file, kept, served from
+/// the store — or from the file when the store fails, or relayed when the broker's own disk
+/// fails. A different answer for a version already served is refused.
+async fn fetch_and_keep(
+    state: &AppState,
+    store: &Arc<ModStore>,
+    a: &Caller,
+    t: &Target,
+    n: &ObjectName,
+    headers: &HeaderMap,
+    ev: Event,
+) -> Result<Response, ApiError> {
+    let p = state.proxy.clone().ok_or(ApiError::NotFound)?;
+    let upstream = p.upstreams()[t.upstream].name.clone();
+    let resp = p.forward(t.upstream, http::Method::GET, &t.upstream_path, &HeaderMap::new(), None).await?;
+    if resp.status() != reqwest::StatusCode::OK {
+        return Ok(super::proxy::relay(state.clone(), resp, ev));
+    }
+    let tmp = store.temp_path("fetch");
+    match body_to_file(resp, &tmp).await {
+        Ok(()) => {}
+        Err(Saving::Upstream(source)) => return Err(crate::proxy::ProxyError::Body { upstream, source }.into()),
+        Err(Saving::Local(e)) => {
+            store.stats.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(object = %n, error = %e, "module store temporary file failed; relaying the upstream");
+            let resp = p.forward(t.upstream, http::Method::GET, &t.upstream_path, headers, None).await?;
+            return Ok(super::proxy::relay(state.clone(), resp, ev));
+        }
+    }
+    if let Some(obj) = modules::keep(state, store, a, &upstream, &t.module, n, &tmp).await?
+        && let Some(r) = from_store(state, store, obj, headers, ev.clone()).await
+    {
+        return Ok(r);
+    }
+    let r = super::proxy::file_response(&tmp, content_type(n.kind)).await?;
+    let bytes = std::fs::metadata(&*tmp).map(|m| m.len()).ok();
+    let reason = "from the upstream (not stored)".to_string();
+    state.audit.record(&Event { status: Some(200), decision: "allow", reason, bytes, ..ev });
+    Ok(r)
 }
 
 /// `@v/list` / `@latest` from a module-proxy upstream through the list cache.

@@ -254,23 +254,32 @@ impl GitBuilt<'_> {
         let tmp = self.store.temp_path("built");
         let file = match answer {
             Answer::File(p) => p.clone(),
-            Answer::Json(s) | Answer::Text(s) => {
-                crate::fsutil::write_private_atomic(&tmp, s.as_bytes()).map_err(crate::modstore::StoreError::Io)?;
-                tmp.clone()
-            }
-            Answer::Bytes(b) => {
-                crate::fsutil::write_private_atomic(&tmp, b).map_err(crate::modstore::StoreError::Io)?;
-                tmp.clone()
-            }
+            Answer::Json(s) | Answer::Text(s) => match crate::fsutil::write_private_atomic(&tmp, s.as_bytes()) {
+                Ok(()) => tmp.to_path_buf(),
+                Err(e) => return Ok(self.local_failed(e)),
+            },
+            Answer::Bytes(b) => match crate::fsutil::write_private_atomic(&tmp, b) {
+                Ok(()) => tmp.to_path_buf(),
+                Err(e) => return Ok(self.local_failed(e)),
+            },
         };
         let kept =
             crate::service::modules::keep(state, self.store, self.caller, self.upstream, self.served, self.name, &file)
                 .await;
-        let _ = std::fs::remove_file(&tmp);
+        drop(tmp);
         match kept? {
             Some(obj) => Ok(super::modules::from_store(state, self.store, obj, headers, ev).await),
             None => Ok(None),
         }
+    }
+}
+
+impl GitBuilt<'_> {
+    /// The store's own disk failed: counted and logged; the answer is served as it is.
+    fn local_failed(&self, e: std::io::Error) -> Option<Response> {
+        self.store.stats.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(object = %self.name, error = %e, "module store temporary file failed; serving without storing");
+        None
     }
 }
 

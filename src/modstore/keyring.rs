@@ -1,7 +1,9 @@
 //! The store's data keys, in the secrets backend at `<prefix>/store-keys`: fields `k1`, `k2`, …
 //! (base64, 32 bytes each) and `current` (the id new objects are sealed under). Every replica
-//! using the backend shares them; the first creates the record (check-and-set). Rotation adds a
-//! key and moves `current`: old objects keep opening under the key id in their head.
+//! using the backend shares them; the first creates the record (check-and-set) — but only for
+//! an empty store: a lost record is an error to restore from backup, never silently replaced.
+//! Rotation adds a key and moves `current`: old objects keep opening under the key id in their
+//! head. An unknown key id re-reads the record at most once per [`REREAD`] per id.
 //!
 //! Must not: log or format a key.
 
@@ -16,10 +18,15 @@ use zeroize::Zeroizing;
 type Key = Arc<Zeroizing<[u8; 32]>>;
 
 pub struct Keyring {
-    secrets: Arc<SecretStore>,
+    pub(super) secrets: Arc<SecretStore>,
     path: String,
     inner: RwLock<(String, BTreeMap<String, Key>)>,
+    /// Unknown ids, with when the record was last re-read for them.
+    pub(super) unknown: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// How often an unknown key id may cause a re-read of the record.
+pub const REREAD: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
@@ -53,17 +60,30 @@ fn fresh_key() -> SecretString {
 }
 
 impl Keyring {
-    /// Read the record, creating it (one key, `k1`) when no replica has yet.
-    pub async fn open(secrets: Arc<SecretStore>, prefix: &str) -> Result<Keyring, StoreError> {
+    /// Read the record; `create`: make it (one key, `k1`) when no replica has yet — only for a
+    /// store that holds no objects.
+    pub async fn open(secrets: Arc<SecretStore>, prefix: &str, create: bool) -> Result<Keyring, StoreError> {
         let path = format!("{prefix}/store-keys");
-        let read = Self::read(&secrets, &path).await?;
-        Ok(Keyring { secrets, path, inner: RwLock::new(read) })
+        let read = Self::read(&secrets, &path, create).await?;
+        Ok(Keyring { secrets, path, inner: RwLock::new(read), unknown: Default::default() })
     }
 
-    async fn read(secrets: &SecretStore, path: &str) -> Result<(String, BTreeMap<String, Key>), StoreError> {
+    async fn read(
+        secrets: &SecretStore,
+        path: &str,
+        create: bool,
+    ) -> Result<(String, BTreeMap<String, Key>), StoreError> {
         for _ in 0..10 {
             if let Some(v) = secrets.get(path).await.map_err(StoreError::ReadKeys)? {
                 return parse(path, &v.data);
+            }
+            if !create {
+                return Err(StoreError::Keys {
+                    path: path.into(),
+                    reason: "the record is missing but the store holds objects sealed under it; restore it \
+                             from a backup of the secrets backend (a new key cannot open them)"
+                        .into(),
+                });
             }
             let mut m = BTreeMap::new();
             m.insert("current".to_string(), SecretString::from("k1"));
@@ -89,10 +109,30 @@ impl Keyring {
         if let Some(k) = self.inner.read().expect("keyring poisoned").1.get(id) {
             return Ok(k.clone());
         }
-        let fresh = Self::read(&self.secrets, &self.path).await?;
+        let no_key = || StoreError::Keys { path: self.path.clone(), reason: format!("no key {id}") };
+        {
+            let mut u = self.unknown.lock().expect("keyring poisoned");
+            if u.get(id).is_some_and(|at| at.elapsed() < REREAD) {
+                return Err(no_key());
+            }
+            if u.len() > 1000 {
+                u.clear();
+            }
+            u.insert(id.to_string(), std::time::Instant::now());
+        }
+        let fresh = Self::read(&self.secrets, &self.path, false).await?;
         let mut g = self.inner.write().expect("keyring poisoned");
         *g = fresh;
-        g.1.get(id).cloned().ok_or_else(|| StoreError::Keys { path: self.path.clone(), reason: format!("no key {id}") })
+        g.1.get(id).cloned().ok_or_else(no_key)
+    }
+
+    /// Re-read the record; the new current id when it changed.
+    pub async fn refresh(&self) -> Result<Option<String>, StoreError> {
+        let fresh = Self::read(&self.secrets, &self.path, false).await?;
+        let mut g = self.inner.write().expect("keyring poisoned");
+        let changed = (g.0 != fresh.0).then(|| fresh.0.clone());
+        *g = fresh;
+        Ok(changed)
     }
 
     /// Add a key and make it current; returns its id. Objects sealed before keep their key.

@@ -237,9 +237,19 @@ impl ModStore {
     /// Open the configured backend and the keys (`<prefix>/store-keys` in the secrets backend).
     pub async fn open(cfg: &StoreConfig, secrets: Arc<SecretStore>, prefix: &str) -> Result<ModStore, StoreError> {
         let (os, root, describe) = open_backend(cfg, &secrets).await?;
-        let keys = Keyring::open(secrets, prefix).await?;
+        let empty = {
+            let root_v1 = OPath::from_iter(root.iter().map(String::as_str).chain(["v1"]));
+            let mut list = os.list(Some(&root_v1));
+            match list.next().await {
+                None => true,
+                Some(Ok(_)) => false,
+                Some(Err(source)) => return Err(StoreError::Backend { op: "list", source }),
+            }
+        };
+        let keys = Keyring::open(secrets, prefix, empty).await?;
         let tmp = cfg.dir.join("tmp");
         crate::fsutil::ensure_private_dir(&cfg.dir).and_then(|_| crate::fsutil::ensure_private_dir(&tmp))?;
+        crate::fsutil::sweep_older(&tmp, std::time::Duration::from_secs(3600));
         let store = ModStore {
             os,
             root,
@@ -277,21 +287,58 @@ impl ModStore {
         OPath::from_iter(self.root.iter().map(String::as_str).chain(parts.iter().copied()))
     }
 
-    fn head_path(&self, n: &ObjectName) -> OPath {
+    /// The unencoded segments of `n`'s head below the root.
+    fn segments(n: &ObjectName) -> Vec<String> {
         let mut segs: Vec<String> = vec!["v1".into()];
         segs.extend(escape(&n.module).split('/').map(String::from));
         segs.push("@v".into());
         segs.push(format!("{}.{}", escape(&n.version), n.kind.as_str()));
+        segs
+    }
+
+    fn head_path(&self, n: &ObjectName) -> OPath {
+        self.path(&Self::segments(n).iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// The directory of every write's parts for `n`: `….<kind>.parts`.
+    fn all_parts_dir(&self, n: &ObjectName) -> OPath {
+        let mut segs = Self::segments(n);
+        if let Some(last) = segs.last_mut() {
+            last.push_str(".parts");
+        }
         self.path(&segs.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
-    fn part_path(&self, head: &OPath, object: &str, n: u64) -> OPath {
-        let mut segs: Vec<String> = head.parts().map(|p| p.as_ref().to_string()).collect();
-        let last = segs.pop().unwrap_or_default();
-        segs.push(format!("{last}.parts"));
-        segs.push(object.to_string());
-        segs.push(n.to_string());
-        OPath::from_iter(segs.iter().map(String::as_str))
+    /// The directory of one write's parts: `….<kind>.parts/<object>`.
+    fn parts_dir(&self, n: &ObjectName, object: &str) -> OPath {
+        self.all_parts_dir(n).join(object)
+    }
+
+    fn part_path(&self, n: &ObjectName, object: &str, part: u64) -> OPath {
+        self.parts_dir(n, object).join(part.to_string())
+    }
+
+    /// Read a whole backend object of at most `cap` bytes (a planted huge object is refused,
+    /// never buffered).
+    async fn get_capped(&self, path: &OPath, cap: u64) -> Result<Bytes, object_store::Error> {
+        self.timed(async {
+            let r = self.os.get(path).await?;
+            if r.meta.size > cap {
+                return Err(too_big(path, r.meta.size));
+            }
+            let size = r.meta.size as usize;
+            let mut s = r.into_stream();
+            let mut out = bytes::BytesMut::with_capacity(size);
+            while let Some(chunk) = s.next().await {
+                let chunk = chunk?;
+                if (out.len() + chunk.len()) as u64 > cap {
+                    return Err(too_big(path, (out.len() + chunk.len()) as u64));
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(out.freeze())
+        })
+        .await
     }
 
     async fn timed<T>(&self, f: impl std::future::Future<Output = T>) -> T {
@@ -305,7 +352,7 @@ impl ModStore {
     /// The stored object named `n`, its head checked; `None` when it is not stored.
     pub async fn get(&self, n: &ObjectName) -> Result<Option<Stored>, StoreError> {
         let path = self.head_path(n);
-        let raw = match self.timed(async { self.os.get(&path).await?.bytes().await }).await {
+        let raw = match self.get_capped(&path, HEAD_CAP).await {
             Ok(b) => b,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(source) => return Err(StoreError::Backend { op: "read", source }),
@@ -382,35 +429,29 @@ impl ModStore {
         self.stats.integrity_failures.fetch_add(1, Ordering::Relaxed);
         let name = obj.head.name();
         tracing::warn!(object = %name, %reason, "stored object failed its integrity check; quarantined");
-        self.quarantine(&name, Some(&obj.head.object)).await;
+        self.quarantine(&name).await;
         StoreError::Integrity { name: name.to_string(), reason }
     }
 
-    /// Move an object's head (and its parts) under `quarantine/`, so it is fetched again.
-    pub async fn quarantine(&self, n: &ObjectName, object: Option<&str>) {
+    /// Move an object's head and every part written for its name under `quarantine/`, so it
+    /// is fetched again.
+    pub async fn quarantine(&self, n: &ObjectName) {
         let head = self.head_path(n);
         let stamp = format!("{}-{}", crate::unix_now(), hexrand::<4>());
         let to = |p: &OPath| {
-            let rel: Vec<String> = p.parts().skip(self.root.len()).map(|s| s.as_ref().to_string()).collect();
-            self.path(
-                &std::iter::once("quarantine")
-                    .chain([stamp.as_str()])
-                    .chain(rel.iter().map(String::as_str))
-                    .collect::<Vec<_>>(),
+            let root = self.root.iter().map(|r| object_store::path::PathPart::from(r.as_str()));
+            OPath::from_iter(
+                root.chain(["quarantine", stamp.as_str()].map(object_store::path::PathPart::from))
+                    .chain(p.parts().skip(self.root.len())),
             )
         };
         if let Err(e) = self.os.rename(&head, &to(&head)).await {
             tracing::warn!(object = %n, error = %e, "cannot quarantine the head; deleting it");
             let _ = self.os.delete(&head).await;
         }
-        if let Some(obj) = object {
-            let prefix = self.part_path(&head, obj, 0);
-            let dir: OPath =
-                OPath::from_iter(prefix.parts().take(prefix.parts().count() - 1).map(|p| p.as_ref().to_string()));
-            let mut list = self.os.list(Some(&dir));
-            while let Some(Ok(m)) = list.next().await {
-                let _ = self.os.rename(&m.location, &to(&m.location)).await;
-            }
+        let mut list = self.os.list(Some(&self.all_parts_dir(n)));
+        while let Some(Ok(m)) = list.next().await {
+            let _ = self.os.rename(&m.location, &to(&m.location)).await;
         }
     }
 }
@@ -449,9 +490,8 @@ impl ReadState {
     async fn part(&mut self) -> Result<Bytes, StoreError> {
         let n = self.next;
         self.next += 1;
-        let head = self.store.head_path(&self.obj.head.name());
-        let path = self.store.part_path(&head, &self.obj.head.object, n);
-        let sealed = match self.store.timed(async { self.store.os.get(&path).await?.bytes().await }).await {
+        let path = self.store.part_path(&self.obj.head.name(), &self.obj.head.object, n);
+        let sealed = match self.store.get_capped(&path, PART_CAP).await {
             Ok(b) => b,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(StoreError::Integrity { name: String::new(), reason: format!("part {n} is missing") });
@@ -474,6 +514,11 @@ impl ReadState {
                 if got != self.obj.head.sha256 {
                     return Err(StoreError::Integrity { name: String::new(), reason: "sha256 mismatch".into() });
                 }
+                // A replica that never ingested this object pins it on its first verified read.
+                let key = self.store.head_path(&self.obj.head.name()).to_string();
+                if self.store.ledger.recorded(&key).is_none() {
+                    let _ = self.store.ledger.record(&key, &got);
+                }
             }
         }
         let from = self.start.saturating_sub(part_start) as usize;
@@ -485,25 +530,31 @@ impl ReadState {
 
 impl ModStore {
     /// Store the artifact in file `src` under `n`, write-once. `served_as`: the module path as
-    /// authorized; `upstream`: where it came from.
+    /// authorized; `upstream`: where it came from. Runs to its end even when the caller goes
+    /// away (a cancelled write would leave parts without a head); parts of a write that fails
+    /// are deleted.
     pub async fn ingest(
-        &self,
+        self: &Arc<Self>,
         n: &ObjectName,
         served_as: &str,
         upstream: &str,
         src: &Path,
     ) -> Result<Ingested, StoreError> {
-        let head_path = self.head_path(n);
-        let key_name = head_path.to_string();
-        let lock = self.inflight.lock().expect("inflight poisoned").entry(key_name.clone()).or_default().clone();
-        let one = lock.lock().await;
-        let out = self.ingest_one(n, served_as, upstream, src, head_path).await;
-        drop(one);
-        let mut g = self.inflight.lock().expect("inflight poisoned");
-        if Arc::strong_count(&lock) <= 2 {
-            g.remove(&key_name);
-        }
-        out
+        let (me, n2, served, up, file) =
+            (self.clone(), n.clone(), served_as.to_string(), upstream.to_string(), src.to_path_buf());
+        let job = tokio::spawn(async move {
+            let key_name = me.head_path(&n2).to_string();
+            let lock = me.inflight.lock().expect("inflight poisoned").entry(key_name.clone()).or_default().clone();
+            let one = lock.lock().await;
+            let out = me.ingest_one(&n2, &served, &up, &file).await;
+            drop(one);
+            let mut g = me.inflight.lock().expect("inflight poisoned");
+            if Arc::strong_count(&lock) <= 2 {
+                g.remove(&key_name);
+            }
+            out
+        });
+        job.await.map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
     /// The digest of `src`, from the cache when this very file was hashed already.
@@ -528,9 +579,9 @@ impl ModStore {
         served_as: &str,
         upstream: &str,
         src: &Path,
-        head_path: OPath,
     ) -> Result<Ingested, StoreError> {
         let (size, sha, h1) = self.digest_cached(n.kind, src).await?;
+        let head_path = self.head_path(n);
         let key_name = head_path.to_string();
         // Stored meanwhile (by the ingest this one waited for, or another replica).
         if let Ok(Some(stored)) = self.get(n).await {
@@ -566,12 +617,18 @@ impl ModStore {
         };
         let raw = Bytes::from(serde_json::to_vec(&head).expect("head serializes"));
         let sealer = Sealer::new(&key, nonce, &raw, size);
-        self.put_parts(&head_path, &head, &sealer, src).await?;
+        if let Err(e) = self.put_parts(&head, &sealer, src).await {
+            self.delete_parts(n, &head.object).await;
+            return Err(e);
+        }
         let create = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.timed(self.os.put_opts(&head_path, PutPayload::from(raw.clone()), create)).await {
             Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => return self.lost_race(n, &head_path, &head, sha).await,
-            Err(source) => return Err(StoreError::Backend { op: "write", source }),
+            Err(object_store::Error::AlreadyExists { .. }) => return self.lost_race(n, &head, sha).await,
+            Err(source) => {
+                self.delete_parts(n, &head.object).await;
+                return Err(StoreError::Backend { op: "write", source });
+            }
         }
         let _ = self.ledger.record(&key_name, &sha);
         self.stats.bytes_stored.fetch_add(size, Ordering::Relaxed);
@@ -585,14 +642,8 @@ impl ModStore {
 
     /// Another writer committed `n` first: drop these parts, keep (and serve) theirs, and say
     /// whether the bytes differ.
-    async fn lost_race(
-        &self,
-        n: &ObjectName,
-        head_path: &OPath,
-        ours: &Head,
-        sha: String,
-    ) -> Result<Ingested, StoreError> {
-        self.delete_parts(head_path, &ours.object).await;
+    async fn lost_race(&self, n: &ObjectName, ours: &Head, sha: String) -> Result<Ingested, StoreError> {
+        self.delete_parts(n, &ours.object).await;
         let stored = self.get(n).await?.ok_or_else(|| StoreError::Integrity {
             name: n.to_string(),
             reason: "head vanished after a conflict".into(),
@@ -601,14 +652,20 @@ impl ModStore {
             self.stats.upstream_changed.fetch_add(1, Ordering::Relaxed);
             return Ok(Ingested::Kept { stored, fetched_sha256: sha });
         }
-        let _ = self.ledger.record(head_path.as_ref(), &sha);
+        let _ = self.ledger.record(self.head_path(n).as_ref(), &sha);
         Ok(Ingested::Stored(stored))
     }
 
-    async fn put_parts(&self, head_path: &OPath, head: &Head, sealer: &Sealer, src: &Path) -> Result<(), StoreError> {
+    /// Seal `src` into parts, hashing what is sealed: bytes that differ from the digest taken
+    /// before (the file changed underneath) are refused before any head names them.
+    async fn put_parts(&self, head: &Head, sealer: &Sealer, src: &Path) -> Result<(), StoreError> {
         use tokio::io::AsyncReadExt;
+        let name = head.name();
+        let bad = |reason: String| StoreError::Integrity { name: name.to_string(), reason };
         let mut f = tokio::fs::File::open(src).await?;
         let mut buf = vec![0u8; PART];
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
         for part in 0..head.parts() {
             let mut filled = 0;
             while filled < PART {
@@ -618,30 +675,30 @@ impl ModStore {
                 }
                 filled += k;
             }
+            hasher.update(&buf[..filled]);
+            total += filled as u64;
             let mut sealed = Vec::with_capacity(filled + SEGMENTS_PER_PART * crypt::TAG);
             let chunks: Vec<&[u8]> =
                 if filled == 0 { vec![&[][..]] } else { buf[..filled].chunks(crypt::SEGMENT).collect() };
             for (i, seg) in chunks.into_iter().enumerate() {
                 let index = part * SEGMENTS_PER_PART as u64 + i as u64;
-                sealed.extend(
-                    sealer
-                        .seal(index, seg)
-                        .map_err(|e| StoreError::Integrity { name: head.name().to_string(), reason: e.to_string() })?,
-                );
+                sealed.extend(sealer.seal(index, seg).map_err(|e| bad(e.to_string()))?);
             }
-            let path = self.part_path(head_path, &head.object, part);
+            let path = self.part_path(&name, &head.object, part);
             let create = PutOptions { mode: PutMode::Create, ..Default::default() };
             self.timed(self.os.put_opts(&path, PutPayload::from(sealed), create))
                 .await
                 .map_err(|source| StoreError::Backend { op: "write", source })?;
         }
+        let more = f.read(&mut buf[..1]).await?;
+        if total != head.size || more != 0 || crate::fsutil::hex(&hasher.finalize()) != head.sha256 {
+            return Err(bad("the file changed while it was stored".into()));
+        }
         Ok(())
     }
 
-    async fn delete_parts(&self, head_path: &OPath, object: &str) {
-        let p = self.part_path(head_path, object, 0);
-        let dir = OPath::from_iter(p.parts().take(p.parts().count() - 1).map(|s| s.as_ref().to_string()));
-        let mut list = self.os.list(Some(&dir));
+    async fn delete_parts(&self, n: &ObjectName, object: &str) {
+        let mut list = self.os.list(Some(&self.parts_dir(n, object)));
         while let Some(Ok(m)) = list.next().await {
             let _ = self.os.delete(&m.location).await;
         }
@@ -658,7 +715,7 @@ impl ModStore {
             if loc.contains(".parts/") || !(loc.ends_with(".zip") || loc.ends_with(".mod") || loc.ends_with(".info")) {
                 continue;
             }
-            if let Ok(b) = async { self.os.get(&m.location).await?.bytes().await }.await
+            if let Ok(b) = self.get_capped(&m.location, HEAD_CAP).await
                 && let Ok(h) = serde_json::from_slice::<Head>(&b)
             {
                 out.push((h, m.last_modified.timestamp().max(0) as u64));
@@ -685,11 +742,17 @@ impl ModStore {
         let head_path = self.head_path(n);
         let found = match self.get(n).await {
             Ok(Some(s)) => {
-                self.delete_parts(&head_path, &s.head.object).await;
+                self.delete_parts(n, &s.head.object).await;
                 true
             }
             Ok(None) => false,
-            Err(StoreError::Integrity { .. }) => true,
+            Err(StoreError::Integrity { .. }) => {
+                let mut list = self.os.list(Some(&self.all_parts_dir(n)));
+                while let Some(Ok(m)) = list.next().await {
+                    let _ = self.os.delete(&m.location).await;
+                }
+                true
+            }
             Err(e) => return Err(e),
         };
         if found {
@@ -758,9 +821,9 @@ impl ModStore {
         self.approx_bytes.store(total, Ordering::Relaxed);
     }
 
-    /// A private temporary file path for a fetch on its way in.
-    pub fn temp_path(&self, what: &str) -> PathBuf {
-        self.tmp.join(format!("{what}-{}", hexrand::<8>()))
+    /// A private temporary file path for a fetch on its way in, removed when dropped.
+    pub fn temp_path(&self, what: &str) -> crate::fsutil::TempPath {
+        crate::fsutil::TempPath::new(self.tmp.join(format!("{what}-{}", hexrand::<8>())))
     }
 
     /// Prometheus lines for the store's counters.
@@ -800,6 +863,18 @@ impl ModStore {
             if self.cfg.backend == StoreBackend::Dir { "dir" } else { "s3" }
         ));
         out
+    }
+}
+
+/// Heads are small JSON; anything bigger was not written by a broker.
+const HEAD_CAP: u64 = 16 * 1024;
+/// A sealed part: its plaintext and one tag per segment.
+const PART_CAP: u64 = (PART + SEGMENTS_PER_PART * crypt::TAG) as u64;
+
+fn too_big(path: &OPath, size: u64) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "gocred module store",
+        source: format!("{path} is {size} bytes, more than a broker writes there").into(),
     }
 }
 
@@ -843,9 +918,148 @@ pub fn parse_name(s: &str, kind: Kind) -> Option<ObjectName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{BackendConfig, FileBackendConfig, SecretsConfig};
 
     #[test]
     fn names_escape_like_the_goproxy_protocol() {
         assert_eq!(escape("github.com/Azure/x"), "github.com/!azure/x");
+    }
+
+    async fn open_in(dir: &Path) -> Result<Arc<ModStore>, StoreError> {
+        let secrets = SecretsConfig {
+            backend: BackendConfig::File(FileBackendConfig {
+                path: dir.join("secrets.enc"),
+                key_file: Some(dir.join("file.key")),
+                create_key: true,
+            }),
+            prefix: "gocred".into(),
+            grace: std::time::Duration::from_secs(60),
+            probe_every: std::time::Duration::from_secs(60),
+        };
+        let secrets = Arc::new(SecretStore::open(&secrets).await.expect("secrets"));
+        let cfg = StoreConfig {
+            dir: dir.join("store"),
+            backend: StoreBackend::Dir,
+            max_size: 1 << 30,
+            list_ttl: std::time::Duration::from_secs(60),
+            negative_ttl: std::time::Duration::from_secs(60),
+        };
+        Ok(Arc::new(ModStore::open(&cfg, secrets, "gocred").await?))
+    }
+
+    fn name(module: &str) -> ObjectName {
+        ObjectName { module: module.into(), version: "v1.0.0".into(), kind: Kind::Info }
+    }
+
+    /// Every file under `dir`.
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        out
+    }
+
+    /// Module paths with `~` (escaped by object_store's path rules): stored, read, and removed
+    /// without leaving a part behind; quarantine moves every part too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn odd_module_paths_leave_nothing_behind() {
+        let d = tempfile::tempdir().unwrap();
+        let store = open_in(d.path()).await.unwrap();
+        let src = d.path().join("info");
+        std::fs::write(&src, br#"{"Version":"v1.0.0"}"#).unwrap();
+        for m in ["corp.test/a~b/C", "corp.test/x"] {
+            let n = name(m);
+            let Ingested::Stored(obj) = store.ingest(&n, m, "up", &src).await.unwrap() else { panic!("kept") };
+            assert_eq!(store.read_all(&obj).await.unwrap(), std::fs::read(&src).unwrap());
+        }
+        let objects = d.path().join("store/objects");
+        assert!(store.remove(&name("corp.test/a~b/C"), false).await.unwrap());
+        let left: Vec<_> = files(&objects).into_iter().filter(|p| p.display().to_string().contains("a~b")).collect();
+        let left2: Vec<_> = files(&objects).into_iter().filter(|p| p.display().to_string().contains("a%7Eb")).collect();
+        assert!(left.is_empty() && left2.is_empty(), "left behind: {left:?} {left2:?}");
+        store.quarantine(&name("corp.test/x")).await;
+        let live: Vec<_> =
+            files(&objects).into_iter().filter(|p| !p.display().to_string().contains("quarantine")).collect();
+        assert!(live.is_empty(), "not quarantined: {live:?}");
+    }
+
+    /// A store that holds objects refuses to open when its keys record is gone (a fresh key
+    /// would silently make every object unreadable); an empty one creates it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_keys_record_is_refused_when_objects_exist() {
+        let d = tempfile::tempdir().unwrap();
+        let store = open_in(d.path()).await.unwrap();
+        let src = d.path().join("info");
+        std::fs::write(&src, b"{}").unwrap();
+        store.ingest(&name("corp.test/m"), "corp.test/m", "up", &src).await.unwrap();
+        drop(store);
+        let s = open_in(d.path()).await.unwrap();
+        assert!(s.keys.secrets.delete("gocred/store-keys").await.unwrap());
+        drop(s);
+        match open_in(d.path()).await {
+            Err(StoreError::Keys { reason, .. }) => assert!(reason.contains("restore"), "{reason}"),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("opened with a fresh key over sealed objects"),
+        }
+        std::fs::remove_dir_all(d.path().join("store/objects")).unwrap();
+        assert!(open_in(d.path()).await.is_ok(), "an empty store makes its keys");
+    }
+
+    /// A planted oversized head or part is refused without being buffered; an unknown key id
+    /// re-reads the record once, not on every request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oversized_objects_and_unknown_keys_are_refused_cheaply() {
+        let d = tempfile::tempdir().unwrap();
+        let store = open_in(d.path()).await.unwrap();
+        let n = name("corp.test/big");
+        let head = d.path().join("store/objects/v1/corp.test/big/@v/v1.0.0.info");
+        std::fs::create_dir_all(head.parent().unwrap()).unwrap();
+        std::fs::write(&head, vec![b' '; HEAD_CAP as usize + 1]).unwrap();
+        match store.get(&n).await {
+            Err(StoreError::Backend { source, .. }) => assert!(source.to_string().contains("more than"), "{source}"),
+            other => panic!("an oversized head was read: {other:?}"),
+        }
+        assert!(store.keys.get("k99").await.is_err());
+        let at = store.keys.unknown.lock().unwrap()["k99"];
+        assert!(store.keys.get("k99").await.is_err());
+        assert_eq!(store.keys.unknown.lock().unwrap()["k99"], at, "re-read the record again within REREAD");
+    }
+
+    /// Bytes that change between the digest and the sealing are never committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_changed_while_stored_is_not_committed() {
+        let d = tempfile::tempdir().unwrap();
+        let store = open_in(d.path()).await.unwrap();
+        let src = d.path().join("zip");
+        std::fs::write(&src, b"first").unwrap();
+        let n = ObjectName { kind: Kind::Mod, ..name("corp.test/c") };
+        let (size, sha, h1) = store.digest_cached(Kind::Mod, &src).await.unwrap();
+        std::fs::write(&src, b"other").unwrap();
+        let (key_id, key) = store.keys.current();
+        let head = Head {
+            format: 1,
+            module: n.module.clone(),
+            version: n.version.clone(),
+            kind: n.kind,
+            key_id,
+            nonce: "00000000000000".into(),
+            object: "ab".into(),
+            size,
+            sha256: sha,
+            h1,
+            served_as: n.module.clone(),
+            upstream: "up".into(),
+            created: 0,
+        };
+        let sealer = Sealer::new(&key, [0; 7], b"head", size);
+        assert!(matches!(store.put_parts(&head, &sealer, &src).await, Err(StoreError::Integrity { .. })));
     }
 }

@@ -1,6 +1,7 @@
 //! The loops that keep a running broker current, each named after what it keeps: the
 //! readiness probe of the secrets backend, signing-key rotation, secrets-backend maintenance
-//! (Vault token renewal), revocation-list sync, and policy reload on SIGHUP. Each logs its own
+//! (Vault token renewal), revocation-list sync, the module store's data keys (a rotation by
+//! `gocred store rotate-key` or another replica), and policy + store-key reload on SIGHUP. Each logs its own
 //! failures (once, here) and keeps the last good state.
 //!
 //! Must not: stop the broker on a failure, or log at WARN for expected states.
@@ -16,6 +17,29 @@ pub fn spawn_all(broker: &Arc<Broker>, tasks: &mut JoinSet<()>) {
     tasks.spawn(secrets_maintenance(broker.clone()));
     tasks.spawn(revocation_sync(broker.clone()));
     tasks.spawn(policy_reload_on_sighup(broker.clone()));
+    tasks.spawn(store_keys_refresh(broker.clone()));
+}
+
+/// How often the module store re-reads its data keys (SIGHUP: at once).
+pub const STORE_KEYS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Pick up a rotated module-store data key.
+pub async fn store_keys_refresh(b: Arc<Broker>) {
+    let Some(store) = b.modstore.clone() else { return };
+    loop {
+        tokio::time::sleep(STORE_KEYS_EVERY).await;
+        refresh_store_keys(&store).await;
+    }
+}
+
+async fn refresh_store_keys(store: &crate::modstore::ModStore) {
+    match store.keyring().refresh().await {
+        Ok(Some(id)) => tracing::info!(key = %id, "module store data key changed; new objects are sealed under it"),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "module store keys refresh failed; keeping the current ones")
+        }
+    }
 }
 
 /// Probe the secrets backend every `secrets.probe_every` (readiness and its grace period).
@@ -64,6 +88,9 @@ pub async fn policy_reload_on_sighup(b: Arc<Broker>) {
                 error = %crate::error_chain(&e),
                 "policy reload failed; keeping the previous policies"
             ),
+        }
+        if let Some(store) = &b.modstore {
+            refresh_store_keys(store).await;
         }
     }
 }

@@ -67,7 +67,7 @@ async fn report(b: &Broker, store: &ModStore, caller: &Caller, upstream: &str, n
         StoreError::Integrity { reason, .. } => {
             store.stats.integrity_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(object = %name, %reason, "stored object failed its integrity check; quarantined, fetching again");
-            store.quarantine(name, None).await;
+            store.quarantine(name).await;
         }
         StoreError::Changed { .. } => tracing::warn!(object = %name, error = %e, "upstream changed a served version"),
         other => {
@@ -90,7 +90,7 @@ async fn report(b: &Broker, store: &ModStore, caller: &Caller, upstream: &str, n
 /// and nothing was stored in its place — never passed on.
 pub async fn keep(
     b: &Broker,
-    store: &ModStore,
+    store: &Arc<ModStore>,
     caller: &Caller,
     upstream: &str,
     served_as: &str,
@@ -114,7 +114,7 @@ pub async fn keep(
 
 async fn keep_one(
     b: &Broker,
-    store: &ModStore,
+    store: &Arc<ModStore>,
     caller: &Caller,
     upstream: &str,
     served_as: &str,
@@ -157,10 +157,17 @@ pub enum Listed {
 /// (upstream name, module, `@latest`?) → a list answer.
 pub type ListKey = (String, String, bool);
 
-/// Lists by [`ListKey`], with when they were fetched.
+/// Lists by [`ListKey`]: the latest answer with when it was fetched, and the last found one
+/// (what is served stale when the upstream fails, even after a "does not exist").
 #[derive(Default)]
 pub struct ListCache {
-    map: Mutex<HashMap<ListKey, (Instant, Listed)>>,
+    map: Mutex<HashMap<ListKey, ListEntry>>,
+}
+
+struct ListEntry {
+    at: Instant,
+    latest: Listed,
+    found: Option<Listed>,
 }
 
 /// How a list answer was obtained (for the audit line).
@@ -176,28 +183,45 @@ impl ListCache {
     /// A fresh answer (found within `ttl`, missing within `negative`).
     pub fn fresh(&self, key: &ListKey, ttl: Duration, negative: Duration) -> Option<Listed> {
         let g = self.map.lock().expect("list cache poisoned");
-        let (at, l) = g.get(key)?;
-        let limit = if matches!(l, Listed::Found { .. }) { ttl } else { negative };
-        (at.elapsed() < limit).then(|| l.clone())
+        let e = g.get(key)?;
+        let limit = if matches!(e.latest, Listed::Found { .. }) { ttl } else { negative };
+        (e.at.elapsed() < limit).then(|| e.latest.clone())
     }
 
-    /// Any found answer, however old: what the broker serves when the upstream fails.
+    /// The last found answer, however old: what the broker serves when the upstream fails.
     pub fn stale(&self, key: &ListKey) -> Option<Listed> {
-        let g = self.map.lock().expect("list cache poisoned");
-        g.get(key).map(|(_, l)| l.clone()).filter(|l| matches!(l, Listed::Found { .. }))
+        self.map.lock().expect("list cache poisoned").get(key).and_then(|e| e.found.clone())
     }
 
     pub fn put(&self, key: ListKey, l: Listed) {
         let mut g = self.map.lock().expect("list cache poisoned");
         if g.len() > 20_000 {
-            g.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(3600));
+            g.retain(|_, e| e.at.elapsed() < Duration::from_secs(3600));
         }
-        // A "missing" never replaces a found answer still usable as stale.
-        if matches!(l, Listed::Missing(_))
-            && let Some((_, Listed::Found { .. })) = g.get(&key)
-        {
-            g.remove(&key);
-        }
-        g.insert(key, (Instant::now(), l));
+        // A "missing" keeps the last found answer as the stale fallback.
+        let found = match &l {
+            Listed::Found { .. } => Some(l.clone()),
+            Listed::Missing(_) => g.get(&key).and_then(|e| e.found.clone()),
+        };
+        g.insert(key, ListEntry { at: Instant::now(), latest: l, found });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_answer_keeps_the_last_found_list_for_stale_serving() {
+        let c = ListCache::default();
+        let k: ListKey = ("up".into(), "corp.test/m".into(), false);
+        let (ttl, neg) = (Duration::from_secs(60), Duration::from_secs(10));
+        assert!(c.fresh(&k, ttl, neg).is_none() && c.stale(&k).is_none());
+        c.put(k.clone(), Listed::Found { body: "v1.0.0\n".into(), json: false });
+        assert!(matches!(c.fresh(&k, ttl, neg), Some(Listed::Found { .. })));
+        c.put(k.clone(), Listed::Missing("not found".into()));
+        assert!(matches!(c.fresh(&k, ttl, neg), Some(Listed::Missing(_))), "the latest answer is the 404");
+        assert!(matches!(c.stale(&k), Some(Listed::Found { body, .. }) if body == "v1.0.0\n"));
+        assert!(c.fresh(&k, ttl, Duration::ZERO).is_none(), "a negative answer expires on its own TTL");
     }
 }
