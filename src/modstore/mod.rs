@@ -176,7 +176,7 @@ pub struct ModStore {
     ledger: ledger::Ledger,
     tmp: PathBuf,
     cfg: StoreConfig,
-    /// Head path → last read (Unix seconds), for least-recently-used eviction.
+    /// Head path → last read (Unix milliseconds), for least-recently-used eviction.
     used: Mutex<HashMap<String, u64>>,
     approx_bytes: AtomicU64,
     /// One ingest per object at a time: the others wait and find it stored.
@@ -189,6 +189,17 @@ pub struct ModStore {
 
 /// Size, SHA-256 and `h1:` of an artifact.
 type Digested = (u64, String, Option<String>);
+
+/// What an object of `size` plaintext bytes takes in the backend: the sealed bytes (a tag per
+/// segment) and its head.
+fn on_disk(size: u64, head_len: usize) -> u64 {
+    size + (size / crypt::SEGMENT as u64 + 1) * crypt::TAG as u64 + head_len as u64
+}
+
+/// Now, in Unix milliseconds (least-recently-used order needs more than seconds).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
 
 fn hexrand<const N: usize>() -> String {
     crate::fsutil::hex(&crate::random_bytes::<N>())
@@ -372,7 +383,7 @@ impl ModStore {
                 head.sha256
             )));
         }
-        self.used.lock().expect("store lru poisoned").insert(key, crate::unix_now());
+        self.used.lock().expect("store lru poisoned").insert(key, now_ms());
         Ok(Some(Stored { head, raw }))
     }
 
@@ -632,10 +643,11 @@ impl ModStore {
         }
         let _ = self.ledger.record(&key_name, &sha);
         self.stats.bytes_stored.fetch_add(size, Ordering::Relaxed);
+        let on_disk = on_disk(size, raw.len());
         if self.cfg.backend == StoreBackend::Dir
-            && self.approx_bytes.fetch_add(size, Ordering::Relaxed) + size > self.cfg.max_size
+            && self.approx_bytes.fetch_add(on_disk, Ordering::Relaxed) + on_disk > self.cfg.max_size
         {
-            self.evict().await;
+            self.evict(n).await;
         }
         Ok(Ingested::Stored(Stored { head, raw }))
     }
@@ -704,7 +716,7 @@ impl ModStore {
         }
     }
 
-    /// Every stored head (for `gocred store ls` and eviction), with its last modification.
+    /// Every stored head (for `gocred store ls` and eviction), with its last modification (Unix ms).
     pub async fn heads(&self) -> Result<Vec<(Head, u64)>, StoreError> {
         let root = self.path(&["v1"]);
         let mut out = Vec::new();
@@ -718,7 +730,7 @@ impl ModStore {
             if let Ok(b) = self.get_capped(&m.location, HEAD_CAP).await
                 && let Ok(h) = serde_json::from_slice::<Head>(&b)
             {
-                out.push((h, m.last_modified.timestamp().max(0) as u64));
+                out.push((h, m.last_modified.timestamp_millis().max(0) as u64));
             }
         }
         out.sort_by(|a, b| {
@@ -798,8 +810,9 @@ impl ModStore {
         Ok(obj.head)
     }
 
-    /// Drop least-recently-used versions until the local store is under 90% of its cap.
-    async fn evict(&self) {
+    /// Drop least-recently-used objects until the local store is under 90% of its cap; never
+    /// `keep`, the object just stored (its request is about to read it).
+    async fn evict(&self, keep: &ObjectName) {
         let Ok(heads) = self.heads().await else { return };
         let used = self.used.lock().expect("store lru poisoned").clone();
         let mut by_use: Vec<(u64, Head)> = heads
@@ -813,8 +826,11 @@ impl ModStore {
             if total <= target {
                 break;
             }
+            if h.name() == *keep {
+                continue;
+            }
             if self.remove(&h.name(), false).await.is_ok() {
-                total = total.saturating_sub(h.size);
+                total = total.saturating_sub(on_disk(h.size, serde_json::to_vec(&h).map_or(0, |v| v.len())));
                 self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }

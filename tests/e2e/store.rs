@@ -322,3 +322,159 @@ async fn two_replicas_share_an_s3_store_and_a_warm_store_still_needs_policy_and_
     assert_eq!(status, 401, "a revoked token was served from the store: {body}");
     assert!(!body.contains("PK"), "{body}");
 }
+
+/// `gocred store ls` lines for `module@version`, as (kind, key id).
+fn ls_keys(b: &Path, mv: &str) -> Vec<(String, String)> {
+    let (code, out, err) = gocred_store(b, &["ls"]);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .filter(|l| l.starts_with(&format!("{mv}\t")))
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[1].to_string(), f.last().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// A data key rotated with the CLI while the broker runs (SIGHUP picks it up): new objects are
+/// sealed under it, old ones still open under theirs and verify; lists answered once are served
+/// stale with the upstream stopped; `If-None-Match` with the strong ETag answers 304 after the
+/// same token + proof.
+#[tokio::test(flavor = "multi_thread")]
+async fn store_keys_rotate_without_resealing_and_lists_go_stale_not_dark() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let srv = d.join("srv");
+    lib_repo(&srv, "first").publish(&srv, "lib");
+    let port = free_port();
+    let upstream = git_server(&srv, port, &["--anonymous"]);
+    let bdir = tempfile::tempdir().unwrap();
+    let b = bdir.path().to_path_buf();
+    let store = "[store]\ndir = \"store\"\nlist_ttl = \"1s\"\n";
+    let (mut broker, env) = crate::gitmod::corpus_broker_store(bdir, d, port, "", &[], store);
+    let ca = b.join("tls/ca.pem");
+    let q = |v: &str| format!("{M}/lib.git@{v}");
+    let (a1, t) = fresh(&env, d, &q("v1.0.0"));
+    assert!(!a1.failed, "{t}");
+    let old = ls_keys(&b, &q("v1.0.0"));
+    assert_eq!(old.len(), 3, "{old:?}");
+    let k1 = old[0].1.clone();
+    let (code, out, err) = gocred_store(&b, &["rotate-key"]);
+    assert_eq!(code, 0, "{err}");
+    let k2 = out.trim().rsplit(' ').next().unwrap().to_string();
+    assert_ne!(k1, k2, "{out}");
+    broker.g.proc.signal("HUP");
+    broker.g.proc.wait_stderr("module store data key changed", std::time::Duration::from_secs(10));
+    let (a2, t) = fresh(&env, d, &q("v1.1.0"));
+    assert!(!a2.failed, "{t}");
+    let new = ls_keys(&b, &q("v1.1.0"));
+    assert!(new.len() == 3 && new.iter().all(|(_, k)| *k == k2), "new objects not under {k2}: {new:?}");
+    assert!(ls_keys(&b, &q("v1.0.0")).iter().all(|(_, k)| *k == k1), "old objects were resealed");
+    let (code, out, _) = gocred_store(&b, &["verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("ok\t")).count(), 6, "{out}");
+
+    // Lists: answered with the upstream up, then stale (not failing) with it stopped.
+    let (l1, t) = fresh(&env, d, &q("latest"));
+    assert!(!l1.failed && l1.version == "v1.1.0", "{t}");
+    drop(upstream);
+    std::thread::sleep(std::time::Duration::from_millis(3000)); // past list_ttl and the refs cache
+    for v in ["v1.0.0", "latest"] {
+        let (o, t) = fresh(&env, d, &q(v));
+        let want = if v == "latest" { &a2 } else { &a1 };
+        assert!(!o.failed && o.sum == want.sum, "{v} with the upstream stopped: {t}");
+    }
+    assert!(metric(&broker.g.url, &ca, "gocred_store_stale_lists_total") >= 1);
+
+    // If-None-Match: 304 after token + proof; without a proof still 401.
+    let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (code, token, err) = Gocred::run(&["token"], &e);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_string();
+    let proof = broker.proof(&token, &b.join("alice"), &format!("{}/", broker.g.url), gocred::unix_now() + 300);
+    let http = client(Some(&ca));
+    let url = format!("{}/mod/{M}/lib.git/@v/v1.0.0.zip", broker.g.url);
+    let r = http.get(&url).bearer_auth(&token).header("Gocred-Proof", &proof).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(etag.starts_with('"'), "not a strong ETag: {etag}");
+    assert!(r.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+    let r = http
+        .get(&url)
+        .bearer_auth(&token)
+        .header("Gocred-Proof", &proof)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = http.get(&url).bearer_auth(&token).header("If-None-Match", &etag).send().await.unwrap();
+    assert_eq!(r.status(), 401, "a conditional request skipped the proof");
+}
+
+/// Incompressible text of about `n` bytes (so a zip's size is predictable).
+fn noise(n: usize, seed: u64) -> String {
+    use base64::Engine;
+    let mut x = seed | 1;
+    let bytes: Vec<u8> = (0..n * 3 / 4)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    b64.as_bytes().chunks(76).map(|c| format!("// {}\n", std::str::from_utf8(c).unwrap())).collect()
+}
+
+/// A local store capped at `max_size` evicts the least-recently-used versions (not the oldest
+/// stored): three versions of ~8 KiB each under a 20 KiB cap keep the two last used; an evicted
+/// version is fetched again with the sum first served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capped_local_store_evicts_the_least_recently_used_and_fetches_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let srv = d.join("srv");
+    let mut r = Repo::new(&srv, "lib");
+    r.write("go.mod", &format!("module {M}/lib.git\n\ngo 1.21\n"));
+    for (i, v) in ["v1.0.0", "v1.1.0", "v1.2.0"].iter().enumerate() {
+        r.write("noise.go", &format!("package lib\n\n{}", noise(8000, i as u64 + 7)));
+        r.commit(v).tag(v);
+    }
+    r.publish(&srv, "lib");
+    let port = free_port();
+    let upstream = git_server(&srv, port, &["--anonymous"]);
+    let bdir = tempfile::tempdir().unwrap();
+    let b = bdir.path().to_path_buf();
+    let store = "[store]\ndir = \"store\"\nmax_size = \"20KiB\"\n";
+    let (broker, env) = crate::gitmod::corpus_broker_store(bdir, d, port, "", &[], store);
+    let ca = b.join("tls/ca.pem");
+    let q = |v: &str| format!("{M}/lib.git@{v}");
+    let (a, t) = fresh(&env, d, &q("v1.0.0"));
+    assert!(!a.failed, "{t}");
+    let (bb, t) = fresh(&env, d, &q("v1.1.0"));
+    assert!(!bb.failed, "{t}");
+    assert_eq!(metric(&broker.g.url, &ca, "gocred_store_evictions_total"), 0, "two versions fit");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let (again, t) = fresh(&env, d, &q("v1.0.0")); // v1.0.0 is now the more recently used
+    assert!(!again.failed && again.sum == a.sum, "{t}");
+    assert!(ls_keys(&b, &q("v1.0.0")).len() == 3, "v1.0.0 not served from the store");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let (c, t) = fresh(&env, d, &q("v1.2.0"));
+    assert!(!c.failed, "{t}");
+    assert!(metric(&broker.g.url, &ca, "gocred_store_evictions_total") >= 1);
+    assert!(
+        !ls_keys(&b, &q("v1.1.0")).iter().any(|(k, _)| k == "zip"),
+        "the least recently used zip (v1.1.0) was kept"
+    );
+    assert!(ls_keys(&b, &q("v1.0.0")).iter().any(|(k, _)| k == "zip"), "a recently used zip was evicted");
+    assert!(ls_keys(&b, &q("v1.2.0")).iter().any(|(k, _)| k == "zip"), "the zip just stored was evicted");
+    let on_disk: u64 = files_with(&b.join("store/objects/v1"), "").iter().map(|p| p.metadata().unwrap().len()).sum();
+    assert!(on_disk <= 20 * 1024, "the store holds {on_disk} bytes, over its 20 KiB cap");
+    // The evicted version comes back from the upstream with the sum first served.
+    let (o, t) = fresh(&env, d, &q("v1.1.0"));
+    assert!(!o.failed && o.sum == bb.sum, "{t}");
+    drop(upstream);
+}
