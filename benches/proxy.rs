@@ -69,6 +69,10 @@ async fn run(n: usize) {
         timeout: Duration::from_secs(30),
         ssh: None,
         public: false,
+        mirrors: vec![],
+        mirror_of: None,
+        retries: 2,
+        deadline: Duration::from_secs(60),
     }];
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());

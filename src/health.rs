@@ -45,6 +45,14 @@ impl Readiness {
         s.failing = Some(reason);
     }
 
+    /// While ready on cached secrets (the backend failing, within the grace): why.
+    pub fn degraded(&self) -> Option<String> {
+        let s = self.state.lock().expect("readiness lock poisoned");
+        s.failing.as_ref().map(|r| {
+            format!("secrets backend {} unreachable for {}s: {r}", self.backend, s.last_ok.elapsed().as_secs())
+        })
+    }
+
     /// `Ok` when ready; otherwise the reason, naming the backend and how long it has failed.
     pub fn check(&self) -> Result<(), String> {
         let s = self.state.lock().expect("readiness lock poisoned");

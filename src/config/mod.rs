@@ -276,6 +276,10 @@ fn dev_public_upstream(flag: Option<&str>) -> Result<Vec<Upstream>, ConfigError>
         timeout: Duration::from_secs(30),
         ssh: None,
         public: true,
+        mirrors: Vec::new(),
+        mirror_of: None,
+        retries: 2,
+        deadline: Duration::from_secs(60),
     }])
 }
 

@@ -157,6 +157,13 @@ pub(super) struct RawUpstream {
     pub(super) ssh_path: Option<String>,
     /// A public module proxy: serves every module no private upstream claims.
     pub(super) public: Option<bool>,
+    /// Names of other upstreams tried in order when this one fails or lacks the module.
+    #[serde(default)]
+    pub(super) mirrors: Vec<String>,
+    /// Retries of an idempotent fetch before its first byte (default 2).
+    pub(super) retries: Option<u32>,
+    /// The whole time a fetch may take before its first byte, retries and mirrors included.
+    pub(super) deadline: Option<String>,
 }
 
 /// `[webhook]`: the Kubernetes mutating admission webhook (`POST /v1/admission`).

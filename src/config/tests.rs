@@ -406,3 +406,44 @@ fn store_section_defaults_and_validation() {
             .contains("AKIA")
     );
 }
+
+#[test]
+fn mirrors_resolve_in_order_are_never_routed_and_bad_ones_are_named() {
+    let git = |name: &str, extra: &str| {
+        format!(
+            "[[upstreams]]\nname = \"{name}\"\nkind = \"git\"\nhosts = [\"corp.test\"]\nurl = \"https://{name}.example\"\n{extra}"
+        )
+    };
+    let athens = "[[upstreams]]\nname = \"athens\"\nkind = \"goproxy\"\nurl = \"https://athens.example\"\n";
+    let text = format!(
+        "{MIN}{}{}{athens}",
+        git("primary", "mirrors = [\"replica\", \"athens\"]\nretries = 3\ndeadline = \"20s\"\n"),
+        git("replica", "")
+    );
+    let c = parse(&text, &[]).unwrap();
+    assert_eq!(c.upstreams[0].mirrors, [1, 2]);
+    assert_eq!((c.upstreams[0].retries, c.upstreams[0].deadline), (3, std::time::Duration::from_secs(20)));
+    assert_eq!(c.upstreams[1].mirror_of.as_deref(), Some("primary"));
+    assert_eq!(c.upstreams[2].modules, ["corp.test"], "a mirror without modules serves its primary's");
+    assert!(!c.upstreams[2].routable() && c.upstreams[0].routable());
+    assert_eq!(crate::proxy::route::git_upstream(&c.upstreams, "corp.test"), Some(0));
+    let t = crate::proxy::route::resolve_mod(&c.upstreams, "corp.test/a/b/@v/list", None).unwrap();
+    assert_eq!(t.upstream, 0, "the goproxy mirror claims the path but is never routed to");
+    for (bad, want) in [
+        (git("p", "mirrors = [\"nope\"]\n"), "not the name of an upstream"),
+        (git("p", "mirrors = [\"p\"]\n"), "its own mirror"),
+        (format!("{}{}{}", git("p", "mirrors = [\"q\"]\n"), git("q", "mirrors = [\"r\"]\n"), git("r", "")), "chained"),
+        (
+            format!(
+                "{}{}",
+                athens.replace("athens.example\"\n", "athens.example\"\nmodules = [\"x.test\"]\nmirrors = [\"g\"]\n"),
+                git("g", "")
+            ),
+            "must be module proxies",
+        ),
+        (git("p", "retries = 11\n"), "more than 10"),
+    ] {
+        let e = parse(&format!("{MIN}{bad}"), &[]).unwrap_err().to_string();
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}

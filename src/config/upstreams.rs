@@ -52,6 +52,15 @@ pub struct Upstream {
     /// that no private upstream's `modules` claim (compared case-insensitively), never one that
     /// one does.
     pub public: bool,
+    /// Upstreams (indices into the config's list) tried in order after this one fails or does
+    /// not have the module.
+    pub mirrors: Vec<usize>,
+    /// The primary whose mirror this is: never chosen by routing itself.
+    pub mirror_of: Option<String>,
+    /// Retries of an idempotent fetch before its first byte reaches the caller.
+    pub retries: u32,
+    /// How long a fetch may take before its first byte, retries (and mirrors) included.
+    pub deadline: Duration,
 }
 
 /// Where tunnels to an SSH-served upstream go, and how clients name repositories there.
@@ -112,6 +121,11 @@ fn validate_ssh(cx: &Ctx, key: &dyn Fn(&str) -> String, u: &RawUpstream) -> Resu
 }
 
 impl Upstream {
+    /// Chosen by routing for the private modules it serves: not public, not someone's mirror.
+    pub fn routable(&self) -> bool {
+        !self.public && self.mirror_of.is_none()
+    }
+
     /// Does this upstream serve `module` (a path prefix match on element boundaries)?
     pub fn serves(&self, module: &str) -> bool {
         self.modules.iter().any(|p| module == p || module.starts_with(&format!("{p}/")))
@@ -128,14 +142,55 @@ impl Upstream {
     }
 }
 
-/// `[[upstreams]]` → the upstreams (names unique).
+/// `[[upstreams]]` → the upstreams (names unique, mirrors resolved).
 pub(super) fn validate_upstreams(cx: &Ctx, raw: Vec<RawUpstream>) -> Result<Vec<Upstream>, ConfigError> {
+    let mirror_names: Vec<Vec<String>> = raw.iter().map(|u| u.mirrors.clone()).collect();
+    let is_mirror: Vec<bool> = raw.iter().map(|u| mirror_names.iter().flatten().any(|m| *m == u.name)).collect();
     let mut upstreams: Vec<Upstream> = Vec::new();
     for (i, u) in raw.into_iter().enumerate() {
-        let upstream = validate_upstream(cx, &|k| format!("upstreams[{i}].{k}"), u, &upstreams)?;
+        let upstream = validate_upstream(cx, &|k| format!("upstreams[{i}].{k}"), u, &upstreams, is_mirror[i])?;
         upstreams.push(upstream);
     }
+    for (i, names) in mirror_names.iter().enumerate() {
+        let key = format!("upstreams[{i}].mirrors");
+        for name in names {
+            let j = check_mirror(&upstreams, i, name).map_err(|why| cx.err(&key, why))?;
+            upstreams[i].mirrors.push(j);
+            upstreams[j].mirror_of = Some(upstreams[i].name.clone());
+            if upstreams[j].modules.is_empty() {
+                upstreams[j].modules = upstreams[i].modules.clone();
+            }
+        }
+    }
     Ok(upstreams)
+}
+
+/// Upstream `i` may fall back to the upstream called `name`: its index, or why not.
+fn check_mirror(ups: &[Upstream], i: usize, name: &str) -> Result<usize, String> {
+    let (p, j) = match ups.iter().position(|u| u.name == name) {
+        Some(j) if j != i => (&ups[i], j),
+        Some(_) => return Err(format!("`{name}` cannot be its own mirror")),
+        None => return Err(format!("`{name}` is not the name of an upstream")),
+    };
+    let m = &ups[j];
+    if let Some(other) = &m.mirror_of {
+        return Err(format!("`{name}` is already the mirror of `{other}`"));
+    }
+    if !m.mirrors.is_empty() || p.mirror_of.is_some() || ups.iter().any(|u| u.mirrors.contains(&i)) {
+        return Err("mirrors cannot be chained: a mirror has no mirrors of its own".into());
+    }
+    if m.public || m.mode != UpstreamMode::Proxy || p.mode != UpstreamMode::Proxy {
+        return Err(format!(
+            "`{name}`: a mirror is a mode = \"proxy\" upstream that is not public, of one in proxy mode"
+        ));
+    }
+    if p.kind == UpstreamKind::Goproxy && m.kind != UpstreamKind::Goproxy {
+        return Err(format!("`{name}`: a module proxy's mirrors must be module proxies (kind = \"goproxy\")"));
+    }
+    if p.public && m.credentials.is_some() {
+        return Err(format!("`{name}`: the public upstream's mirror cannot have credentials"));
+    }
+    Ok(j)
 }
 
 /// One upstream, `key` naming its keys, checked against those before it (`out`).
@@ -144,6 +199,7 @@ fn validate_upstream(
     key: &dyn Fn(&str) -> String,
     u: RawUpstream,
     out: &[Upstream],
+    is_mirror: bool,
 ) -> Result<Upstream, ConfigError> {
     if u.name.is_empty() || !u.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(cx.err(&key("name"), format!("`{}` must be letters, digits, - or _", u.name)));
@@ -174,7 +230,7 @@ fn validate_upstream(
             "only one upstream may be public, a kind = \"goproxy\" one without credentials".into(),
         ));
     }
-    if modules.is_empty() && !public {
+    if modules.is_empty() && !public && !is_mirror {
         return Err(cx.err(&key("modules"), "required key is missing (kind = \"goproxy\")".into()));
     }
     for m in &modules {
@@ -207,5 +263,12 @@ fn validate_upstream(
         timeout: cx.duration(&key("timeout"), u.timeout.as_deref(), Duration::from_secs(30))?,
         ssh,
         public,
+        mirrors: Vec::new(),
+        mirror_of: None,
+        retries: match u.retries {
+            Some(n) if n > 10 => return Err(cx.err(&key("retries"), format!("{n} is more than 10"))),
+            n => n.unwrap_or(2),
+        },
+        deadline: cx.duration(&key("deadline"), u.deadline.as_deref(), Duration::from_secs(60))?,
     })
 }

@@ -56,6 +56,16 @@ pub enum ApiError {
     Store(#[from] crate::modstore::StoreError),
 }
 
+impl From<crate::service::fallback::FetchError> for ApiError {
+    fn from(e: crate::service::fallback::FetchError) -> ApiError {
+        use crate::service::fallback::FetchError;
+        match e {
+            FetchError::Build(b) => ApiError::ModFetch(b),
+            FetchError::Proxy(p) => ApiError::Proxy(p),
+        }
+    }
+}
+
 fn access_status(e: &AccessError) -> (StatusCode, &'static str) {
     match e {
         AccessError::Credentials(_) | AccessError::Token(_) | AccessError::PathNotNormal => {
@@ -89,10 +99,13 @@ fn proxy_status(e: &ProxyError) -> (StatusCode, &'static str) {
         ProxyError::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
         ProxyError::NoUpstream(_) => (StatusCode::NOT_FOUND, "not_found"),
         ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
+        ProxyError::BreakerOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         ProxyError::Unreachable { .. }
         | ProxyError::Rejected { .. }
         | ProxyError::Credential { .. }
         | ProxyError::Redirected { .. }
+        | ProxyError::WrongVersion { .. }
+        | ProxyError::Unavailable { .. }
         | ProxyError::Body { .. } => (StatusCode::BAD_GATEWAY, "bad_gateway"),
         ProxyError::Client { .. } | ProxyError::ReadCa { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }

@@ -136,7 +136,19 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.readiness.check().map_err(ApiError::NotReady)?;
-    Ok(axum::Json(serde_json::json!({ "status": "ready" })))
+    // Ready, possibly degraded (serving from cached secrets); breakers are detail, not readiness:
+    // the store and the other upstreams still answer.
+    let upstreams: serde_json::Map<String, serde_json::Value> = state
+        .proxy
+        .as_ref()
+        .map(|p| p.breaker_states().into_iter().map(|(n, s)| (n, s.as_str().into())).collect())
+        .unwrap_or_default();
+    let degraded = state.readiness.degraded();
+    Ok(axum::Json(serde_json::json!({
+        "status": if degraded.is_some() { "degraded" } else { "ready" },
+        "secrets": degraded.unwrap_or_else(|| "ok".into()),
+        "breakers": upstreams,
+    })))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -144,6 +156,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = state.metrics.render();
     if let Some(store) = &state.modstore {
         text.push_str(&store.render_metrics());
+    }
+    if let Some(p) = &state.proxy {
+        text.push_str(&p.render_metrics());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }

@@ -206,7 +206,7 @@ pub(super) async fn goproxy_module(
     if matches!(req, Request::List | Request::Latest) {
         return goproxy_list(state, t, req, ev).await;
     }
-    let resp = p.forward(t.upstream, http::Method::GET, &t.upstream_path, &headers, None).await?;
+    let (_, resp) = p.forward_chain(t.upstream, &t.upstream_path, &headers).await?;
     Ok(super::proxy::relay(state.clone(), resp, ev))
 }
 
@@ -223,8 +223,8 @@ async fn fetch_and_keep(
     ev: Event,
 ) -> Result<Response, ApiError> {
     let p = state.proxy.clone().ok_or(ApiError::NotFound)?;
-    let upstream = p.upstreams()[t.upstream].name.clone();
-    let resp = p.forward(t.upstream, http::Method::GET, &t.upstream_path, &HeaderMap::new(), None).await?;
+    let (idx, resp) = p.forward_chain(t.upstream, &t.upstream_path, &HeaderMap::new()).await?;
+    let upstream = p.upstreams()[idx].name.clone();
     if resp.status() != reqwest::StatusCode::OK {
         return Ok(super::proxy::relay(state.clone(), resp, ev));
     }
@@ -235,9 +235,12 @@ async fn fetch_and_keep(
         Err(Saving::Local(e)) => {
             store.stats.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(object = %n, error = %e, "module store temporary file failed; relaying the upstream");
-            let resp = p.forward(t.upstream, http::Method::GET, &t.upstream_path, headers, None).await?;
+            let (_, resp) = p.forward_chain(t.upstream, &t.upstream_path, headers).await?;
             return Ok(super::proxy::relay(state.clone(), resp, ev));
         }
+    }
+    if n.kind == Kind::Info {
+        check_info_version(&tmp, n, &upstream)?;
     }
     if let Some(obj) = modules::keep(state, store, a, &upstream, &t.module, n, &tmp).await?
         && let Some(r) = from_store(state, store, obj, headers, ev.clone()).await
@@ -251,6 +254,27 @@ async fn fetch_and_keep(
     Ok(r)
 }
 
+/// An upstream's `.info` for canonical version `n.version` must name exactly that version
+/// (whichever mirror answered): anything else is refused, never stored or served.
+fn check_info_version(path: &std::path::Path, n: &ObjectName, upstream: &str) -> Result<(), ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        #[serde(rename = "Version")]
+        version: String,
+    }
+    let named = std::fs::read(path).ok().and_then(|b| serde_json::from_slice::<Info>(&b).ok()).map(|i| i.version);
+    if named.as_deref() == Some(n.version.as_str()) {
+        return Ok(());
+    }
+    let got = named.unwrap_or_else(|| "no version".into());
+    tracing::warn!(upstream, object = %n, named = %got, "upstream .info names another version; refused");
+    Err(ApiError::Proxy(crate::proxy::ProxyError::WrongVersion {
+        upstream: upstream.to_string(),
+        asked: n.version.clone(),
+        named: got,
+    }))
+}
+
 /// `@v/list` / `@latest` from a module-proxy upstream through the list cache.
 async fn goproxy_list(state: AppState, t: Target, req: Request, ev: Event) -> Result<Response, ApiError> {
     let p = state.proxy.clone().ok_or(ApiError::NotFound)?;
@@ -259,8 +283,8 @@ async fn goproxy_list(state: AppState, t: Target, req: Request, ev: Event) -> Re
     if let Some(l) = state.lists.fresh(&key, cfg.list_ttl, cfg.negative_ttl) {
         return Ok(list_response(&state, l, Freshness::Cached, ev));
     }
-    let failed = match p.forward(t.upstream, http::Method::GET, &t.upstream_path, &HeaderMap::new(), None).await {
-        Ok(resp) if resp.status().is_success() => {
+    let failed = match p.forward_chain(t.upstream, &t.upstream_path, &HeaderMap::new()).await {
+        Ok((_, resp)) if resp.status().is_success() => {
             let json = req == Request::Latest;
             match resp.text().await {
                 Ok(body) => {
@@ -274,13 +298,13 @@ async fn goproxy_list(state: AppState, t: Target, req: Request, ev: Event) -> Re
                 }),
             }
         }
-        Ok(resp) if matches!(resp.status().as_u16(), 404 | 410) => {
+        Ok((_, resp)) if matches!(resp.status().as_u16(), 404 | 410) => {
             let line = resp.text().await.unwrap_or_default();
             let l = Listed::Missing(line.chars().take(1000).collect());
             state.lists.put(key, l.clone());
             return Ok(list_response(&state, l, Freshness::Fetched, ev));
         }
-        Ok(resp) => {
+        Ok((_, resp)) => {
             if let Some(l) = state.lists.stale(&key) {
                 stale_counted(&state);
                 return Ok(list_response(&state, l, Freshness::Stale, ev));

@@ -12,6 +12,7 @@ use crate::policy::{Action, Resource};
 use crate::proxy::Proxy;
 use crate::proxy::route::{self, GitOp, Target};
 use crate::service::access::{Caller, authorize};
+use crate::service::fallback::{FetchError, Fetched, Wanted};
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -181,7 +182,6 @@ async fn git_module(
     }
     let list_key = (upstream.name.clone(), t.module.clone(), req == crate::modfetch::Request::Latest);
     let is_list = name.is_none() && matches!(req, crate::modfetch::Request::List | crate::modfetch::Request::Latest);
-    let cred = p.credential(&upstream, false).await?;
     // A path without `.git` is looked up as the go command would: the upstream's go-import.
     let repo = if crate::modfetch::names_repo(&t.module) { None } else { p.discover_repo(t.upstream, &t.module).await };
     if let Some(found) = &repo {
@@ -193,27 +193,22 @@ async fn git_module(
         return Ok(super::modules::list_response(&state, l, crate::service::modules::Freshness::Cached, base));
     }
     let served = repo.as_ref().or(guess.as_ref()).map(|r| served_as(&t.module, r)).unwrap_or_else(|| t.module.clone());
-    let src = crate::modfetch::Source {
-        upstream: &upstream.name,
-        base_url: &upstream.url,
-        header: cred.as_ref().map(|c| c.header()),
-        timeout: upstream.timeout,
-        repo,
-    };
+    let w = Wanted { module: &t.module, repo, goproxy_path: &t.upstream_path, req };
     let started = Instant::now();
-    let answer = state.modfetch.serve(&src, &t.module, req).await;
+    let fetched = crate::service::fallback::fetch(&p, &state.modfetch, t.upstream, &w).await;
     if is_list {
-        return git_list(&state, list_key, answer, base);
+        return git_list(&state, list_key, fetched.map(|f| f.answer), base);
     }
-    let answer = match answer {
-        Ok(a) => a,
+    let Fetched { upstream: answered, answer, _file } = match fetched {
+        Ok(f) => f,
         Err(e) => {
             state.audit.record(&Event { decision: "error", reason: e.to_string(), ..base });
             return Err(e.into());
         }
     };
+    let answered = p.upstreams()[answered].name.clone();
     if let (Some(store), Some(n)) = (state.modstore.clone(), &name) {
-        let built = GitBuilt { store: &store, caller: &a, upstream: &upstream.name, served: &served, name: n };
+        let built = GitBuilt { store: &store, caller: &a, upstream: &answered, served: &served, name: n };
         if let Some(resp) = built.keep(&state, &answer, &headers, base.clone()).await? {
             return Ok(resp);
         }
@@ -287,7 +282,7 @@ impl GitBuilt<'_> {
 fn git_list(
     state: &AppState,
     key: (String, String, bool),
-    answer: Result<crate::modfetch::Answer, crate::modfetch::ModFetchError>,
+    answer: Result<crate::modfetch::Answer, FetchError>,
     base: Event,
 ) -> Result<Response, ApiError> {
     use crate::modfetch::{Answer, ModFetchError};
@@ -296,7 +291,7 @@ fn git_list(
         Ok(Answer::Text(body)) => Listed::Found { body, json: false },
         Ok(Answer::Json(body)) => Listed::Found { body, json: true },
         Ok(_) => return Err(ApiError::NotFound),
-        Err(ModFetchError::NotFound(line)) => Listed::Missing(line),
+        Err(FetchError::Build(ModFetchError::NotFound(line))) => Listed::Missing(line),
         Err(e) => {
             if let Some(l) = state.lists.stale(&key) {
                 super::modules::stale_counted(state);

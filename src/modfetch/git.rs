@@ -39,6 +39,16 @@ impl GitError {
         matches!(self, GitError::Failed { not_found: true, .. })
     }
 
+    /// Worth another try: a timeout, or git failing for a reason other than a missing
+    /// repository or a refused credential (a reset connection, a 5xx, a stalled transfer).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            GitError::Timeout { .. } => true,
+            GitError::Failed { stderr, not_found, .. } => !not_found && !refused_credential(stderr),
+            GitError::Spawn(_) | GitError::Mirror { .. } => false,
+        }
+    }
+
     /// What a client may be told: the failed operation and, when git's line says so, that the
     /// upstream refused the credential — never git's own line (it can name internal URLs and
     /// paths; it goes to the broker log).

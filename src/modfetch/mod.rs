@@ -57,6 +57,17 @@ pub enum ModFetchError {
     Open(#[from] std::io::Error),
 }
 
+impl ModFetchError {
+    /// Worth another try (at this upstream or a mirror): a timeout or a transient git failure.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ModFetchError::Timeout { .. } => true,
+            ModFetchError::Git { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
+}
+
 /// Where a module's repository is and how to reach it.
 pub struct Source<'a> {
     pub upstream: &'a str,
@@ -137,6 +148,13 @@ impl ModFetch {
             .entry(url.to_string())
             .or_insert_with(|| Arc::new(RepoState { lock: tokio::sync::Mutex::new(None), objects: Arc::default() }))
             .clone()
+    }
+
+    /// A private temporary file path (for a mirror's answer), removed when dropped.
+    pub fn temp_path(&self, what: &str) -> crate::fsutil::TempPath {
+        let d = self.dir.join("tmp");
+        let _ = crate::fsutil::ensure_private_dir(&self.dir).and_then(|_| crate::fsutil::ensure_private_dir(&d));
+        crate::fsutil::TempPath::new(d.join(format!("{what}-{}", crate::fsutil::hex(&crate::random_bytes::<8>()))))
     }
 
     fn work_dir(&self, sub: &str) -> Result<PathBuf, ModFetchError> {

@@ -1,10 +1,13 @@
 //! The authenticating reverse proxy's forwarding half: per-upstream HTTP clients, the upstream
 //! credential cache (read from the secrets backend, refreshed after `CRED_TTL` and once when an
-//! upstream answers 401), header hygiene (the caller's `Authorization` and proof never leave),
-//! and streaming in both directions with bounded connect/read times.
+//! upstream answers 401; the last one read keeps working while the backend is down), header
+//! hygiene (the caller's `Authorization` and proof never leave), streaming in both directions
+//! with bounded connect/read times, and resilience: retries before the first byte, mirrors in
+//! order, a circuit breaker per upstream ([`resilience`]).
 //!
 //! Must not: decide who may fetch what (the HTTP layer asks `policy` first), or buffer bodies.
 
+pub mod resilience;
 pub mod route;
 
 use crate::config::Upstream;
@@ -48,6 +51,12 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    #[error("upstream {upstream} answered HTTP {status}")]
+    Unavailable { upstream: String, status: u16 },
+    #[error("upstream {upstream} answered the .info of {asked} with version {named}")]
+    WrongVersion { upstream: String, asked: String, named: String },
+    #[error("upstream {upstream} is failing: its circuit breaker is open (retried after {secs}s)")]
+    BreakerOpen { upstream: String, secs: u64 },
     #[error("upstream {upstream}: the answer broke off")]
     Body {
         upstream: String,
@@ -160,6 +169,19 @@ pub struct Proxy {
     creds: Mutex<HashMap<String, UpstreamCredential>>,
     /// go-import answers of git upstreams: module path → (repository root, upstream path).
     roots: Mutex<RootCache>,
+    /// Per upstream, in config order.
+    breakers: Vec<resilience::Breaker>,
+    budget: resilience::RetryBudget,
+    retries: Vec<std::sync::atomic::AtomicU64>,
+    /// Answers given by this upstream as another's mirror.
+    fallbacks: Vec<std::sync::atomic::AtomicU64>,
+}
+
+/// One fetch's retry state: its upstream, tries so far, and when it started.
+pub struct Attempts {
+    idx: usize,
+    pub tried: u32,
+    started: Instant,
 }
 
 /// A go-import answer: the repository root (module path prefix) and its path on the upstream.
@@ -200,7 +222,18 @@ impl Proxy {
             }
             clients.push(b.build().map_err(fail)?);
         }
-        Ok(Proxy { upstreams, clients, store, creds: Mutex::new(HashMap::new()), roots: Mutex::new(HashMap::new()) })
+        let n = upstreams.len();
+        Ok(Proxy {
+            upstreams,
+            clients,
+            store,
+            creds: Mutex::new(HashMap::new()),
+            roots: Mutex::new(HashMap::new()),
+            breakers: (0..n).map(|_| Default::default()).collect(),
+            budget: Default::default(),
+            retries: (0..n).map(|_| Default::default()).collect(),
+            fallbacks: (0..n).map(|_| Default::default()).collect(),
+        })
     }
 
     pub fn upstreams(&self) -> &[Upstream] {
@@ -219,12 +252,18 @@ impl Proxy {
             return Ok(Some(c.clone()));
         }
         let fail = |reason: String| ProxyError::Credential { upstream: u.name.clone(), reason };
-        let rec = self
-            .store
-            .get(path)
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .ok_or_else(|| fail(format!("no record at `{path}`")))?;
+        let rec = match self.store.get(path).await {
+            Ok(r) => r.ok_or_else(|| fail(format!("no record at `{path}`")))?,
+            Err(e) => {
+                // The backend is down: the credential read last keeps working (readiness reports
+                // the backend; the upstream decides whether the credential is still good).
+                if let Some(c) = self.creds.lock().expect("credential cache poisoned").get(&u.name) {
+                    tracing::warn!(upstream = %u.name, error = %e, "secrets backend failed; using the cached upstream credential");
+                    return Ok(Some(c.clone()));
+                }
+                return Err(fail(e.to_string()));
+            }
+        };
         use base64::Engine;
         let cred = if let Some(tok) = rec.data.get("token") {
             UpstreamCredential {
@@ -288,9 +327,188 @@ impl Proxy {
         found
     }
 
-    /// Forward a request to upstream `idx`. `body` is streamed; a bodiless request whose
-    /// credential the upstream rejects is retried once with a freshly read credential.
+    /// Upstream `idx`'s circuit breaker.
+    pub fn breaker(&self, idx: usize) -> &resilience::Breaker {
+        &self.breakers[idx]
+    }
+
+    /// Start counting the tries of one fetch from upstream `idx` (it earns the retry budget).
+    pub fn attempts(&self, idx: usize) -> Attempts {
+        self.budget.deposit();
+        Attempts { idx, tried: 0, started: Instant::now() }
+    }
+
+    /// After a try that failed transiently: the wait before the next one, or `None` when no
+    /// retry is left (the upstream's `retries`, its `deadline`, the global budget).
+    pub fn retry_after(&self, a: &mut Attempts, retry_after: Option<&str>) -> Option<Duration> {
+        let u = &self.upstreams[a.idx];
+        if a.tried >= u.retries {
+            return None;
+        }
+        let wait = resilience::backoff(a.tried, retry_after);
+        if a.started.elapsed() + wait >= u.deadline || !self.budget.withdraw() {
+            return None;
+        }
+        a.tried += 1;
+        self.retries[a.idx].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(wait)
+    }
+
+    /// The upstreams to try for a fetch routed to `idx`, in order: it, then its mirrors; those
+    /// whose breaker is open are left out.
+    pub fn candidates(&self, idx: usize) -> (Vec<usize>, Option<ProxyError>) {
+        let mut out = Vec::new();
+        let mut skipped = None;
+        for i in std::iter::once(idx).chain(self.upstreams[idx].mirrors.iter().copied()) {
+            if self.breakers[i].allow() {
+                out.push(i);
+            } else {
+                tracing::debug!(upstream = %self.upstreams[i].name, "circuit breaker open: skipped");
+                skipped.get_or_insert(ProxyError::BreakerOpen {
+                    upstream: self.upstreams[i].name.clone(),
+                    secs: resilience::OPEN_FOR.as_secs(),
+                });
+            }
+        }
+        (out, skipped)
+    }
+
+    /// A mirror answered for its primary.
+    pub fn answered_as_mirror(&self, idx: usize) {
+        self.fallbacks[idx].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Each upstream's breaker state (for `/readyz` and `gocred doctor`).
+    pub fn breaker_states(&self) -> Vec<(String, resilience::BreakerState)> {
+        self.upstreams.iter().zip(&self.breakers).map(|(u, b)| (u.name.clone(), b.state())).collect()
+    }
+
+    /// Prometheus lines for retries, fallbacks and breakers.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut out = String::new();
+        let per = |out: &mut String, name: &str, kind: &str, help: &str, v: &dyn Fn(usize) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, u) in self.upstreams.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {}", u.name, v(i));
+            }
+        };
+        per(
+            &mut out,
+            "gocred_upstream_retries_total",
+            "counter",
+            "Retries of idempotent fetches before their first byte.",
+            &|i| self.retries[i].load(Relaxed),
+        );
+        per(
+            &mut out,
+            "gocred_upstream_fallback_answers_total",
+            "counter",
+            "Fetches answered by this upstream as a mirror.",
+            &|i| self.fallbacks[i].load(Relaxed),
+        );
+        per(
+            &mut out,
+            "gocred_upstream_breaker_opened_total",
+            "counter",
+            "Times the upstream's circuit breaker opened.",
+            &|i| self.breakers[i].opened_total.load(Relaxed),
+        );
+        per(&mut out, "gocred_upstream_breaker_state", "gauge", "0 closed, 1 open, 2 half-open.", &|i| match self
+            .breakers[i]
+            .state()
+        {
+            resilience::BreakerState::Closed => 0,
+            resilience::BreakerState::Open => 1,
+            resilience::BreakerState::HalfOpen => 2,
+        });
+        let _ = writeln!(
+            out,
+            "# HELP gocred_retry_budget_exhausted_total Retries refused by the global retry budget.\n# TYPE gocred_retry_budget_exhausted_total counter\ngocred_retry_budget_exhausted_total {}",
+            self.budget.exhausted_total.load(Relaxed)
+        );
+        out
+    }
+
+    /// A bodiless GET/HEAD to upstream `idx`, then its mirrors (skipping open breakers), each
+    /// retried before its first byte: the first answer that is not a failure or a not-found
+    /// wins; else the last one. Outcomes feed the breakers.
+    pub async fn forward_chain(
+        &self,
+        idx: usize,
+        upstream_path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<(usize, reqwest::Response), ProxyError> {
+        let (candidates, skipped) = self.candidates(idx);
+        let mut last: Option<Result<(usize, reqwest::Response), ProxyError>> = None;
+        for i in candidates {
+            match self.forward(i, http::Method::GET, upstream_path, headers, None).await {
+                Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_MODIFIED => {
+                    self.breakers[i].success();
+                    if i != idx {
+                        self.answered_as_mirror(i);
+                    }
+                    return Ok((i, r));
+                }
+                Ok(r) => {
+                    if matches!(r.status().as_u16(), 404 | 410) {
+                        self.breakers[i].success();
+                    } else {
+                        self.breakers[i].failure();
+                    }
+                    tracing::info!(upstream = %self.upstreams[i].name, status = r.status().as_u16(), "upstream did not answer; trying the next");
+                    last = Some(Ok((i, r)));
+                }
+                Err(e) => {
+                    if !matches!(e, ProxyError::BadPath(_) | ProxyError::Credential { .. }) {
+                        self.breakers[i].failure();
+                    }
+                    tracing::info!(upstream = %self.upstreams[i].name, error = %crate::error_chain(&e), "upstream failed; trying the next");
+                    last = Some(Err(e));
+                }
+            }
+        }
+        match (last, skipped) {
+            (Some(r), _) => r,
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(ProxyError::NoUpstream(upstream_path.to_string())),
+        }
+    }
+
+    /// Forward a request to upstream `idx`. `body` is streamed; a bodiless GET/HEAD is retried
+    /// before its first byte on connect errors, timeouts and 429/502/503/504 (see
+    /// [`Proxy::retry_after`]); a bodiless request whose credential the upstream rejects is
+    /// retried once with a freshly read credential.
     pub async fn forward(
+        &self,
+        idx: usize,
+        method: http::Method,
+        upstream_path: &str,
+        headers: &http::HeaderMap,
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, ProxyError> {
+        if body.is_some() || !matches!(method, http::Method::GET | http::Method::HEAD) {
+            return self.forward_once(idx, method, upstream_path, headers, body).await;
+        }
+        let mut a = self.attempts(idx);
+        loop {
+            let r = self.forward_once(idx, method.clone(), upstream_path, headers, None).await;
+            let retry_after = match &r {
+                Ok(resp) if resilience::retryable_status(resp.status().as_u16()) => {
+                    resp.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string)
+                }
+                Err(ProxyError::Unreachable { .. } | ProxyError::Timeout { .. }) => None,
+                _ => return r,
+            };
+            let Some(wait) = self.retry_after(&mut a, retry_after.as_deref()) else { return r };
+            tracing::debug!(upstream = %self.upstreams[idx].name, try_ = a.tried, wait_ms = wait.as_millis() as u64, "retrying");
+            drop(r);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn forward_once(
         &self,
         idx: usize,
         method: http::Method,
@@ -327,9 +545,16 @@ impl Proxy {
             if let Some(b) = body.take() {
                 req = req.body(b);
             }
-            let resp = req.send().await.map_err(|e| {
+            // A bodiless request's time to the answer's headers is bounded too (a stall is retried).
+            let timeout =
+                || ProxyError::Timeout { upstream: u.name.clone(), url: url.clone(), secs: u.timeout.as_secs() };
+            let sent = match retryable {
+                true => tokio::time::timeout(u.timeout, req.send()).await.map_err(|_| timeout())?,
+                false => req.send().await,
+            };
+            let resp = sent.map_err(|e| {
                 if e.is_timeout() {
-                    ProxyError::Timeout { upstream: u.name.clone(), url: url.clone(), secs: u.timeout.as_secs() }
+                    timeout()
                 } else {
                     ProxyError::Unreachable { upstream: u.name.clone(), url: url.clone(), source: e }
                 }

@@ -111,9 +111,9 @@ pub fn resolve_mod(upstreams: &[Upstream], rest: &str, query: Option<&str>) -> R
     let module = unescape_module(escaped)?;
     let upstream = upstreams
         .iter()
-        .position(|u| !u.public && u.kind == UpstreamKind::Goproxy && u.serves(&module))
+        .position(|u| u.routable() && u.kind == UpstreamKind::Goproxy && u.serves(&module))
         // A module proxy serving the path wins; else a git server hosting it (built by modfetch).
-        .or_else(|| upstreams.iter().position(|u| !u.public && u.kind == UpstreamKind::Git && u.serves(&module)))
+        .or_else(|| upstreams.iter().position(|u| u.routable() && u.kind == UpstreamKind::Git && u.serves(&module)))
         .or_else(|| public_for(upstreams, &module))
         .ok_or_else(|| ProxyError::NoUpstream(module.clone()))?;
     Ok(Target { upstream, module, upstream_path: format!("/{escaped}{tail}"), git_op: None, post: false })
@@ -256,7 +256,9 @@ pub fn parse_go_import(html: &str, module: &str) -> Option<GoImport> {
 
 /// The git upstream for `host`.
 pub fn git_upstream(upstreams: &[Upstream], host: &str) -> Option<usize> {
-    upstreams.iter().position(|u| u.kind == UpstreamKind::Git && u.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
+    upstreams.iter().position(|u| {
+        u.mirror_of.is_none() && u.kind == UpstreamKind::Git && u.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+    })
 }
 
 /// `/git/<host>/<repo>/...` (or a host-routed `<repo>/...` for `host`) → the git upstream.
@@ -291,6 +293,10 @@ mod tests {
             timeout: Duration::from_secs(1),
             ssh: None,
             public: false,
+            mirrors: Vec::new(),
+            mirror_of: None,
+            retries: 2,
+            deadline: Duration::from_secs(10),
         };
         vec![
             mk("git", UpstreamKind::Git, &["git.corp.test"], &["git.corp.test"]),

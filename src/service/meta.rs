@@ -25,7 +25,9 @@ fn proxied_git(u: &&&Upstream) -> bool {
 /// The broker's self-description.
 pub fn metadata(b: &Broker) -> Metadata {
     let origin = &b.origin;
-    let ups: Vec<&Upstream> = b.proxy.as_ref().map(|p| p.upstreams().iter().collect()).unwrap_or_default();
+    // Mirrors are tried by the broker itself, never named to clients.
+    let ups: Vec<&Upstream> =
+        b.proxy.as_ref().map(|p| p.upstreams().iter().filter(|u| u.mirror_of.is_none()).collect()).unwrap_or_default();
     let mut modules: Vec<String> = Vec::new();
     for m in ups.iter().flat_map(|u| u.modules.iter()) {
         if !modules.contains(m) {

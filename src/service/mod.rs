@@ -1,7 +1,8 @@
 //! The service layer between HTTP and the domain: [`Broker`] holds every domain service of one
 //! broker process (opened by [`Broker::start`]); [`access`] authenticates callers (token +
 //! proof → [`access::Caller`]) and asks the policy; [`session`] runs the login, exchange,
-//! refresh and revoke flows; [`tunnel`] the SSH tunnels; [`meta`] describes the broker to clients; [`background`] names
+//! refresh and revoke flows; [`fallback`] fetches a git-hosted module from its upstream or
+//! its mirrors; [`tunnel`] the SSH tunnels; [`meta`] describes the broker to clients; [`background`] names
 //! the loops that keep a broker current (key rotation, revocation sync, readiness probe,
 //! secrets maintenance, policy reload).
 //!
@@ -12,6 +13,7 @@
 
 pub mod access;
 pub mod background;
+pub mod fallback;
 pub mod meta;
 pub mod modules;
 pub mod session;
