@@ -1,6 +1,6 @@
 //! The broker process: [`run`] starts the services ([`Broker::start`]: secrets backend, keys,
-//! policies), their background loops ([`crate::service::background`]) and the HTTP(S) server
-//! ([`crate::http::serve`]) on a listener the caller bound (tests bind port 0), until
+//! policies), their background loops ([`crate::service::background`]), the loopback git door
+//! ([`crate::http::gitloop`]) and the HTTP(S) server ([`crate::http::serve`]) on a listener the caller bound (tests bind port 0), until
 //! `shutdown` resolves; in-flight requests then get `server.shutdown_grace`.
 //!
 //! Must not: parse command lines, print to the terminal, or read the environment.
@@ -28,6 +28,11 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let mut tasks = tokio::task::JoinSet::new();
     crate::service::background::spawn_all(&broker, &mut tasks);
+    if let Some(p) = &broker.proxy
+        && let Err(e) = crate::http::gitloop::open(p.clone()).await
+    {
+        tracing::warn!(error = %e, "cannot open the git door; git builds go to upstreams directly (no per-request retries)");
+    }
     let result = crate::http::serve::serve(broker, listener, shutdown).await;
     tasks.abort_all();
     Ok(result?)

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod gitloop;
 mod modules;
 pub mod proxy;
 pub mod serve;

@@ -71,8 +71,11 @@ impl ModFetchError {
 /// Where a module's repository is and how to reach it.
 pub struct Source<'a> {
     pub upstream: &'a str,
-    /// The upstream's base URL.
+    /// The upstream's base URL (what mirrors and builds are named by).
     pub base_url: &'a str,
+    /// Where git connects instead of `base_url` (the broker's loopback door, which adds the
+    /// credential and retries each request); `header` is then the door's key.
+    pub via: Option<&'a str>,
     /// `Authorization` header value for the upstream, if it needs one.
     pub header: Option<&'a SecretString>,
     pub timeout: Duration,
@@ -174,10 +177,12 @@ impl ModFetch {
             }
         };
         let url = format!("{}/{repo_path}", src.base_url.trim_end_matches('/'));
+        let connect = src.via.unwrap_or(src.base_url);
+        let remote = format!("{}/{repo_path}", connect.trim_end_matches('/'));
         let layout = Layout::new(module, &root).map_err(map_repo(src))?;
         let git_dir = self.work_dir("git")?;
         let config = git_dir.join(format!("{}.gitconfig", short_hash(src.upstream)));
-        let cfg = git::credential_config(src.base_url, src.header.map(|h| h.expose_secret()), src.timeout * 4)
+        let cfg = git::credential_config(connect, src.header.map(|h| h.expose_secret()), src.timeout * 4)
             .ok_or_else(|| ModFetchError::Build("the upstream credential cannot be passed to git".into()))?;
         // Rewritten only when the credential (or the upstream's settings) changed, not per request.
         if std::fs::read(&config).ok().as_deref() != Some(cfg.as_bytes()) {
@@ -187,7 +192,7 @@ impl ModFetch {
         let state = self.state(&url);
         let mirror = Mirror {
             dir: git_dir.join(short_hash(&url)),
-            remote: url.clone(),
+            remote,
             config,
             timeout: src.timeout,
             objects: state.objects.clone(),
@@ -226,7 +231,7 @@ impl ModFetch {
         let (info, dir, _) = code.find_dir(v).await.map_err(map_repo(src))?;
         // Keyed by upstream and commit too: two upstreams may serve the same path with different
         // content, and a retagged version is another build.
-        let key = short_hash(&format!("{}\n{}\n{module}@{v}\n{}", src.upstream, code.git.remote, info.hash));
+        let key = short_hash(&format!("{}\n{}\n{module}@{v}\n{}", src.upstream, code.git.dir.display(), info.hash));
         let dest = zips.join(format!("{key}.zip"));
         if dest.exists() {
             return Ok(Answer::File(dest));

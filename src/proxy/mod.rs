@@ -171,10 +171,20 @@ pub struct Proxy {
     roots: Mutex<RootCache>,
     /// Per upstream, in config order.
     breakers: Vec<resilience::Breaker>,
+    /// The loopback door git reaches upstreams through, once the server opened it.
+    door: std::sync::OnceLock<GitDoor>,
     budget: resilience::RetryBudget,
     retries: Vec<std::sync::atomic::AtomicU64>,
     /// Answers given by this upstream as another's mirror.
     fallbacks: Vec<std::sync::atomic::AtomicU64>,
+}
+
+/// The broker's loopback door for git (`http::gitloop`): git connects to `base/<upstream
+/// index>/…` with `Authorization: Bearer <key>`; the door forwards each request with the real
+/// credential and retries — git itself never retries, and never sees the credential.
+pub struct GitDoor {
+    pub base: String,
+    pub key: SecretString,
 }
 
 /// One fetch's retry state: its upstream, tries so far, and when it started.
@@ -230,6 +240,7 @@ impl Proxy {
             creds: Mutex::new(HashMap::new()),
             roots: Mutex::new(HashMap::new()),
             breakers: (0..n).map(|_| Default::default()).collect(),
+            door: std::sync::OnceLock::new(),
             budget: Default::default(),
             retries: (0..n).map(|_| Default::default()).collect(),
             fallbacks: (0..n).map(|_| Default::default()).collect(),
@@ -325,6 +336,57 @@ impl Proxy {
         }
         roots.insert(key, (Instant::now(), found.clone()));
         found
+    }
+
+    /// Open the git door (once; later calls are ignored).
+    pub fn set_door(&self, door: GitDoor) {
+        let _ = self.door.set(door);
+    }
+
+    pub fn door(&self) -> Option<&GitDoor> {
+        self.door.get()
+    }
+
+    /// Does `presented` (an `Authorization` value) open the git door? Constant time.
+    pub fn door_opens(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(d) = self.door.get() else { return false };
+        let want = format!("Bearer {}", d.key.expose_secret());
+        want.len() == presented.len() && bool::from(want.as_bytes().ct_eq(presented))
+    }
+
+    /// A request whose body is small and safe to send again (git's `upload-pack` negotiation,
+    /// a read), retried like a bodiless GET.
+    pub async fn forward_replayable(
+        &self,
+        idx: usize,
+        method: http::Method,
+        upstream_path: &str,
+        headers: &http::HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<reqwest::Response, ProxyError> {
+        let mut a = self.attempts(idx);
+        loop {
+            let r =
+                self.forward_once(idx, method.clone(), upstream_path, headers, Some(body.clone().into()), true).await;
+            let Some(wait) = self.should_retry(&mut a, &r) else { return r };
+            drop(r);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// After try `r`: wait this long and try again, or `None`.
+    fn should_retry(&self, a: &mut Attempts, r: &Result<reqwest::Response, ProxyError>) -> Option<Duration> {
+        let retry_after = match r {
+            Ok(resp) if resilience::retryable_status(resp.status().as_u16()) => {
+                resp.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string)
+            }
+            Err(ProxyError::Unreachable { .. } | ProxyError::Timeout { .. }) => None,
+            _ => return None,
+        };
+        let wait = self.retry_after(a, retry_after.as_deref())?;
+        tracing::debug!(upstream = %self.upstreams[a.idx].name, try_ = a.tried, wait_ms = wait.as_millis() as u64, "retrying");
+        Some(wait)
     }
 
     /// Upstream `idx`'s circuit breaker.
@@ -489,20 +551,12 @@ impl Proxy {
         body: Option<reqwest::Body>,
     ) -> Result<reqwest::Response, ProxyError> {
         if body.is_some() || !matches!(method, http::Method::GET | http::Method::HEAD) {
-            return self.forward_once(idx, method, upstream_path, headers, body).await;
+            return self.forward_once(idx, method, upstream_path, headers, body, false).await;
         }
         let mut a = self.attempts(idx);
         loop {
-            let r = self.forward_once(idx, method.clone(), upstream_path, headers, None).await;
-            let retry_after = match &r {
-                Ok(resp) if resilience::retryable_status(resp.status().as_u16()) => {
-                    resp.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string)
-                }
-                Err(ProxyError::Unreachable { .. } | ProxyError::Timeout { .. }) => None,
-                _ => return r,
-            };
-            let Some(wait) = self.retry_after(&mut a, retry_after.as_deref()) else { return r };
-            tracing::debug!(upstream = %self.upstreams[idx].name, try_ = a.tried, wait_ms = wait.as_millis() as u64, "retrying");
+            let r = self.forward_once(idx, method.clone(), upstream_path, headers, None, true).await;
+            let Some(wait) = self.should_retry(&mut a, &r) else { return r };
             drop(r);
             tokio::time::sleep(wait).await;
         }
@@ -515,6 +569,7 @@ impl Proxy {
         upstream_path: &str,
         headers: &http::HeaderMap,
         body: Option<reqwest::Body>,
+        small: bool,
     ) -> Result<reqwest::Response, ProxyError> {
         let u = &self.upstreams[idx];
         if !matches!(method, http::Method::GET | http::Method::HEAD | http::Method::POST) {
@@ -545,10 +600,11 @@ impl Proxy {
             if let Some(b) = body.take() {
                 req = req.body(b);
             }
-            // A bodiless request's time to the answer's headers is bounded too (a stall is retried).
+            // A bodiless (or small) request's time to the answer's headers is bounded too (a
+            // stall is retried); a streamed upload may take longer to send.
             let timeout =
                 || ProxyError::Timeout { upstream: u.name.clone(), url: url.clone(), secs: u.timeout.as_secs() };
-            let sent = match retryable {
+            let sent = match small {
                 true => tokio::time::timeout(u.timeout, req.send()).await.map_err(|_| timeout())?,
                 false => req.send().await,
             };

@@ -12,6 +12,7 @@ use crate::config::UpstreamKind;
 use crate::fsutil::TempPath;
 use crate::modfetch::{Answer, ModFetch, ModFetchError, Request, Source};
 use crate::proxy::{Proxy, ProxyError};
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -94,12 +95,21 @@ fn transient(e: &FetchError) -> bool {
 /// Build from git upstream `i`, retrying transient git failures.
 async fn build(p: &Proxy, mf: &ModFetch, i: usize, w: &Wanted<'_>) -> Result<Answer, FetchError> {
     let u = &p.upstreams()[i];
-    let cred = p.credential(u, false).await?;
+    // Through the broker's door when it is open (each git request retried, the credential kept
+    // in the broker); else git goes to the upstream itself with the credential in its config.
+    let door = p.door().map(|d| (format!("{}/{i}", d.base), d.key.clone()));
+    let cred = match door {
+        Some(_) => None,
+        None => p.credential(u, false).await?,
+    };
+    let door_key = door.as_ref().map(|(_, k)| SecretString::from(format!("Bearer {}", k.expose_secret())));
     let src = Source {
         upstream: &u.name,
         base_url: &u.url,
-        header: cred.as_ref().map(|c| c.header()),
-        timeout: u.timeout,
+        via: door.as_ref().map(|(b, _)| b.as_str()),
+        header: door_key.as_ref().or(cred.as_ref().map(|c| c.header())),
+        // Behind the door a stalled request is cut and retried there, within the deadline.
+        timeout: if door.is_some() { u.deadline.max(u.timeout) } else { u.timeout },
         repo: w.repo.clone(),
     };
     let mut tries = p.attempts(i);

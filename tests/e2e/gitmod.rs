@@ -461,7 +461,7 @@ pub(crate) fn git_server(srv: &Path, port: u16, auth: &[&str]) -> Proc {
 }
 
 /// The go command itself, from git (`https://corp.test/` rewritten to the server on `port`).
-fn direct_env(d: &Path, port: u16) -> Vec<(String, String)> {
+pub(crate) fn direct_env(d: &Path, port: u16) -> Vec<(String, String)> {
     let direct_cfg = d.join("direct.gitconfig");
     std::fs::write(&direct_cfg, format!("[url \"http://127.0.0.1:{port}/\"]\n\tinsteadOf = https://corp.test/\n"))
         .unwrap();

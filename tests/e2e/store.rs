@@ -19,7 +19,7 @@ fn with_cache(env: &[(String, String)], cache: &Path) -> Vec<(String, String)> {
 }
 
 /// Download `q` with a fresh module cache under `d`.
-fn fresh(env: &[(String, String)], d: &Path, q: &str) -> (crate::gitmod::Outcome, String) {
+pub(crate) fn fresh(env: &[(String, String)], d: &Path, q: &str) -> (crate::gitmod::Outcome, String) {
     let cache = d.join(format!("mc-{}", hex_rand()));
     let out = download(&with_cache(env, &cache), d, q);
     let _ = std::process::Command::new("chmod").args(["-R", "u+w"]).arg(&cache).status();
@@ -51,7 +51,7 @@ fn files_with(dir: &Path, needle: &str) -> Vec<PathBuf> {
     out
 }
 
-fn metric(url: &str, ca: &Path, name: &str) -> u64 {
+pub(crate) fn metric(url: &str, ca: &Path, name: &str) -> u64 {
     let out = std::process::Command::new("curl")
         .args(["-s", "--cacert"])
         .arg(ca)

@@ -24,7 +24,13 @@ ap.add_argument("--bind", default="127.0.0.1")
 ap.add_argument("--anonymous", action="store_true", help="serve without credentials (a public proxy)")
 ap.add_argument("--tls-cert")
 ap.add_argument("--tls-key")
+ap.add_argument("--fault", choices=["503", "stall"], help="misbehave on every --fault-every-th request")
+ap.add_argument("--fault-every", type=int, default=3)
+ap.add_argument("--stall-secs", type=float, default=5.0)
 args = ap.parse_args()
+import threading, time
+COUNT = [0]
+COUNT_LOCK = threading.Lock()
 BACKEND = os.path.join(subprocess.check_output(["git", "--exec-path"], text=True).strip(), "git-http-backend")
 
 
@@ -82,8 +88,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
+    def fault(self):
+        """The injected fault for this request (every --fault-every-th, starting with the first)."""
+        if not args.fault:
+            return None
+        with COUNT_LOCK:
+            COUNT[0] += 1
+            n = COUNT[0]
+        return args.fault if n % args.fault_every == 1 % args.fault_every else None
+
     def handle_any(self):
         data = self.body() if self.command == "POST" else b""
+        f = self.fault()
+        sys.stderr.write("FAULT %s %s\n" % (f, self.path) if f else "")
+        if f == "503":
+            return self.send(503, b"injected fault\n", extra=[("Retry-After", "0")])
+        if f == "stall":
+            time.sleep(args.stall_secs)
         path, _, query = self.path.partition("?")
         who = self.authorized()
         scheme = self.headers.get("Authorization", "none").split(" ")[0]
