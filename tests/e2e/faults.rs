@@ -258,3 +258,205 @@ async fn fault_g_every_upstream_down_with_a_warm_store() {
     let drill = Drill::run("g (every upstream down, warm store)", &env, d, &want, |_| {});
     drill.report(&counters(&b.g.url, &ca, &["corpus"]));
 }
+
+/// The sum of the `/metrics` samples of `name` whose labels contain every one of `labels`.
+fn metric_sum(url: &str, ca: &Path, name: &str, labels: &[&str]) -> u64 {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(ca)
+        .arg(format!("{url}/metrics"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// `/readyz`'s JSON.
+async fn readyz(url: &str, ca: &Path) -> (u16, serde_json::Value) {
+    let r = client(Some(ca)).get(format!("{url}/readyz")).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// (d) OpenBao stopped for the whole run: signing keys, the upstream credential (the git server
+/// wants a bearer token kept in OpenBao) and the store key are used from memory; `/readyz` says
+/// degraded, and ready again once OpenBao is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_d_vault_stopped_for_the_whole_run() {
+    let bao_port = free_port();
+    let mut bao = OpenBao::start_on(bao_port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let srv = d.join("srv");
+    many_versions(&srv);
+    let want = direct_sums(d, &srv);
+    let port = free_port();
+    let _up = git_server(&srv, port, &["--bearer", "upstream-secret-7"]);
+    let venv = [
+        ("GOCRED_SECRETS__BACKEND", "vault"),
+        ("GOCRED_SECRETS__GRACE", "10m"),
+        ("GOCRED_SECRETS__PROBE_EVERY", "200ms"),
+        ("GOCRED_VAULT__ADDRESS", bao.addr.as_str()),
+        ("GOCRED_VAULT__TIMEOUT", "1s"),
+        ("GOCRED_VAULT__AUTH__METHOD", "token"),
+        ("GOCRED_VAULT__AUTH__TOKEN", "root"),
+    ];
+    let bdir = tempfile::tempdir().unwrap();
+    let cfg = bdir.path().join("broker.toml");
+    let ca = bdir.path().join("tls/ca.pem");
+    let creds = "credentials = \"vault:upstreams/corpus\"\n";
+    let (b, env) = crate::gitmod::corpus_broker_store(bdir, d, port, creds, &venv, "[store]\ndir = \"store\"\n");
+    // The upstream credential, the documented way (stdin), into OpenBao.
+    let mut put = gocred_cmd(&["secrets", "--config", cfg.to_str().unwrap(), "put", "upstreams/corpus"], &venv)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    put.stdin.take().unwrap().write_all(b"token=upstream-secret-7\n").unwrap();
+    let out = put.wait_with_output().unwrap();
+    assert!(out.status.success(), "secrets put: {}", String::from_utf8_lossy(&out.stderr));
+    warm(&env, d, &want, WARM);
+    assert_eq!(readyz(&b.g.url, &ca).await.1["status"], "ready");
+
+    bao.proc.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readyz(&b.g.url, &ca).await.1["status"] != "degraded" {
+        assert!(Instant::now() < deadline, "readyz never said degraded: {:?}", readyz(&b.g.url, &ca).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drill = Drill::run("d (OpenBao stopped for the whole run)", &env, d, &want, |_| {});
+    let (status, body) = readyz(&b.g.url, &ca).await;
+    assert_eq!(status, 200, "within the grace the broker stays ready: {body}");
+    assert!(body["secrets"].as_str().unwrap().contains("unreachable"), "{body}");
+    let c = counters(&b.g.url, &ca, &["corpus"]);
+    drill.report(&c);
+
+    // OpenBao back (a dev server: empty): the broker is ready again by itself.
+    let _bao = OpenBao::start_on(bao_port).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while readyz(&b.g.url, &ca).await.1["status"] != "ready" {
+        assert!(Instant::now() < deadline, "not ready after OpenBao came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// (e) Access tokens of 2 s while every upstream request takes a second: tokens expire between
+/// the requests of one `go mod download`; the broker answers 401, the go command asks GOAUTH
+/// again (the helper refreshes with the key) and retries.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_e_access_token_expiring_mid_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let srv = d.join("srv");
+    many_versions(&srv);
+    let want = direct_sums(d, &srv);
+    let port = free_port();
+    let _up = git_server(&srv, port, &["--anonymous", "--fault", "stall", "--fault-every", "1", "--stall-secs", "1"]);
+    let bdir = tempfile::tempdir().unwrap();
+    let ca = bdir.path().join("tls/ca.pem");
+    let ttl = [("GOCRED_TOKENS__TTL", "2s")];
+    let (b, env) = crate::gitmod::corpus_broker_store(bdir, d, port, "", &ttl, "[store]\ndir = \"store\"\n");
+    warm(&env, d, &want, WARM);
+    let drill = Drill::run("e (2s access tokens, 1s per upstream request)", &env, d, &want, |_| {});
+    let expired = metric_sum(&b.g.url, &ca, "gocred_http_requests_total", &["/mod/", "status=\"401\""]);
+    let c = format!("{}; 401s answered {expired}", counters(&b.g.url, &ca, &["corpus"]));
+    assert!(expired >= 1, "no token expired during the drill: {c}");
+    drill.report(&c);
+}
+
+/// A plain TCP load balancer on a free port: each connection goes to the next backend in turn,
+/// or the one after when connecting fails (HAProxy's redispatch). Backends are set later.
+fn tcp_lb() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u16>>>) {
+    use std::net::{TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let backends = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u16>::new()));
+    let bs = backends.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in l.incoming().enumerate() {
+            let Ok(conn) = conn else { continue };
+            let list = bs.lock().unwrap().clone();
+            std::thread::spawn(move || {
+                for k in 0..list.len() {
+                    if let Ok(up) = TcpStream::connect(("127.0.0.1", list[(n + k) % list.len()])) {
+                        let (mut a, mut b) = (conn.try_clone().unwrap(), up.try_clone().unwrap());
+                        let t = std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut a, &mut b);
+                            let _ = b.shutdown(std::net::Shutdown::Write);
+                        });
+                        let (mut up, mut conn) = (up, conn);
+                        let _ = std::io::copy(&mut up, &mut conn);
+                        let _ = conn.shutdown(std::net::Shutdown::Write);
+                        let _ = t.join();
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, backends)
+}
+
+/// (f) Two replicas behind a plain TCP load balancer, sharing the secrets (a copy of the
+/// encrypted file), the TLS certificate and an S3 store; one is killed mid-run.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_f_one_of_two_replicas_killed_mid_run_behind_a_tcp_balancer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let srv = d.join("srv");
+    many_versions(&srv);
+    let want = direct_sums(d, &srv);
+    let port = free_port();
+    let _up = git_server(&srv, port, &["--anonymous"]);
+    let s3port = free_port();
+    let _s3 = crate::store::s3_server(&d.join("s3"), s3port);
+    let (pa, pb) = (free_port(), free_port());
+    let (lb, backends) = tcp_lb();
+    *backends.lock().unwrap() = vec![pa, pb];
+    let lb_url = format!("https://127.0.0.1:{lb}");
+    let env_for = |listen: &str| {
+        [
+            ("AWS_ACCESS_KEY_ID", "AKTEST".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "SKTEST-secret".to_string()),
+            ("GOCRED_SERVER__PUBLIC_URL", lb_url.clone()),
+            ("GOCRED_SERVER__LISTEN", listen.to_string()),
+        ]
+    };
+    let as_refs = |e: &[(&'static str, String); 4]| -> Vec<(&'static str, String)> { e.to_vec() };
+    let store = crate::store::s3_store_toml(s3port);
+    let adir = tempfile::tempdir().unwrap();
+    let apath = adir.path().to_path_buf();
+    let ea = as_refs(&env_for(&format!("127.0.0.1:{pa}")));
+    let ea: Vec<(&str, &str)> = ea.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (mut a, _) = crate::gitmod::corpus_broker_store(adir, d, port, "", &ea, &store);
+    // Replica B: A's secrets (signing keys, store keys, login sealing), certificate and user key.
+    let bdir = tempfile::tempdir().unwrap();
+    let bpath = bdir.path().to_path_buf();
+    std::fs::copy(apath.join("secrets.enc"), bpath.join("secrets.enc")).unwrap();
+    run_ok(std::process::Command::new("cp").arg("-r").arg(apath.join("tls")).arg(bpath.join("tls")));
+    for f in ["alice", "alice.pub"] {
+        std::fs::copy(apath.join(f), bpath.join(f)).unwrap();
+    }
+    let eb = as_refs(&env_for(&format!("127.0.0.1:{pb}")));
+    let eb: Vec<(&str, &str)> = eb.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The client knows only the balancer (logged in through it).
+    let (b, env) = crate::gitmod::corpus_broker_store(bdir, d, port, "", &eb, &store);
+    let ca = apath.join("tls/ca.pem");
+    warm(&env, d, &want, WARM);
+    let half = runs() / 2;
+    let mut killed = false;
+    let drill = Drill::run("f (one of two replicas killed mid-run, TCP balancer)", &env, d, &want, |i| {
+        if i == half {
+            a.g.proc.kill();
+            killed = true;
+        }
+    });
+    assert!(killed, "replica A was never killed");
+    let c = format!("survivor: {}", counters(&b.g.url, &ca, &["corpus"]));
+    drill.report(&c);
+}

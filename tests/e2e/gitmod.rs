@@ -553,15 +553,27 @@ pub(crate) fn corpus_broker_store(
         tls.key.display()
     );
     let broker = SshBroker::start_in_env(bdir, "", &extra, env);
-    let key = broker.add_user_key("alice", "alice", "ed25519");
+    // A key already there (another replica's, copied) is authorized as it is.
+    let key = match broker.path("alice").exists() {
+        true => {
+            broker.authorize("alice", &broker.path("alice"));
+            broker.path("alice")
+        }
+        false => broker.add_user_key("alice", "alice", "ed25519"),
+    };
+    // Behind a balancer the broker's public URL is the one clients use.
+    let url = env
+        .iter()
+        .find(|(k, _)| *k == "GOCRED_SERVER__PUBLIC_URL")
+        .map_or(broker.g.url.clone(), |(_, v)| v.to_string());
     let mut benv = base_env(d, "broker");
     benv.push(("SSL_CERT_FILE".into(), tls.ca_cert.display().to_string()));
     let e: Vec<(&str, &str)> = benv.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let (code, out, err) = Gocred::run(&["login", "--ssh", key.to_str().unwrap(), "--broker", &broker.g.url], &e);
+    let (code, out, err) = Gocred::run(&["login", "--ssh", key.to_str().unwrap(), "--broker", &url], &e);
     assert_eq!(code, 0, "login: {out}{err}");
     let me = gocred_bin().display().to_string();
     benv.extend([
-        ("GOPROXY".to_string(), format!("{}/mod,off", broker.g.url)),
+        ("GOPROXY".to_string(), format!("{url}/mod,off")),
         ("GOAUTH".to_string(), format!("{me} goauth")),
         ("GONOSUMDB".to_string(), "corp.test".to_string()),
         ("GIT_CONFIG_GLOBAL".to_string(), "/dev/null".to_string()),

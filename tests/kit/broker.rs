@@ -109,11 +109,16 @@ impl SshBroker {
         }
         let file_key = [9u8; 32];
         let cfg = d.join("broker.toml");
+        // Another backend chosen by the environment: the file's own key would be refused.
+        let secrets = match env.iter().any(|(k, _)| *k == "GOCRED_SECRETS__BACKEND") {
+            true => "[secrets]\n",
+            false => "[secrets]\nbackend = \"file\"\nfile = \"secrets.enc\"\n",
+        };
         std::fs::write(
             &cfg,
             format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\n[tokens]\n{tokens}\n\
-                 [secrets]\nbackend = \"file\"\nfile = \"secrets.enc\"\n\
+                 {secrets}\
                  [ssh]\nauthorized_keys = \"authorized_keys\"\ntrusted_user_ca_keys = [\"ca.pub\"]\n{extra}\n\
                  [ssh.groups]\nalice = [\"developers\"]\n\
                  [policy]\ndir = \"policies\"\n[audit]\npath = \"audit.log\"\n",
