@@ -17,14 +17,14 @@
 //! |-------------|----------------------------------------------------------------------|---------------------------------------|
 //! | [`proto`]   | every wire format client and broker share: token/proof alphabets and encodings, login messages, token/revoke requests and answers, the JSON error body, `/.well-known/gocred` metadata, URL/path rules | import any other gocred module |
 //! | [`server`]  | `run(listener, config, shutdown)`: start the services, their background loops and the HTTP server | parse config or print to the terminal |
-//! | [`http`]    | axum routes, request ids, metrics middleware, the one error → status map ([`http::error`]), serving on a socket ([`http::serve`]) | hold business logic |
-//! | [`service`] | [`service::Broker`] (every domain service of one process), `access` (token + proof → Caller, policy questions), `session` (login, exchange, refresh, revoke), `tunnel` (SSH tunnels), `meta`, named `background` loops | import axum or choose status codes |
+//! | [`http`]    | axum routes, request ids, metrics middleware, the one error → status map ([`http::error`]), serving on a socket ([`http::serve`]); `gitloop`, the loopback git door through which the broker's own git reaches upstreams | hold business logic |
+//! | [`service`] | [`service::Broker`] (every domain service of one process), `access` (token + proof → Caller, policy questions), `session` (login, exchange, refresh, revoke), `tunnel` (SSH tunnels), `meta`, `fallback` (a module fetch tried on the primary, then its mirrors), named `background` loops | import axum or choose status codes |
 //! | [`auth`]    | SSH login (sealed challenges, authorized keys, certificates), OIDC subject tokens (issuers, JWKS cache, claim mapping), proofs, [`auth::Principal`] | mint tokens, decide policy |
 //! | [`token`]   | EdDSA access tokens: mint, verify (strict `alg`), refresh, revocation check | accept any `alg` but EdDSA |
 //! | [`revocation`] | the shared revocation list in the secrets backend                   | block requests on the backend         |
 //! | [`policy`]  | Cedar policies: `load` (file:line diagnostics), `decide`, `engine` (reload, cache), `dev` | talk HTTP, do I/O beyond the policy dir |
 //! | [`audit`]   | one JSON line per authn/authz decision                               | record tokens, proofs or keys         |
-//! | [`proxy`]   | upstream clients, credential cache, header hygiene, streaming forward, route resolution | decide who may fetch what |
+//! | [`proxy`]   | upstream clients, credential cache, header hygiene, streaming forward, route resolution; `resilience` (circuit breakers, the retry budget, backoff), retries before the first byte, mirrors in order | decide who may fetch what |
 //! | [`modfetch`] | git-hosted modules over GOPROXY with the go command's semantics: bare mirrors, `git` run as the go command runs it, versions, pseudo-versions, `.info`/`.mod`/`.zip` | decide who may fetch, know HTTP, put a credential on argv or in env |
 //! | [`modstore`] | the module store: every canonical `.info`/`.mod`/`.zip` served, write-once, AES-256-GCM sealed (segments bound to a head naming module, version, kind), local dir (LRU cap) or S3 (conditional create), ledger, quarantine | decide who may read, know HTTP, fail a download because the store is down |
 //! | [`keys`]    | Ed25519 signing key set, rotation, JWKS                              | talk HTTP                             |

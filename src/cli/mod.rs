@@ -15,6 +15,7 @@ macro_rules! outln {
 }
 
 mod agent;
+mod doctor;
 mod helpers;
 mod policy;
 mod secrets;
@@ -85,6 +86,9 @@ pub enum Command {
     Secrets(secrets::SecretsArgs),
     /// Inspect the module store: list, verify every hash, remove a version, rotate its key.
     Store(store::StoreArgs),
+    /// Why a module does not download: the go environment, the session, the broker, and (given
+    /// MODULE[@VERSION]) a real fetch, each failure in one line with its fix. Exit 1 on a problem.
+    Doctor(doctor::DoctorArgs),
     /// Validate Cedar policies, or explain a decision.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -108,5 +112,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SshProxy(a) => ssh_proxy::run(a).await,
         Command::Secrets(a) => secrets::run(a).await,
         Command::Store(a) => store::run(a).await,
+        Command::Doctor(a) => doctor::run(a).await,
     }
 }

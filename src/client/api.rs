@@ -52,6 +52,7 @@ impl BrokerClient {
         let builder = || {
             let b = reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
+                .tls_info(true)
                 // A redirect would re-send a subject token or proof elsewhere.
                 .redirect(reqwest::redirect::Policy::none());
             match &certs {
@@ -186,9 +187,80 @@ impl BrokerClient {
         self.decode(resp).await
     }
 
+    /// A plain GET of `path` (`/readyz`, …) for `gocred doctor`, which reports what it sees
+    /// rather than decoding.
+    pub async fn probe(&self, path: &str) -> Result<Probe, ClientError> {
+        let resp = self.http.get(format!("{}{path}", self.url)).send().await.map_err(|e| self.net(e))?;
+        let status = resp.status().as_u16();
+        let date = resp.headers().get(reqwest::header::DATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let cert_not_after = resp
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|t| t.peer_certificate())
+            .and_then(cert_not_after);
+        let body = resp.text().await.map_err(|e| self.net(e))?;
+        Ok(Probe { status, date, body: body.chars().take(4000).collect(), cert_not_after })
+    }
+
     pub async fn whoami(&self, token: &str, proof: &str) -> Result<Whoami, ClientError> {
         let req = self.http.get(format!("{}/v1/whoami", self.url));
         let resp = self.authed(req, token, proof).send().await.map_err(|e| self.net(e))?;
         self.decode(resp).await
     }
+}
+
+/// What [`BrokerClient::probe`] saw.
+#[derive(Debug)]
+pub struct Probe {
+    pub status: u16,
+    /// The `Date` header (the broker's clock).
+    pub date: Option<String>,
+    /// At most 4000 characters of the body.
+    pub body: String,
+    /// The broker's TLS certificate's `notAfter`, Unix seconds (`None` over plain HTTP).
+    pub cert_not_after: Option<i64>,
+}
+
+/// One DER element at the start of `b`: (tag, contents, the rest).
+fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&first, b) = b.split_first()?;
+    let (len, b) = if first < 0x80 {
+        (first as usize, b)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        (b[..n].iter().fold(0usize, |a, x| (a << 8) | *x as usize), &b[n..])
+    };
+    (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+}
+
+/// The `notAfter` of an X.509 certificate (DER), Unix seconds.
+pub fn cert_not_after(cert: &[u8]) -> Option<i64> {
+    let (_, cert, _) = der(cert)?;
+    let (_, tbs, _) = der(cert)?;
+    let (tag, _, after_version) = der(tbs)?;
+    let fields = if tag == 0xa0 { after_version } else { tbs };
+    // serial, signature algorithm, issuer, then validity.
+    let (_, _, rest) = der(fields)?;
+    let (_, _, rest) = der(rest)?;
+    let (_, _, rest) = der(rest)?;
+    let (_, validity, _) = der(rest)?;
+    let (_, _, rest) = der(validity)?;
+    let (tag, t, _) = der(rest)?;
+    let t = std::str::from_utf8(t).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy: i32 = t.get(..2)?.parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, t.get(2..)?)
+        }
+        0x18 => (t.get(..4)?.parse().ok()?, t.get(4..)?),
+        _ => return None,
+    };
+    let n = |i: usize| rest.get(i..i + 2).and_then(|x| x.parse::<u8>().ok());
+    let month = time::Month::try_from(n(0)?).ok()?;
+    let date = time::Date::from_calendar_date(year, month, n(2)?).ok()?;
+    Some(date.with_hms(n(4)?, n(6)?, n(8)?).ok()?.assume_utc().unix_timestamp())
 }

@@ -76,6 +76,8 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     };
     match resp {
         Ok(r) => relay(r),
+        // git reports a 403 as the upstream refusing the credential (which it is).
+        Err(e @ crate::proxy::ProxyError::Rejected { .. }) => refuse(StatusCode::FORBIDDEN, &e.to_string()),
         Err(e) => {
             tracing::info!(error = %crate::error_chain(&e), "git door: upstream failed");
             refuse(StatusCode::BAD_GATEWAY, &e.to_string())

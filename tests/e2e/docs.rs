@@ -345,3 +345,18 @@ fn module_store_doc_config_is_valid() {
         other => panic!("expected the S3 backend: {other:?}"),
     }
 }
+
+/// docs/resilience.md's mirrors example is valid as shown and yields what it describes.
+#[test]
+fn resilience_doc_config_is_valid() {
+    let doc = std::fs::read_to_string(repo_root().join("docs/resilience.md")).unwrap();
+    let toml = doc.split("```toml\n").nth(1).and_then(|r| r.split("```").next()).expect("a toml block");
+    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[secrets]\nbackend = \"file\"\nfile = \"s.enc\"\n{toml}");
+    let c = gocred::config::Config::from_toml(&text, None, std::iter::empty(), &Default::default())
+        .unwrap_or_else(|e| panic!("docs/resilience.md's config: {e}"));
+    let u = &c.upstreams;
+    assert_eq!((u[0].mirrors.as_slice(), u[0].retries), (&[1, 2][..], 2));
+    assert_eq!((u[0].deadline, u[0].timeout), (Duration::from_secs(60), Duration::from_secs(10)));
+    assert_eq!(u[2].mirror_of.as_deref(), Some("corp-git"));
+    assert_eq!(u[2].modules, ["git.corp.example"], "a mirror serves its primary's paths");
+}

@@ -8,6 +8,7 @@
 
 mod chart;
 mod docs;
+mod doctor;
 mod faults;
 mod foundation;
 mod gitmod;

@@ -66,7 +66,7 @@ pub(crate) fn metric(url: &str, ca: &Path, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}")) as u64
 }
 
-fn lib_repo(srv: &Path, marker: &str) -> Repo {
+pub(crate) fn lib_repo(srv: &Path, marker: &str) -> Repo {
     let mut r = Repo::new(srv, "lib");
     r.write("go.mod", &format!("module {M}/lib.git\n\ngo 1.21\n"))
         .write("lib.go", &format!("package lib // {marker}\n"));

@@ -24,6 +24,8 @@ ap.add_argument("--bind", default="127.0.0.1")
 ap.add_argument("--anonymous", action="store_true", help="serve without credentials (a public proxy)")
 ap.add_argument("--tls-cert")
 ap.add_argument("--tls-key")
+ap.add_argument("--anonymous-refs", action="store_true",
+                help="answer info/refs without credentials (only fetching needs them)")
 ap.add_argument("--fault", choices=["503", "stall"], help="misbehave on every --fault-every-th request")
 ap.add_argument("--fault-every", type=int, default=3)
 ap.add_argument("--stall-secs", type=float, default=5.0)
@@ -107,6 +109,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(args.stall_secs)
         path, _, query = self.path.partition("?")
         who = self.authorized()
+        # --anonymous-refs: listing refs needs no credential (GET info/refs, and protocol v2's
+        # `command=ls-refs`), fetching objects does — git asks for a password only then.
+        lists = (self.command == "GET" and path.endswith("/info/refs")) or (
+            self.command == "POST" and path.endswith("/git-upload-pack") and b"command=ls-refs" in data)
+        if who is None and args.anonymous_refs and lists:
+            who = "anonymous"
         scheme = self.headers.get("Authorization", "none").split(" ")[0]
         sys.stderr.write("REQ %s %s auth=%s\n" % (self.command, self.path, scheme))
         sys.stderr.flush()
