@@ -45,7 +45,48 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let origin = origin_for(&config, &listener).map_err(ServerError::LocalAddr)?;
-    serve(Broker::start(config, origin).await?, listener, shutdown).await
+    let mut shutdown = Box::pin(shutdown);
+    match start_waiting(config, origin, &mut shutdown).await? {
+        Some(broker) => serve(broker, listener, shutdown).await,
+        None => Ok(()),
+    }
+}
+
+/// [`Broker::start`], waiting for a secrets backend that is unreachable at start: one `WARN`
+/// line saying so, then tries again (1 s, doubling to 10 s) until it answers; `None` when
+/// `shutdown` resolves first. Any other start error (a refusal, a bad setting) is returned.
+pub async fn start_waiting(
+    config: Config,
+    origin: String,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<Arc<Broker>>, StartError> {
+    let mut wait = std::time::Duration::from_secs(1);
+    let mut waiting = false;
+    loop {
+        match Broker::start(config.clone(), origin.clone()).await {
+            Ok(b) => {
+                if waiting {
+                    tracing::info!("the secrets backend answers: starting");
+                }
+                return Ok(Some(b));
+            }
+            Err(e) if e.is_unavailable() => {
+                let error = crate::error_chain(&e);
+                if !waiting {
+                    tracing::warn!(%error, "the secrets backend is unreachable at start: waiting for it (not listening until then)");
+                    waiting = true;
+                } else {
+                    tracing::debug!(%error, "the secrets backend is still unreachable");
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = &mut *shutdown => return Ok(None),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(10));
+    }
 }
 
 /// `server.public_url`, or `scheme://<bound address>`.

@@ -2,7 +2,9 @@
 //! line with the fix. The local side (the go command and its environment, git's URL rewrites,
 //! netrc shadowing, the session and the clock against the broker), the broker (reachability,
 //! TLS, `/readyz` with its circuit breakers), and — given a module — a real `go mod download`
-//! with a fresh module cache in the current directory, its failure classified.
+//! in the current directory (its go.mod and go.sum count) with a fresh, temporary module cache,
+//! its failure classified. Never prints a credential: URLs lose their userinfo, GOAUTH commands
+//! and GOFLAGS show names only.
 //!
 //! Exit codes: 0 nothing wrong (warnings allowed), 1 a problem found (the first one is the
 //! last line on stderr), 2 usage. Client side only: imports nothing of the broker.
@@ -157,7 +159,49 @@ fn go_env(r: &mut Report) -> Option<BTreeMap<String, String>> {
 
 fn broker_from_goproxy(env: &Option<BTreeMap<String, String>>) -> Option<String> {
     let proxy = env.as_ref()?.get("GOPROXY")?;
-    proxy.split([',', '|']).find_map(|p| p.strip_suffix("/mod").map(str::to_string))
+    proxy.split([',', '|']).find_map(|p| p.strip_suffix("/mod").map(without_userinfo))
+}
+
+/// A URL without `user:password@` (GOPROXY entries may carry credentials; the go command
+/// redacts them too).
+fn without_userinfo(u: &str) -> String {
+    match u.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => u.to_string(),
+    }
+}
+
+/// A go env value as doctor prints it: no credentials in GOPROXY URLs, GOAUTH's commands by
+/// program only (their arguments may be tokens), GOFLAGS by flag name only.
+fn shown(key: &str, value: &str) -> String {
+    match key {
+        "GOPROXY" => value
+            .split_inclusive([',', '|'])
+            .map(|p| {
+                let sep = p.strip_prefix(p.trim_end_matches([',', '|'])).unwrap_or_default();
+                format!("{}{sep}", without_userinfo(p.trim_end_matches([',', '|'])))
+            })
+            .collect(),
+        "GOAUTH" => value
+            .split(';')
+            .map(|c| {
+                let mut w = c.split_whitespace();
+                match (w.next(), w.next()) {
+                    (Some(p), Some("goauth")) => format!("{p} goauth"),
+                    (Some(p), Some(_)) => format!("{p} …"),
+                    (Some(p), None) => p.to_string(),
+                    _ => String::new(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        "GOFLAGS" => value.split_whitespace().map(|f| f.split('=').next().unwrap_or(f)).collect::<Vec<_>>().join(" "),
+        _ => value.to_string(),
+    }
 }
 
 /// Reachability, TLS, clock skew and `/readyz` (breakers); the broker's metadata.
@@ -271,19 +315,24 @@ fn check_go_env(r: &mut Report, env: &BTreeMap<String, String>, url: &str, modul
     let proxies: Vec<&str> = get("GOPROXY").split([',', '|']).collect();
     let at = proxies.iter().position(|p| p.trim_end_matches('/') == mod_url);
     match at {
-        Some(_) => r.ok("GOPROXY", get("GOPROXY")),
+        Some(_) => r.ok("GOPROXY", shown("GOPROXY", get("GOPROXY"))),
         None => r.add(
             "GOPROXY",
             Level::Fail,
-            format!("GOPROXY={} does not go through the broker", get("GOPROXY")),
+            format!("GOPROXY={} does not go through the broker", shown("GOPROXY", get("GOPROXY"))),
             Some(format!("go env -w GOPROXY={mod_url},off (or gocred setup)")),
         ),
     }
     if get("GOAUTH").split(';').any(|c| c.trim().ends_with("gocred goauth")) {
-        r.ok("GOAUTH", get("GOAUTH"));
+        r.ok("GOAUTH", shown("GOAUTH", get("GOAUTH")));
     } else {
         let fix = "go env -w GOAUTH='gocred goauth' (or gocred setup)".to_string();
-        r.add("GOAUTH", Level::Fail, format!("GOAUTH={} does not run gocred", get("GOAUTH")), Some(fix));
+        r.add(
+            "GOAUTH",
+            Level::Fail,
+            format!("GOAUTH={} does not run gocred", shown("GOAUTH", get("GOAUTH"))),
+            Some(fix),
+        );
     }
     for m in modules {
         let probe = format!("{m}/x");
@@ -323,7 +372,7 @@ fn check_go_direct(r: &mut Report, env: &BTreeMap<String, String>, modules: &[St
         let detail = "GOFLAGS=-mod=vendor: modules come from vendor/ and are never downloaded";
         r.add("GOFLAGS", Level::Warn, detail, Some("go env -u GOFLAGS, or go mod vendor after a change".into()));
     } else if !flags.is_empty() {
-        r.ok("GOFLAGS", flags);
+        r.ok("GOFLAGS", shown("GOFLAGS", flags));
     }
     let toolchain = get("GOTOOLCHAIN");
     if toolchain != "local" && !toolchain.is_empty() {
@@ -541,6 +590,19 @@ mod tests {
             assert_eq!(crate::client::api::cert_not_after(cert.der()), Some(want));
         }
         assert_eq!(crate::client::api::cert_not_after(b"\x30\x82\xff"), None);
+    }
+
+    #[test]
+    fn credentials_in_go_env_values_are_never_shown() {
+        let p = shown("GOPROXY", "https://u:s3cret@proxy.corp/mod,https://b.test/mod|off");
+        assert_eq!(p, "https://proxy.corp/mod,https://b.test/mod|off");
+        assert_eq!(
+            shown("GOAUTH", "/bin/gocred goauth; helper --token=s3cret; netrc"),
+            "/bin/gocred goauth; helper …; netrc"
+        );
+        assert_eq!(shown("GOFLAGS", "-mod=mod -ldflags=-X=main.key=s3cret"), "-mod -ldflags");
+        let env = Some(BTreeMap::from([("GOPROXY".to_string(), "https://a:s3cret@b.test/mod,off".to_string())]));
+        assert_eq!(broker_from_goproxy(&env).as_deref(), Some("https://b.test"));
     }
 
     #[test]

@@ -7,7 +7,6 @@ use gocred_paths::default_dev_dir;
 use std::path::PathBuf;
 
 use crate::config::{BackendConfig, Config, Overrides};
-use crate::server::Broker;
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["config", "dev"])))]
@@ -88,8 +87,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let scheme = if config.server.tls.is_some() { "https" } else { "http" };
     let url = crate::server::origin_for(&config, &listener)?;
     let backend = describe_backend(&config);
-    let broker = Broker::start(config, url.clone()).await?;
-    let shutdown = shutdown_signal()?;
+    let mut shutdown = Box::pin(shutdown_signal()?);
+    let Some(broker) = crate::server::start_waiting(config, url.clone(), &mut shutdown).await? else {
+        outln!("gocred: stopped");
+        return Ok(());
+    };
     let kid = broker.keys.snapshot().set.current().kid.clone();
 
     outln!("gocred: listening on {scheme}://{addr} (public URL {url})");

@@ -206,8 +206,54 @@ pub(super) async fn goproxy_module(
     if matches!(req, Request::List | Request::Latest) {
         return goproxy_list(state, t, req, ev).await;
     }
-    let (_, resp) = p.forward_chain(t.upstream, &t.upstream_path, &headers).await?;
-    Ok(super::proxy::relay(state.clone(), resp, ev))
+    let (idx, resp) = p.forward_chain(t.upstream, &t.upstream_path, &headers).await?;
+    match &name {
+        Some(n) => relay_checked(&state, resp, n, &p.upstreams()[idx].name, ev).await,
+        None => Ok(super::proxy::relay(state.clone(), resp, ev)),
+    }
+}
+
+/// Relay an immutable answer; a `.info` only once it names exactly the version asked
+/// (whichever upstream or mirror answered): read whole (it is small), checked, then relayed.
+async fn relay_checked(
+    state: &AppState,
+    resp: reqwest::Response,
+    n: &ObjectName,
+    upstream: &str,
+    ev: Event,
+) -> Result<Response, ApiError> {
+    if n.kind != Kind::Info || resp.status() != reqwest::StatusCode::OK {
+        return Ok(super::proxy::relay(state.clone(), resp, ev));
+    }
+    const MAX_INFO: usize = 64 << 10;
+    let mut rebuilt = axum::http::Response::builder().status(200);
+    for (k, v) in resp.headers() {
+        rebuilt = rebuilt.header(k, v);
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(|e| crate::proxy::ProxyError::Body {
+            upstream: upstream.to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_INFO {
+            info_names(None, n, upstream)?;
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Info {
+        #[serde(rename = "Version")]
+        version: String,
+    }
+    let named = serde_json::from_slice::<Info>(&body).ok().map(|i| i.version);
+    info_names(named, n, upstream)?;
+    let rebuilt = rebuilt.body(body).map_err(|e| crate::proxy::ProxyError::Body {
+        upstream: upstream.to_string(),
+        source: std::io::Error::other(e),
+    })?;
+    Ok(super::proxy::relay(state.clone(), reqwest::Response::from(rebuilt), ev))
 }
 
 /// An immutable answer not (usably) stored: fetched into a temporary file, kept, served from
@@ -235,8 +281,9 @@ async fn fetch_and_keep(
         Err(Saving::Local(e)) => {
             store.stats.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(object = %n, error = %e, "module store temporary file failed; relaying the upstream");
-            let (_, resp) = p.forward_chain(t.upstream, &t.upstream_path, headers).await?;
-            return Ok(super::proxy::relay(state.clone(), resp, ev));
+            let (idx, resp) = p.forward_chain(t.upstream, &t.upstream_path, headers).await?;
+            let name = p.upstreams()[idx].name.clone();
+            return relay_checked(state, resp, n, &name, ev).await;
         }
     }
     if n.kind == Kind::Info {
@@ -263,6 +310,11 @@ fn check_info_version(path: &std::path::Path, n: &ObjectName, upstream: &str) ->
         version: String,
     }
     let named = std::fs::read(path).ok().and_then(|b| serde_json::from_slice::<Info>(&b).ok()).map(|i| i.version);
+    info_names(named, n, upstream)
+}
+
+/// The version a `.info` named (`None`: unreadable) is the one asked, or the refusal.
+fn info_names(named: Option<String>, n: &ObjectName, upstream: &str) -> Result<(), ApiError> {
     if named.as_deref() == Some(n.version.as_str()) {
         return Ok(());
     }

@@ -71,6 +71,18 @@ pub enum ProxyError {
     },
 }
 
+impl ProxyError {
+    /// The upstream itself failed (its circuit breaker counts it): unreachable, timed out, cut
+    /// off mid-answer, or a 5xx/429. A refusal, a bad path or a local problem is not.
+    pub fn is_upstream_failure(&self) -> bool {
+        match self {
+            ProxyError::Unreachable { .. } | ProxyError::Timeout { .. } | ProxyError::Body { .. } => true,
+            ProxyError::Unavailable { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
 /// An upstream credential, as the `Authorization` header value it becomes.
 #[derive(Clone)]
 pub struct UpstreamCredential {
@@ -514,16 +526,19 @@ impl Proxy {
                     return Ok((i, r));
                 }
                 Ok(r) => {
-                    if matches!(r.status().as_u16(), 404 | 410) {
-                        self.breakers[i].success();
-                    } else {
+                    // A 4xx is the upstream answering (a caller cannot open its breaker for
+                    // everyone by asking for what it refuses); a 5xx or 429 is it failing.
+                    let s = r.status().as_u16();
+                    if s >= 500 || s == 429 {
                         self.breakers[i].failure();
+                    } else {
+                        self.breakers[i].success();
                     }
                     tracing::info!(upstream = %self.upstreams[i].name, status = r.status().as_u16(), "upstream did not answer; trying the next");
                     last = Some(Ok((i, r)));
                 }
                 Err(e) => {
-                    if !matches!(e, ProxyError::BadPath(_) | ProxyError::Credential { .. }) {
+                    if e.is_upstream_failure() {
                         self.breakers[i].failure();
                     }
                     tracing::info!(upstream = %self.upstreams[i].name, error = %crate::error_chain(&e), "upstream failed; trying the next");

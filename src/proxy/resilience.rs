@@ -17,6 +17,9 @@ pub const WINDOW: usize = 20;
 /// How long a breaker first stays open; doubled (with jitter) each time a probe fails.
 pub const OPEN_FOR: Duration = Duration::from_secs(5);
 pub const OPEN_FOR_MAX: Duration = Duration::from_secs(60);
+/// A half-open probe whose outcome was never recorded (the caller left, the answer was neither
+/// success nor failure) stops holding the breaker after this: another probe may go.
+pub const PROBE_LEASE: Duration = Duration::from_secs(10);
 
 /// First retry delay (doubled per retry, full jitter between half and all of it).
 pub const BACKOFF: Duration = Duration::from_millis(50);
@@ -56,8 +59,8 @@ struct Inner {
     open_until: Option<Instant>,
     /// How many times in a row it opened (the backoff exponent).
     opened: u32,
-    /// A half-open probe is in flight.
-    probing: bool,
+    /// A half-open probe is in flight, since then (see [`PROBE_LEASE`]).
+    probing: Option<Instant>,
 }
 
 /// One upstream's circuit breaker: closed → open after [`OPEN_AFTER`] consecutive failures (or
@@ -77,7 +80,7 @@ impl Default for Breaker {
                 recent: Default::default(),
                 open_until: None,
                 opened: 0,
-                probing: false,
+                probing: None,
             }),
             opened_total: AtomicU64::new(0),
         }
@@ -91,9 +94,9 @@ impl Breaker {
         match s.open_until {
             None => true,
             Some(t) if Instant::now() < t => false,
-            Some(_) if s.probing => false,
+            Some(_) if s.probing.is_some_and(|p| p.elapsed() < PROBE_LEASE) => false,
             Some(_) => {
-                s.probing = true;
+                s.probing = Some(Instant::now());
                 true
             }
         }
@@ -114,7 +117,7 @@ impl Breaker {
         s.consecutive = 0;
         s.open_until = None;
         s.opened = 0;
-        s.probing = false;
+        s.probing = None;
         push(&mut s.recent, false);
     }
 
@@ -124,7 +127,7 @@ impl Breaker {
         s.consecutive += 1;
         push(&mut s.recent, true);
         let ratio = s.recent.len() == WINDOW && s.recent.iter().filter(|f| **f).count() >= OPEN_RATIO_FAILURES;
-        let was_probe = s.probing;
+        let was_probe = s.probing.is_some();
         if was_probe || s.consecutive >= OPEN_AFTER || ratio {
             if s.open_until.is_none() || was_probe {
                 self.opened_total.fetch_add(1, Ordering::Relaxed);
@@ -132,7 +135,7 @@ impl Breaker {
             s.opened = s.opened.saturating_add(1);
             let base = OPEN_FOR.saturating_mul(1 << (s.opened - 1).min(4)).min(OPEN_FOR_MAX);
             s.open_until = Some(Instant::now() + jitter(base));
-            s.probing = false;
+            s.probing = None;
             s.recent.clear();
         }
     }
@@ -230,6 +233,10 @@ mod tests {
         assert_eq!(b.state(), BreakerState::HalfOpen);
         assert!(b.allow());
         assert!(!b.allow(), "a second request during the probe");
+        // A probe nobody reported on (the caller left) holds the breaker only for its lease.
+        b.inner.lock().unwrap().probing = Some(Instant::now() - PROBE_LEASE);
+        assert!(b.allow(), "a lost probe locked the upstream out");
+        assert!(!b.allow());
         // The probe fails: open again, for longer.
         b.failure();
         let until = b.inner.lock().unwrap().open_until.unwrap();

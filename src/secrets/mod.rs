@@ -48,6 +48,26 @@ pub enum SecretsError {
     Malformed { path: String, reason: String },
 }
 
+impl SecretsError {
+    /// Vault/OpenBao could not be reached, or answered 5xx (sealed, standby, overloaded): worth
+    /// waiting for, unlike a refusal (4xx), a bad setting or a local file problem.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            SecretsError::Vault { reason, .. }
+            | SecretsError::VaultLogin { reason, .. }
+            | SecretsError::VaultHealth { reason, .. } => {
+                let l = reason.to_ascii_lowercase();
+                let transport = !l.starts_with("http ")
+                    && ["request", "connect", "timed out", "timeout", "dns", "reset", "broken pipe"]
+                        .iter()
+                        .any(|w| l.contains(w));
+                transport || l.starts_with("http 5")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The contents of one record: field name → secret value.
 #[derive(Clone, Default)]
 pub struct SecretData(pub BTreeMap<String, SecretString>);

@@ -88,7 +88,7 @@ pub async fn fetch(p: &Proxy, mf: &ModFetch, primary: usize, w: &Wanted<'_>) -> 
 fn transient(e: &FetchError) -> bool {
     match e {
         FetchError::Build(b) => b.is_transient(),
-        FetchError::Proxy(p) => !matches!(p, ProxyError::BadPath(_) | ProxyError::Credential { .. }),
+        FetchError::Proxy(p) => p.is_upstream_failure(),
     }
 }
 

@@ -54,6 +54,18 @@ pub enum StartError {
     LoadKeys(#[from] KeysError),
 }
 
+impl StartError {
+    /// The secrets backend is unreachable (not misconfigured): starting again later can work.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StartError::OpenSecrets(e) | StartError::LoadKeys(KeysError::Load(e) | KeysError::Store(e)) => {
+                e.is_unavailable()
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A started broker: backend open, keys and policies loaded. Shared (`Arc`) by the router and
 /// the background loops.
 pub struct Broker {

@@ -296,6 +296,50 @@ async fn readiness_follows_vault_while_healthz_stays_up() {
     assert_eq!(g.get(&c, "/.well-known/jwks.json").await.1, jwks_before);
 }
 
+/// A broker started while OpenBao is down says so in one line (naming it), does not exit, and
+/// starts by itself once OpenBao answers; then it is ready. A refusal (a wrong token) is not
+/// waited for: the broker exits with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_started_while_vault_is_down_waits_for_it() {
+    let port = free_port();
+    let mut bao = OpenBao::start_on(port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = vault_config(dir.path(), "broker.toml", &bao, "method = \"token\"\ntoken = \"root\"");
+    bao.proc.kill();
+    let mut p = Gocred::spawn(&["serve", "--config", &cfg], &[]);
+    let line = p.wait_stderr("unreachable at start", Duration::from_secs(20));
+    assert!(line.contains("WARN") && line.contains(&bao.addr), "{line}");
+    std::thread::sleep(Duration::from_secs(4)); // a few more tries
+    let said = p.stderr().iter().filter(|l| l.contains("unreachable")).count();
+    assert_eq!(said, 1, "one line while waiting: {:#?}", p.stderr());
+    assert!(p.stdout().iter().all(|l| !l.contains("listening")), "{:?}", p.stdout());
+    let _bao = OpenBao::start_on(port).await;
+    let line = p.wait_stdout("gocred: listening on ", Duration::from_secs(30));
+    let url = line.split_whitespace().nth(3).unwrap().to_string();
+    let r = client(None).get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    let bad = vault_config(dir.path(), "bad.toml", &bao, "method = \"token\"\ntoken = \"not-the-root-token\"");
+    let mut child = gocred_cmd(&["serve", "--config", &bad], &[])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a broker refused by Vault kept waiting instead of exiting");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("waiting for it") && err.contains("403"), "a refusal is not waited for: {err}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_keeps_previous_key_published() {
     let dir = tempfile::tempdir().unwrap();
