@@ -660,6 +660,72 @@ impl Proxy {
 mod tests {
     use super::*;
 
+    /// A module proxy on a raw socket answering every request with `status`; counts requests.
+    async fn canned(status: &'static str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = n.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let resp = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno");
+                let _ = c.write_all(resp.as_bytes()).await;
+            }
+        });
+        (url, n)
+    }
+
+    async fn proxy_to(url: &str, dir: &std::path::Path) -> Proxy {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[secrets]\nbackend = \"file\"\nfile = \"{}\"\n\
+             [[upstreams]]\nname = \"athens\"\nkind = \"goproxy\"\nmodules = [\"corp.test\"]\nurl = \"{url}\"\nretries = 0\n",
+            dir.join("s.enc").display()
+        );
+        let config = crate::config::Config::from_toml(
+            &text,
+            Some(&dir.join("broker.toml")),
+            std::iter::empty(),
+            &crate::config::Overrides::default(),
+        )
+        .unwrap();
+        let mut secrets = config.secrets.clone();
+        if let crate::config::BackendConfig::File(f) = &mut secrets.backend {
+            f.key_file = Some(dir.join("file.key"));
+            f.create_key = true;
+        }
+        let store = Arc::new(SecretStore::open(&secrets).await.unwrap());
+        Proxy::new(config.upstreams.clone(), store).unwrap()
+    }
+
+    /// Refusals are answers: any number of 403s leaves the breaker closed (a caller cannot open
+    /// it for everyone); 503s open it after [`resilience::OPEN_AFTER`], and then the upstream
+    /// sees no request at all.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn only_upstream_failures_open_a_breaker() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, _) = canned("403 Forbidden").await;
+        let p = proxy_to(&url, dir.path()).await;
+        for _ in 0..2 * resilience::OPEN_AFTER {
+            let _ = p.forward_chain(0, "/corp.test/x/@v/v1.0.0.info", &http::HeaderMap::new()).await;
+        }
+        assert_eq!(p.breaker(0).state(), resilience::BreakerState::Closed);
+
+        let (url, hits) = canned("503 Service Unavailable").await;
+        let p = proxy_to(&url, dir.path()).await;
+        for _ in 0..resilience::OPEN_AFTER {
+            let _ = p.forward_chain(0, "/corp.test/x/@v/v1.0.0.info", &http::HeaderMap::new()).await;
+        }
+        assert_eq!(p.breaker(0).state(), resilience::BreakerState::Open);
+        let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+        let r = p.forward_chain(0, "/corp.test/x/@v/v1.0.0.info", &http::HeaderMap::new()).await;
+        assert!(matches!(r, Err(ProxyError::BreakerOpen { .. })), "{:?}", r.map(|(i, r)| (i, r.status())));
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), before, "an open breaker sent a request");
+    }
+
     #[test]
     fn only_allowlisted_response_headers_pass_and_connection_named_ones_never() {
         let mut h = http::HeaderMap::new();
