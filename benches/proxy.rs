@@ -73,6 +73,7 @@ async fn run(n: usize) {
         mirror_of: None,
         retries: 2,
         deadline: Duration::from_secs(60),
+        credential_ttl: Duration::from_secs(300),
     }];
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());

@@ -280,6 +280,7 @@ fn dev_public_upstream(flag: Option<&str>) -> Result<Vec<Upstream>, ConfigError>
         mirror_of: None,
         retries: 2,
         deadline: Duration::from_secs(60),
+        credential_ttl: Duration::from_secs(300),
     }])
 }
 

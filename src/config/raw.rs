@@ -164,6 +164,7 @@ pub(super) struct RawUpstream {
     pub(super) retries: Option<u32>,
     /// The whole time a fetch may take before its first byte, retries and mirrors included.
     pub(super) deadline: Option<String>,
+    pub(super) credential_ttl: Option<String>,
 }
 
 /// `[webhook]`: the Kubernetes mutating admission webhook (`POST /v1/admission`).

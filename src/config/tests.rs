@@ -447,3 +447,24 @@ fn mirrors_resolve_in_order_are_never_routed_and_bad_ones_are_named() {
         assert!(e.contains(want), "{want}: {e}");
     }
 }
+
+#[test]
+fn upstream_durations_are_bounded_and_credential_ttl_defaults_to_five_minutes() {
+    let up = |extra: &str| {
+        format!(
+            "{MIN}[[upstreams]]\nname = \"g\"\nkind = \"git\"\nhosts = [\"corp.test\"]\nurl = \"https://g.example\"\n{extra}"
+        )
+    };
+    let c = parse(&up("credential_ttl = \"30s\"\n"), &[]).unwrap();
+    assert_eq!(c.upstreams[0].credential_ttl, std::time::Duration::from_secs(30));
+    assert_eq!(parse(&up(""), &[]).unwrap().upstreams[0].credential_ttl, std::time::Duration::from_secs(300));
+    for (bad, key) in [
+        ("deadline = \"2h\"\n", "deadline"),
+        ("timeout = \"0s\"\n", "timeout"),
+        ("credential_ttl = \"500ms\"\n", "credential_ttl"),
+        ("credential_ttl = \"2d\"\n", "credential_ttl"),
+    ] {
+        let e = parse(&up(bad), &[]).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains("is not between 1s and"), "{bad}: {e}");
+    }
+}

@@ -61,6 +61,9 @@ pub struct Upstream {
     pub retries: u32,
     /// How long a fetch may take before its first byte, retries (and mirrors) included.
     pub deadline: Duration,
+    /// How long the upstream credential read from the secrets backend is used before it is
+    /// read again (while the backend is down, the last one read keeps being used).
+    pub credential_ttl: Duration,
 }
 
 /// Where tunnels to an SSH-served upstream go, and how clients name repositories there.
@@ -260,7 +263,7 @@ fn validate_upstream(
         credentials,
         mode,
         ca_cert: u.ca_cert.map(|p| cx.rel(p)),
-        timeout: cx.duration(&key("timeout"), u.timeout.as_deref(), Duration::from_secs(30))?,
+        timeout: bounded(cx, &key("timeout"), u.timeout.as_deref(), Duration::from_secs(30), HOUR)?,
         ssh,
         public,
         mirrors: Vec::new(),
@@ -269,6 +272,25 @@ fn validate_upstream(
             Some(n) if n > 10 => return Err(cx.err(&key("retries"), format!("{n} is more than 10"))),
             n => n.unwrap_or(2),
         },
-        deadline: cx.duration(&key("deadline"), u.deadline.as_deref(), Duration::from_secs(60))?,
+        deadline: bounded(cx, &key("deadline"), u.deadline.as_deref(), Duration::from_secs(60), HOUR)?,
+        credential_ttl: bounded(
+            cx,
+            &key("credential_ttl"),
+            u.credential_ttl.as_deref(),
+            Duration::from_secs(300),
+            24 * HOUR,
+        )?,
     })
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A duration between 1 s and `max`.
+fn bounded(cx: &Ctx, key: &str, v: Option<&str>, default: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    let d = cx.duration(key, v, default)?;
+    if d < Duration::from_secs(1) || d > max {
+        let shown = humantime::format_duration(max);
+        return Err(cx.err(key, format!("{} is not between 1s and {shown}", humantime::format_duration(d))));
+    }
+    Ok(d)
 }

@@ -28,7 +28,7 @@ pub async fn open(proxy: Arc<Proxy>) -> std::io::Result<()> {
     let app = axum::Router::new().fallback(handle).with_state(proxy);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the git door stopped; git builds go to upstreams directly");
+            tracing::error!(error = %e, "the git door stopped: git builds fail until the broker restarts");
         }
     });
     Ok(())
@@ -49,7 +49,8 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     let Some((idx, rest)) = path.strip_prefix('/').and_then(|r| r.split_once('/')) else {
         return refuse(StatusCode::NOT_FOUND, "no such upstream");
     };
-    let Some(idx) = idx.parse::<usize>().ok().filter(|i| *i < p.upstreams().len()) else {
+    let git = |i: &usize| p.upstreams().get(*i).is_some_and(|u| u.kind == crate::config::UpstreamKind::Git);
+    let Some(idx) = idx.parse::<usize>().ok().filter(git) else {
         return refuse(StatusCode::NOT_FOUND, "no such upstream");
     };
     let rest = format!("/{rest}");

@@ -474,8 +474,7 @@ pub async fn credentials(
         .await?
         .ok_or_else(|| ApiError::NotServed(format!("upstream {} has no credential", u.name)))?;
     use secrecy::ExposeSecret;
-    let expires_at =
-        crate::unix_now() + crate::proxy::CRED_TTL.as_secs().saturating_sub(cred.fetched.elapsed().as_secs());
+    let expires_at = crate::unix_now() + u.credential_ttl.as_secs().saturating_sub(cred.fetched.elapsed().as_secs());
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
         axum::Json(serde_json::json!({

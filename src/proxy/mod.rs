@@ -1,5 +1,5 @@
 //! The authenticating reverse proxy's forwarding half: per-upstream HTTP clients, the upstream
-//! credential cache (read from the secrets backend, refreshed after `CRED_TTL` and once when an
+//! credential cache (read from the secrets backend, refreshed after `upstreams[].credential_ttl` and once when an
 //! upstream answers 401; the last one read keeps working while the backend is down), header
 //! hygiene (the caller's `Authorization` and proof never leave), streaming in both directions
 //! with bounded connect/read times, and resilience: retries before the first byte, mirrors in
@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long an upstream credential is used before it is read again from the backend.
-pub const CRED_TTL: Duration = Duration::from_secs(300);
+/// While the secrets backend fails, a cached credential is read again only this often.
+pub const BACKEND_RETRY: Duration = Duration::from_secs(10);
 /// A cached credential younger than this is not re-read even after an upstream 401.
 pub const FORCED_REFRESH_MIN_AGE: Duration = Duration::from_secs(5);
 
@@ -268,7 +268,7 @@ impl Proxy {
         let Some(path) = &u.credentials else { return Ok(None) };
         // A forced refresh (after an upstream 401) reads the backend at most every few seconds
         // per upstream, whatever callers provoke.
-        let fresh_for = if force { FORCED_REFRESH_MIN_AGE } else { CRED_TTL };
+        let fresh_for = if force { FORCED_REFRESH_MIN_AGE } else { u.credential_ttl };
         if let Some(c) = self.creds.lock().expect("credential cache poisoned").get(&u.name)
             && c.fetched.elapsed() < fresh_for
         {
@@ -279,9 +279,14 @@ impl Proxy {
             Ok(r) => r.ok_or_else(|| fail(format!("no record at `{path}`")))?,
             Err(e) => {
                 // The backend is down: the credential read last keeps working (readiness reports
-                // the backend; the upstream decides whether the credential is still good).
-                if let Some(c) = self.creds.lock().expect("credential cache poisoned").get(&u.name) {
+                // the backend; the upstream decides whether the credential is still good), and
+                // the backend is asked again only after BACKEND_RETRY — not on every request,
+                // each of which would wait for its timeout.
+                let mut cache = self.creds.lock().expect("credential cache poisoned");
+                if let Some(c) = cache.get_mut(&u.name) {
                     tracing::warn!(upstream = %u.name, error = %e, "secrets backend failed; using the cached upstream credential");
+                    let hold = u.credential_ttl.saturating_sub(BACKEND_RETRY);
+                    c.fetched = Instant::now().checked_sub(hold).unwrap_or(c.fetched);
                     return Ok(Some(c.clone()));
                 }
                 return Err(fail(e.to_string()));

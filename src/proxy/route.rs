@@ -297,6 +297,7 @@ mod tests {
             mirror_of: None,
             retries: 2,
             deadline: Duration::from_secs(10),
+            credential_ttl: Duration::from_secs(300),
         };
         vec![
             mk("git", UpstreamKind::Git, &["git.corp.test"], &["git.corp.test"]),

@@ -311,7 +311,9 @@ async fn fault_d_vault_stopped_for_the_whole_run() {
     let bdir = tempfile::tempdir().unwrap();
     let cfg = bdir.path().join("broker.toml");
     let ca = bdir.path().join("tls/ca.pem");
-    let creds = "credentials = \"vault:upstreams/corpus\"\n";
+    // A 2 s credential TTL: during the run the cached upstream credential goes stale and, with
+    // OpenBao down, keeps being used.
+    let creds = "credentials = \"vault:upstreams/corpus\"\ncredential_ttl = \"2s\"\n";
     let (b, env) = crate::gitmod::corpus_broker_store(bdir, d, port, creds, &venv, "[store]\ndir = \"store\"\n");
     // The upstream credential, the documented way (stdin), into OpenBao.
     let mut put = gocred_cmd(&["secrets", "--config", cfg.to_str().unwrap(), "put", "upstreams/corpus"], &venv)
@@ -339,6 +341,8 @@ async fn fault_d_vault_stopped_for_the_whole_run() {
     assert!(body["secrets"].as_str().unwrap().contains("unreachable"), "{body}");
     let c = counters(&b.g.url, &ca, &["corpus"]);
     drill.report(&c);
+    let cached = b.g.proc.stderr().iter().filter(|l| l.contains("using the cached upstream credential")).count();
+    assert!(cached >= 1, "the stale credential was never used from memory");
 
     // OpenBao back (a dev server: empty): the broker is ready again by itself.
     let _bao = OpenBao::start_on(bao_port).await;

@@ -801,7 +801,7 @@ async fn git_module_alias_spellings_are_decided_on_the_repository_served() {
     assert!(upstream.stderr().len() > before, "the permitted module was fetched from the upstream");
 }
 
-fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn walk(root: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {
@@ -990,4 +990,70 @@ async fn bench_go_mod_download_direct_vs_broker_and_broker_rss() {
         times[times.len() - 1]
     );
     assert_eq!(ok, runs);
+}
+
+/// The git door (the loopback listener the broker's own git fetches through, which adds the
+/// upstream credential): nothing without its key, and with it only reads of a git upstream —
+/// the upstream sees none of the refused requests; the one allowed read reaches it with the
+/// broker's credential, and the credential is in no answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_git_door_opens_only_with_its_key_and_only_reads() {
+    const SECRET: &str = "door-upstream-secret-5d1";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let srv = d.join("srv");
+    crate::store::lib_repo(&srv, "door").publish(&srv, "lib");
+    let port = free_port();
+    let up = git_server(&srv, port, &["--bearer", SECRET]);
+    let creds = "credentials = \"vault:upstreams/corpus\"";
+    let (b, env) = corpus_broker_seeded(d, port, creds, &[], SECRET);
+    let (o, text) = download(&env, d, &format!("{M}/lib.git@v1.0.0"));
+    assert!(!o.failed, "a first build through the door: {text}");
+
+    // The door's URL and key, from the broker's private git config (the only place they are).
+    let (base, key) = walk(b.dir.path())
+        .into_iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .find_map(|t| {
+            let url = t.split("[http \"").nth(1)?.split("/\"]").next()?.to_string();
+            let key = t.split("Authorization: ").nth(1)?.split('"').next()?.to_string();
+            Some((url, key))
+        })
+        .expect("a git config naming the door");
+    assert!(base.starts_with("http://127.0.0.1:") && base.ends_with("/0"), "{base}");
+    let root = base.trim_end_matches("/0").to_string();
+    let c = client(None);
+    let reqs = |up: &Proc| up.stderr().iter().filter(|l| l.starts_with("REQ ")).count();
+    let before = reqs(&up);
+    let refs = format!("{base}/acme/lib.git/info/refs?service=git-upload-pack");
+    let send = |m: reqwest::Method, url: String, auth: Option<&str>| {
+        let mut r = c.request(m, url);
+        if let Some(a) = auth {
+            r = r.header("Authorization", a);
+        }
+        r.send()
+    };
+    use reqwest::Method;
+    for (m, url, auth, want) in [
+        (Method::GET, refs.clone(), None, 401),
+        (Method::GET, refs.clone(), Some("Bearer not-the-key"), 401),
+        (Method::GET, refs.clone(), Some(&format!("Basic {key}")[..]), 401),
+        (Method::GET, format!("{base}/acme/lib.git/info/refs?service=git-receive-pack"), Some(&key[..]), 403),
+        (Method::POST, format!("{base}/acme/lib.git/git-receive-pack"), Some(&key[..]), 403),
+        (Method::GET, format!("{refs}&service=git-receive-pack"), Some(&key[..]), 403),
+        (Method::GET, format!("{base}/acme/lib.git/HEAD"), Some(&key[..]), 403),
+        (Method::POST, format!("{base}/acme/lib.git/git-upload-pack?x=1"), Some(&key[..]), 403),
+        (Method::GET, format!("{root}/9/acme/lib.git/info/refs?service=git-upload-pack"), Some(&key[..]), 404),
+        (Method::GET, format!("{root}/x/acme/lib.git/info/refs?service=git-upload-pack"), Some(&key[..]), 404),
+    ] {
+        let r = send(m.clone(), url.clone(), auth).await.unwrap();
+        assert_eq!(r.status().as_u16(), want, "{m} {url}");
+    }
+    assert_eq!(reqs(&up), before, "a refused door request reached the upstream");
+    let r = send(Method::GET, refs, Some(&key)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("git-upload-pack") && !body.contains(SECRET));
+    let seen: Vec<String> = up.stderr().into_iter().filter(|l| l.starts_with("REQ ")).skip(before).collect();
+    assert!(seen.len() == 1 && seen[0].contains("auth=Bearer"), "{seen:?}");
 }
