@@ -243,17 +243,7 @@ fn validate_upstream(
             );
         }
     }
-    let credentials = match u.credentials {
-        None => None,
-        Some(c) => match c.strip_prefix("vault:").map(|p| p.trim_matches('/')) {
-            Some(p) if !p.is_empty() => Some(p.to_string()),
-            _ => return Err(cx.err(&key("credentials"), format!("`{c}` must look like \"vault:PATH\""))),
-        },
-    };
-    let mode = u.mode.unwrap_or(UpstreamMode::Proxy);
-    if mode == UpstreamMode::Vend && credentials.is_none() {
-        return Err(cx.err(&key("credentials"), "required key is missing (mode = \"vend\")".into()));
-    }
+    let (credentials, mode) = validate_credentials(cx, key, u.credentials, u.mode)?;
     Ok(Upstream {
         name: u.name,
         kind: u.kind,
@@ -281,6 +271,27 @@ fn validate_upstream(
             24 * HOUR,
         )?,
     })
+}
+
+/// `credentials = "vault:PATH"` → PATH; vend mode needs one.
+fn validate_credentials(
+    cx: &Ctx,
+    key: &dyn Fn(&str) -> String,
+    credentials: Option<String>,
+    mode: Option<UpstreamMode>,
+) -> Result<(Option<String>, UpstreamMode), ConfigError> {
+    let credentials = match credentials {
+        None => None,
+        Some(c) => match c.strip_prefix("vault:").map(|p| p.trim_matches('/')) {
+            Some(p) if !p.is_empty() => Some(p.to_string()),
+            _ => return Err(cx.err(&key("credentials"), format!("`{c}` must look like \"vault:PATH\""))),
+        },
+    };
+    let mode = mode.unwrap_or(UpstreamMode::Proxy);
+    if mode == UpstreamMode::Vend && credentials.is_none() {
+        return Err(cx.err(&key("credentials"), "required key is missing (mode = \"vend\")".into()));
+    }
+    Ok((credentials, mode))
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
