@@ -57,11 +57,15 @@ impl SecretsError {
             | SecretsError::VaultLogin { reason, .. }
             | SecretsError::VaultHealth { reason, .. } => {
                 let l = reason.to_ascii_lowercase();
+                // An untrusted or invalid certificate is a setting to fix, not an outage.
+                let tls = ["certificate", "x509", "unknownissuer", "tls handshake", "invalid peer"]
+                    .iter()
+                    .any(|w| l.contains(w));
                 let transport = !l.starts_with("http ")
                     && ["request", "connect", "timed out", "timeout", "dns", "reset", "broken pipe"]
                         .iter()
                         .any(|w| l.contains(w));
-                transport || l.starts_with("http 5")
+                (transport && !tls) || l.starts_with("http 5")
             }
             _ => false,
         }
@@ -231,4 +235,30 @@ pub async fn shared_key(store: &SecretStore, path: &str) -> Result<zeroize::Zero
         }
     }
     Err(SecretsError::CasConflict { path: path.into() })
+}
+
+#[cfg(test)]
+mod unavailable_tests {
+    use super::SecretsError;
+
+    #[test]
+    fn only_outages_are_worth_waiting_for() {
+        let health = |reason: &str| SecretsError::VaultHealth { address: "https://v".into(), reason: reason.into() };
+        let op = |reason: &str| SecretsError::Vault {
+            address: "https://v".into(),
+            op: "read",
+            path: "p".into(),
+            reason: reason.into(),
+        };
+        assert!(health("error sending request for url (https://v/v1/sys/health): tcp connect error: Connection refused (os error 111)").is_unavailable());
+        assert!(op("HTTP 503: Vault is sealed").is_unavailable());
+        assert!(op("operation timed out").is_unavailable());
+        assert!(!op("HTTP 403: permission denied").is_unavailable());
+        assert!(
+            !health("error sending request for url (https://v/): invalid peer certificate: UnknownIssuer")
+                .is_unavailable()
+        );
+        assert!(!health("invalid client settings: no address").is_unavailable());
+        assert!(!SecretsError::CasConflict { path: "p".into() }.is_unavailable());
+    }
 }

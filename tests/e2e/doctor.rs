@@ -28,7 +28,8 @@ fn with(env: &[(String, String)], set: &[(&str, &str)]) -> Vec<(String, String)>
 
 /// Healthy, then: no such version (with the tags that exist), a checksum mismatch against
 /// go.sum, a policy denial, a private path about to go to a public proxy, git prompting for a
-/// password, not logged in, the broker unreachable — each named in one line with its fix.
+/// password, an untrusted certificate, a name that does not resolve, a revoked token, not
+/// logged in, the broker unreachable — each named in one line with its fix.
 #[tokio::test(flavor = "multi_thread")]
 async fn doctor_names_each_failure_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,12 +110,36 @@ async fn doctor_names_each_failure_in_one_line() {
     assert!(out.contains("git asked for a password"), "{out}{err}");
     assert!(err.contains("does not go through the broker"), "{err}");
 
-    // Not logged in.
+    // The go command not trusting the broker's certificate (another CA in SSL_CERT_FILE).
+    let other = gocred::tls::ensure_dev_ca(&d.join("other-ca")).unwrap();
+    let untrusted = with(&env, &[("SSL_CERT_FILE", other.ca_cert.to_str().unwrap())]);
+    let (code, out, err) = doctor(&untrusted, d, &[&format!("{lib}@v1.0.0")]);
+    assert!(code == 1 && out.contains("download") && err.contains("TLS: the certificate is not trusted"), "{out}{err}");
+
+    // The token revoked while the session stays, and the key no longer authorized (so no new
+    // login happens behind the scenes): refused by the broker, named.
+    let home = env.iter().find(|(k, _)| k == "XDG_CACHE_HOME").unwrap().1.clone();
+    let session = Path::new(&home).join("gocred/session.json");
+    let saved = std::fs::read(&session).unwrap();
     let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let (code, _, err) = Gocred::run(&["logout"], &e);
     assert_eq!(code, 0, "{err}");
+    gocred::fsutil::write_private_atomic(&session, &saved).unwrap();
+    std::fs::remove_file(bpath.join("authorized_keys/alice")).unwrap();
+    let (code, out, err) = doctor(&env, d, &[&format!("{lib}@v1.1.0")]);
+    assert!(code == 1 && err.contains("the broker refused the token (expired or revoked)"), "{code} {out}{err}");
+
+    // Not logged in.
+    std::fs::remove_file(&session).unwrap();
     let (code, _, err) = doctor(&env, d, &[&format!("{lib}@v1.0.0")]);
     assert!(code == 1 && err.contains("not logged in") && err.contains("gocred login"), "{err}");
+
+    // Logged out, GOPROXY naming a broker that does not resolve: doctor's probe and the go
+    // command's own lookup both fail on DNS.
+    let nodns = with(&env, &[("GOPROXY", "https://gocred.nosuch.invalid/mod,off")]);
+    let (code, out, _) = doctor(&nodns, d, &[&format!("{lib}@v1.0.0")]);
+    let dns: Vec<&str> = out.lines().filter(|l| l.contains("DNS: the name does not resolve")).collect();
+    assert!(code == 1 && dns.len() == 2 && dns[1].contains("download"), "{out}");
 
     // The broker gone.
     b.g.proc.kill();
