@@ -23,6 +23,10 @@ pub struct DoctorArgs {
     /// One JSON object on stdout instead of lines.
     #[arg(long)]
     pub json: bool,
+    /// Give up on the broker and on the download after this long (the go command itself
+    /// never does).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,7 +81,10 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let session = Store::lock().ok().and_then(|s| s.load().ok().flatten());
     let broker = session.as_ref().map(|s| s.broker.clone()).or_else(|| broker_from_goproxy(&env));
     let meta = match &broker {
-        Some(url) => check_broker(&mut r, url, session.as_ref().and_then(|s| s.ca_cert.as_deref())).await,
+        Some(url) => {
+            let ca = session.as_ref().and_then(|s| s.ca_cert.as_deref());
+            check_broker(&mut r, url, ca, args.timeout.min(std::time::Duration::from_secs(30))).await
+        }
         None => {
             let fix = "gocred login --ssh --broker https://BROKER".to_string();
             r.add("session", Level::Fail, "not logged in, and GOPROXY names no broker", Some(fix));
@@ -100,7 +107,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
     if let (Some(t), Some(env)) = (&args.target, &env) {
         let leak = r.0.iter().any(|c| c.check == "private path" && c.level == Level::Fail);
         if !leak {
-            fetch(&mut r, env, t, session.is_some());
+            fetch(&mut r, env, t, session.is_some(), args.timeout).await;
         }
     }
     print(&r, args.json)?;
@@ -205,7 +212,12 @@ fn shown(key: &str, value: &str) -> String {
 }
 
 /// Reachability, TLS, clock skew and `/readyz` (breakers); the broker's metadata.
-async fn check_broker(r: &mut Report, url: &str, ca: Option<&std::path::Path>) -> Option<crate::proto::meta::Metadata> {
+async fn check_broker(
+    r: &mut Report,
+    url: &str,
+    ca: Option<&std::path::Path>,
+    limit: std::time::Duration,
+) -> Option<crate::proto::meta::Metadata> {
     let client = match BrokerClient::new(url, ca) {
         Ok(c) => c,
         Err(e) => {
@@ -213,7 +225,17 @@ async fn check_broker(r: &mut Report, url: &str, ca: Option<&std::path::Path>) -
             return None;
         }
     };
-    match client.probe("/readyz").await {
+    let Ok(probe) = tokio::time::timeout(limit, client.probe("/readyz")).await else {
+        let detail = format!("{url}: timed out after {}", humantime::format_duration(limit));
+        r.add(
+            "broker",
+            Level::Fail,
+            detail,
+            Some("the network or the broker is slow: check the URL, then its /readyz".into()),
+        );
+        return None;
+    };
+    match probe {
         Ok(p) => {
             r.ok("broker", format!("{url} reachable"));
             tls(r, url, p.cert_not_after);
@@ -226,7 +248,7 @@ async fn check_broker(r: &mut Report, url: &str, ca: Option<&std::path::Path>) -
             return None;
         }
     }
-    client.metadata().await.ok()
+    tokio::time::timeout(limit, client.metadata()).await.ok()?.ok()
 }
 
 /// The broker's certificate: verified (the probe succeeded), and how long until it expires.
@@ -437,16 +459,43 @@ fn check_git_rewrites(r: &mut Report, modules: &[String]) {
     }
 }
 
-/// `go mod download -json TARGET` with a fresh module cache, here; a failure classified.
-fn fetch(r: &mut Report, env: &BTreeMap<String, String>, target: &str, logged_in: bool) {
+/// `go mod download -json TARGET` here, with a fresh temporary module cache, given up after
+/// `limit`; a failure classified.
+async fn fetch(
+    r: &mut Report,
+    env: &BTreeMap<String, String>,
+    target: &str,
+    logged_in: bool,
+    limit: std::time::Duration,
+) {
     let target = if target.contains('@') { target.to_string() } else { format!("{target}@latest") };
     let cache = std::env::temp_dir().join(format!("gocred-doctor-{}", crate::fsutil::hex(&crate::random_bytes::<6>())));
-    let out = Command::new("go").args(["mod", "download", "-json", &target]).env("GOMODCACHE", &cache).output();
+    let child = tokio::process::Command::new("go")
+        .args(["mod", "download", "-json", &target])
+        .env("GOMODCACHE", &cache)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let out = match child {
+        Ok(c) => tokio::time::timeout(limit, c.wait_with_output()).await,
+        Err(e) => return r.add("download", Level::Fail, format!("cannot run go: {e}"), None),
+    };
     let _ = Command::new("chmod").args(["-R", "u+w"]).arg(&cache).status();
     let _ = std::fs::remove_dir_all(&cache);
     let out = match out {
-        Ok(o) => o,
-        Err(e) => return r.add("download", Level::Fail, format!("cannot run go: {e}"), None),
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return r.add("download", Level::Fail, format!("cannot run go: {e}"), None),
+        Err(_) => {
+            let detail = format!(
+                "{target}: timed out after {} (the go command never gives up)",
+                humantime::format_duration(limit)
+            );
+            let fix =
+                "the network or the broker is slow: check its /readyz (gocred doctor without a module)".to_string();
+            return r.add("download", Level::Fail, detail, Some(fix));
+        }
     };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let error = v["Error"].as_str().map(str::to_string).unwrap_or_default();

@@ -141,6 +141,18 @@ async fn doctor_names_each_failure_in_one_line() {
     let dns: Vec<&str> = out.lines().filter(|l| l.contains("DNS: the name does not resolve")).collect();
     assert!(code == 1 && dns.len() == 2 && dns[1].contains("download"), "{out}");
 
+    // A broker that accepts connections and never answers: both given up after --timeout.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_url = format!("https://{}", hole.local_addr().unwrap());
+    let held = std::thread::spawn(move || hole.incoming().take(4).filter_map(Result::ok).collect::<Vec<_>>());
+    let stalled = with(&env, &[("GOPROXY", &format!("{hole_url}/mod,off"))]);
+    let t = std::time::Instant::now();
+    let (code, out, _) = doctor(&stalled, d, &["--timeout", "3s", &format!("{lib}@v1.0.0")]);
+    let timed: Vec<&str> = out.lines().filter(|l| l.contains("timed out after 3s")).collect();
+    assert!(code == 1 && timed.len() == 2 && timed[1].contains("download"), "{out}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(20), "{:?}", t.elapsed());
+    drop(held);
+
     // The broker gone.
     b.g.proc.kill();
     let (code, _, err) = doctor(&env, d, &[]);
