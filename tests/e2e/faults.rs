@@ -468,3 +468,57 @@ async fn fault_f_one_of_two_replicas_killed_mid_run_behind_a_tcp_balancer() {
     let c = format!("survivor: {}", counters(&b.g.url, &ca, &["corpus"]));
     drill.report(&c);
 }
+
+/// A mirror's `.info` must name exactly the version asked: a module proxy mirror answering
+/// `v1.0.0.info` with another version is refused (named in go's output, nothing stored); once
+/// it answers right, the download succeeds with the sum the go command gets directly from git.
+/// The primary (a git server without the repository) says "not found" and the broker falls
+/// through to the mirror inside itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mirror_naming_another_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let srv = d.join("srv");
+    crate::store::lib_repo(&srv, "mirror").publish(&srv, "lib");
+    let gport = free_port();
+    let git = git_server(&srv, gport, &["--anonymous"]);
+    let q = format!("{M}/lib.git@v1.0.0");
+    let (direct, text) = crate::gitmod::download(&direct_env(d, gport), d, &q);
+    assert!(!direct.failed, "{text}");
+    drop(git);
+    // The mirror serves the go command's own download cache as a module proxy.
+    let info = crate::gitmod::walk(d)
+        .into_iter()
+        .find(|p| p.ends_with("corp.test/acme/lib.git/@v/v1.0.0.info"))
+        .expect("the direct download's .info");
+    let root = info.ancestors().nth(5).unwrap().to_path_buf();
+    let _ = std::process::Command::new("chmod").args(["-R", "u+w"]).arg(&root).status();
+    let good = std::fs::read_to_string(&info).unwrap();
+    std::fs::write(&info, good.replace("v1.0.0", "v1.0.1")).unwrap();
+    let mport = free_port();
+    let _mirror = {
+        let mut c = std::process::Command::new("python3");
+        c.arg(repo_root().join("tests/peers/git_http_server.py"))
+            .args(["--port", &mport.to_string(), "--anonymous", "--goproxy-root"])
+            .arg(&root);
+        let mut p = Proc::spawn("mirror", c);
+        p.wait_stdout("listening", Duration::from_secs(10));
+        p
+    };
+    let empty = d.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let pport = free_port();
+    let _primary = git_server(&empty, pport, &["--anonymous"]);
+    let extra = format!(
+        "mirrors = [\"athens\"]\n[[upstreams]]\nname = \"athens\"\nkind = \"goproxy\"\nurl = \"http://127.0.0.1:{mport}/mod\"\n"
+    );
+    let (b, env) = crate::gitmod::corpus_broker_in(tempfile::tempdir().unwrap(), d, pport, &extra, &[]);
+    let (o, text) = fresh(&env, d, &q);
+    assert!(o.failed && text.contains("v1.0.1") && text.contains("athens"), "{text}");
+
+    std::fs::write(&info, &good).unwrap();
+    let (o, text) = fresh(&env, d, &q);
+    assert!(!o.failed && o.sum == direct.sum, "{text}");
+    let ca = b.dir.path().join("tls/ca.pem");
+    assert!(metric(&b.g.url, &ca, "gocred_upstream_fallback_answers_total{upstream=\"athens\"}") >= 1);
+}
