@@ -73,7 +73,7 @@ pub async fn start_waiting(
             Err(e) if e.is_unavailable() => {
                 let error = crate::error_chain(&e);
                 if !waiting {
-                    tracing::warn!(%error, "the secrets backend is unreachable at start: waiting for it (not listening until then)");
+                    tracing::warn!(%error, "the secrets backend is unreachable at start: waiting for it (no request is answered until then)");
                     waiting = true;
                 } else {
                     tracing::debug!(%error, "the secrets backend is still unreachable");
