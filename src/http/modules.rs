@@ -242,13 +242,7 @@ async fn relay_checked(
             info_names(None, n, upstream)?;
         }
     }
-    #[derive(serde::Deserialize)]
-    struct Info {
-        #[serde(rename = "Version")]
-        version: String,
-    }
-    let named = serde_json::from_slice::<Info>(&body).ok().map(|i| i.version);
-    info_names(named, n, upstream)?;
+    info_names(crate::modfetch::info_version(&body), n, upstream)?;
     let rebuilt = rebuilt.body(body).map_err(|e| crate::proxy::ProxyError::Body {
         upstream: upstream.to_string(),
         source: std::io::Error::other(e),
@@ -304,13 +298,7 @@ async fn fetch_and_keep(
 /// An upstream's `.info` for canonical version `n.version` must name exactly that version
 /// (whichever mirror answered): anything else is refused, never stored or served.
 fn check_info_version(path: &std::path::Path, n: &ObjectName, upstream: &str) -> Result<(), ApiError> {
-    #[derive(serde::Deserialize)]
-    struct Info {
-        #[serde(rename = "Version")]
-        version: String,
-    }
-    let named = std::fs::read(path).ok().and_then(|b| serde_json::from_slice::<Info>(&b).ok()).map(|i| i.version);
-    info_names(named, n, upstream)
+    info_names(std::fs::read(path).ok().and_then(|b| crate::modfetch::info_version(&b)), n, upstream)
 }
 
 /// The version a `.info` named (`None`: unreadable) is the one asked, or the refusal.

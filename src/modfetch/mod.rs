@@ -299,6 +299,16 @@ fn map_repo<'a>(src: &'a Source<'_>) -> impl Fn(RepoError) -> ModFetchError + 'a
     }
 }
 
+/// The version a GOPROXY `.info` answer names (`None`: not a `.info`).
+pub fn info_version(info: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        #[serde(rename = "Version")]
+        version: String,
+    }
+    serde_json::from_slice::<Info>(info).ok().map(|i| i.version)
+}
+
 fn info_json(layout: &Layout, r: &Resolved) -> String {
     let mut origin = serde_json::Map::new();
     origin.insert("VCS".into(), "git".into());

@@ -77,7 +77,7 @@ impl ProxyError {
     pub fn is_upstream_failure(&self) -> bool {
         match self {
             ProxyError::Unreachable { .. } | ProxyError::Timeout { .. } | ProxyError::Body { .. } => true,
-            ProxyError::Unavailable { status, .. } => *status >= 500 || *status == 429,
+            ProxyError::Unavailable { status, .. } => resilience::failing_status(*status),
             _ => false,
         }
     }
@@ -532,9 +532,8 @@ impl Proxy {
                 }
                 Ok(r) => {
                     // A 4xx is the upstream answering (a caller cannot open its breaker for
-                    // everyone by asking for what it refuses); a 5xx or 429 is it failing.
-                    let s = r.status().as_u16();
-                    if s >= 500 || s == 429 {
+                    // everyone by asking for what it refuses).
+                    if resilience::failing_status(r.status().as_u16()) {
                         self.breakers[i].failure();
                     } else {
                         self.breakers[i].success();

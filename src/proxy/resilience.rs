@@ -165,6 +165,12 @@ pub fn backoff(n: u32, retry_after: Option<&str>) -> Duration {
     full.mul_f64(0.5 + 0.5 * r)
 }
 
+/// An upstream status that counts against its breaker: it failing (5xx) or shedding load (429);
+/// any other answer, a refusal included, is the upstream working.
+pub fn failing_status(status: u16) -> bool {
+    status >= 500 || status == 429
+}
+
 /// An upstream status worth another try (the request never reached a handler, or the upstream
 /// asked to be asked again).
 pub fn retryable_status(status: u16) -> bool {

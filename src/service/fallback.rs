@@ -157,10 +157,7 @@ async fn from_proxy(
         Request::Latest => Ok((Answer::Json(resp.text().await.map_err(body_err)?), None)),
         Request::Info(v) => {
             let body = resp.text().await.map_err(body_err)?;
-            let named = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|j| j["Version"].as_str().map(str::to_string))
-                .unwrap_or_default();
+            let named = crate::modfetch::info_version(body.as_bytes()).unwrap_or_default();
             if crate::modfetch::semver::canonical_version(v) == *v && named != *v {
                 return Err(ProxyError::WrongVersion { upstream: name, asked: v.clone(), named }.into());
             }

@@ -360,3 +360,28 @@ fn resilience_doc_config_is_valid() {
     assert_eq!(u[2].mirror_of.as_deref(), Some("corp-git"));
     assert_eq!(u[2].modules, ["git.corp.example"], "a mirror serves its primary's paths");
 }
+
+/// The fault drill the README and BENCHMARKS.md show is the suite the test command runs with 10
+/// runs each: the area exists and reads the variables the command sets.
+#[test]
+fn documented_fault_drill_command_runs_the_fault_suite() {
+    let faults = std::fs::read_to_string(repo_root().join("tests/e2e/faults.rs")).unwrap();
+    let main = std::fs::read_to_string(repo_root().join("tests/e2e/main.rs")).unwrap();
+    for doc in ["README.md", "BENCHMARKS.md"] {
+        let text = std::fs::read_to_string(repo_root().join(doc)).unwrap();
+        let cmd = text
+            .split("GOCRED_FAULT_RUNS=100 ")
+            .nth(1)
+            .and_then(|r| r.split(['`', '\n']).next())
+            .unwrap_or_else(|| panic!("{doc} shows the 100-run drill"));
+        assert!(cmd.contains("cargo test --test e2e faults::") && cmd.contains("--test-threads=1"), "{doc}: {cmd}");
+        for var in cmd
+            .split_whitespace()
+            .filter_map(|w| w.split_once('=').map(|(k, _)| k))
+            .filter(|k| k.starts_with("GOCRED_"))
+        {
+            assert!(faults.contains(&format!("\"{var}\"")), "{doc}: {var} is not read by the fault suite");
+        }
+    }
+    assert!(main.contains("mod faults;") && faults.contains("\"GOCRED_FAULT_RUNS\""));
+}

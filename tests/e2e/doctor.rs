@@ -70,18 +70,10 @@ async fn doctor_names_each_failure_in_one_line() {
     );
 
     // A policy denial names the policy.
-    std::fs::write(
-        bpath.join("policies/forbid.cedar"),
-        "@id(\"no-lib\")\nforbid (principal, action == Action::\"download\", resource)\nwhen { resource.folded_path like \"corp.test/acme/lib*\" };\n",
-    )
-    .unwrap();
-    b.g.proc.signal("HUP");
-    b.g.proc.wait_stderr("policies reloaded", std::time::Duration::from_secs(10));
+    crate::store::forbid_lib(&mut b, &bpath);
     let (code, _, err) = doctor(&env, d, &[&format!("{lib}@v1.1.0")]);
     assert!(code == 1 && err.contains("denied by policy no-lib"), "{err}");
-    std::fs::remove_file(bpath.join("policies/forbid.cedar")).unwrap();
-    b.g.proc.signal("HUP");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    crate::store::lift_forbid(&mut b, &bpath);
 
     // A public proxy before the broker, the path not in GOPRIVATE: refused before any fetch.
     let goproxy = env.iter().find(|(k, _)| k == "GOPROXY").unwrap().1.clone();

@@ -5,7 +5,7 @@
 //! prints its count, p50/p99 download time and the broker's retry/breaker/fallback counters (and
 //! appends them to `GOCRED_FAULT_REPORT` when set).
 //!
-//! The full drill: `GOCRED_FAULT_RUNS=100 cargo test --release --test e2e faults:: -- --nocapture`.
+//! The full drill: `GOCRED_FAULT_RUNS=100 GOCRED_FAULT_REPORT=/tmp/faults.txt cargo test --test e2e faults:: -- --test-threads=1 --nocapture`.
 
 use crate::gitmod::{M, Repo, direct_env, git_server};
 use crate::harness::*;

@@ -66,6 +66,25 @@ pub(crate) fn metric(url: &str, ca: &Path, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}")) as u64
 }
 
+/// Install the policy `no-lib` (a forbid on downloads of `corp.test/acme/lib*`) in the broker
+/// whose directory is `bpath`, and wait for its reload.
+pub(crate) fn forbid_lib(b: &mut SshBroker, bpath: &Path) {
+    std::fs::write(
+        bpath.join("policies/forbid.cedar"),
+        "@id(\"no-lib\")\nforbid (principal, action == Action::\"download\", resource)\nwhen { resource.folded_path like \"corp.test/acme/lib*\" };\n",
+    )
+    .unwrap();
+    b.g.proc.signal("HUP");
+    b.g.proc.wait_stderr("policies reloaded", std::time::Duration::from_secs(10));
+}
+
+/// Remove [`forbid_lib`]'s policy again.
+pub(crate) fn lift_forbid(b: &mut SshBroker, bpath: &Path) {
+    std::fs::remove_file(bpath.join("policies/forbid.cedar")).unwrap();
+    b.g.proc.signal("HUP");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+}
+
 pub(crate) fn lib_repo(srv: &Path, marker: &str) -> Repo {
     let mut r = Repo::new(srv, "lib");
     r.write("go.mod", &format!("module {M}/lib.git\n\ngo 1.21\n"))
@@ -273,18 +292,10 @@ async fn two_replicas_share_an_s3_store_and_a_warm_store_still_needs_policy_and_
     assert_eq!(metric(&b.g.url, &bpath.join("tls/ca.pem"), "gocred_store_misses_total"), 0);
 
     // Policy first: a forbid holds on a warm store.
-    std::fs::write(
-        bpath.join("policies/forbid.cedar"),
-        "@id(\"no-lib\")\nforbid (principal, action == Action::\"download\", resource)\nwhen { resource.folded_path like \"corp.test/acme/lib*\" };\n",
-    )
-    .unwrap();
-    b.g.proc.signal("HUP");
-    b.g.proc.wait_stderr("policies reloaded", std::time::Duration::from_secs(10));
+    crate::store::forbid_lib(&mut b, &bpath);
     let (o, t) = fresh(&benv, d, &q("v1.0.0"));
     assert!(o.failed && t.contains("forbidden by policy no-lib"), "{t}");
-    std::fs::remove_file(bpath.join("policies/forbid.cedar")).unwrap();
-    b.g.proc.signal("HUP");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    crate::store::lift_forbid(&mut b, &bpath);
     let (o, t) = fresh(&benv, d, &q("v1.0.0"));
     assert!(!o.failed, "{t}");
     // A revoked token gets nothing from a warm store (token + proof sent by hand: the go
