@@ -1,6 +1,7 @@
 //! Connection hygiene below HTTP: a global and a per-client cap on open connections, and an
-//! idle timeout closing a connection on which nothing was read or written for a while
-//! (keep-alive connections left open, slowloris writers that stopped, readers that never read).
+//! idle timeout closing a connection on which nothing was read or written for a while and no
+//! work is in progress ([`Busy`]: keep-alive connections left open, slowloris writers that
+//! stopped, readers that never read — never a request whose answer is slow to start).
 //! Header-read and TLS-handshake timeouts are set on the HTTP server in [`crate::server`].
 //!
 //! Must not: know about HTTP; count a trusted proxy (which carries many users' connections)
@@ -103,10 +104,37 @@ impl ConnGuard {
     }
 }
 
-/// A TCP stream that fails with `TimedOut` once nothing moved for the idle timeout, and frees
-/// its connection slot when dropped.
+/// Work in progress on one connection (the server above counts each request until its answer
+/// starts): a connection with work in progress is not idle, however long the answer takes to
+/// start — a big module's first build sends nothing for a while.
+#[derive(Clone, Default)]
+pub struct Busy(Arc<std::sync::atomic::AtomicUsize>);
+
+/// One piece of [`Busy`] work; dropping it ends it.
+pub struct BusyGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Busy {
+    pub fn start(&self) -> BusyGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        BusyGuard(self.0.clone())
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A TCP stream that fails with `TimedOut` once nothing moved for the idle timeout while no
+/// work is in progress on it ([`Busy`]), and frees its connection slot when dropped.
 pub struct GuardedStream {
     inner: TcpStream,
+    busy: Busy,
     idle: Duration,
     last: Instant,
     timer: Pin<Box<Sleep>>,
@@ -123,6 +151,10 @@ impl GuardedStream {
         loop {
             let deadline = self.last + self.idle;
             if Instant::now() >= deadline {
+                if self.busy.any() {
+                    self.touch();
+                    continue;
+                }
                 return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "connection idle for too long"));
             }
             if self.timer.deadline() != deadline {
@@ -203,6 +235,11 @@ impl AsyncWrite for GuardedStream {
 }
 
 impl GuardedStream {
+    /// The work counter of this connection.
+    pub fn busy(&self) -> Busy {
+        self.busy.clone()
+    }
+
     /// Admit `stream` (TCP_NODELAY set: responses are written as headers then body chunks, and
     /// small answers would otherwise wait for delayed ACKs).
     pub fn admit(guard: &Arc<ConnGuard>, stream: TcpStream) -> io::Result<GuardedStream> {
@@ -212,6 +249,7 @@ impl GuardedStream {
         let idle = guard.limits.idle_timeout;
         Ok(GuardedStream {
             inner: stream,
+            busy: Busy::default(),
             idle,
             last: Instant::now(),
             timer: Box::pin(tokio::time::sleep(idle)),
@@ -288,6 +326,32 @@ mod tests {
         assert!(took >= Duration::from_millis(550) && took < Duration::from_millis(1200), "{took:?}");
         drop(s);
         assert_eq!(g.open(), 0);
+        client.abort();
+    }
+
+    /// A silent connection with work in progress (a request whose answer has not started) is
+    /// not idle; once the work ends, the idle timeout applies again.
+    #[tokio::test]
+    async fn work_in_progress_keeps_a_silent_connection_open() {
+        use tokio::io::AsyncReadExt;
+        let g = guard(10, 10, &[]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let _c = TcpStream::connect(addr).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let (s, _) = listener.accept().await.unwrap();
+        let mut s = GuardedStream::admit(&g, s).unwrap();
+        let working = s.busy().start();
+        let mut buf = [0u8; 8];
+        let r = tokio::time::timeout(Duration::from_millis(700), s.read(&mut buf)).await;
+        assert!(r.is_err(), "cut while busy: {r:?}");
+        drop(working);
+        let started = std::time::Instant::now();
+        let err = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_millis(600), "{:?}", started.elapsed());
         client.abort();
     }
 }

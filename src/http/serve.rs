@@ -73,17 +73,52 @@ struct GuardAcceptor(Arc<crate::conn::ConnGuard>, AppState);
 
 impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for GuardAcceptor {
     type Stream = crate::conn::GuardedStream;
-    type Service = S;
-    type Future = std::future::Ready<std::io::Result<(Self::Stream, S)>>;
+    type Service = CountBusy<S>;
+    type Future = std::future::Ready<std::io::Result<(Self::Stream, CountBusy<S>)>>;
 
     fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
-        let r = crate::conn::GuardedStream::admit(&self.0, stream).map(|s| (s, service));
+        let r = crate::conn::GuardedStream::admit(&self.0, stream).map(|s| {
+            let busy = s.busy();
+            (s, CountBusy { inner: service, busy })
+        });
         if r.is_err() {
             // Counted, not logged: a flood of refused connections must not flood the log too.
             let metrics: &Metrics = &self.1.metrics;
             metrics.inc("gocred_connections_refused_total");
         }
         std::future::ready(r)
+    }
+}
+
+/// A connection's service counting each request as work in progress until its answer starts
+/// (so the idle timeout does not cut a request whose answer is slow to begin).
+#[derive(Clone)]
+pub struct CountBusy<S> {
+    inner: S,
+    busy: crate::conn::Busy,
+}
+
+impl<S, R> tower::Service<R> for CountBusy<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        let working = self.busy.start();
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let r = answer.await;
+            drop(working);
+            r
+        })
     }
 }
 

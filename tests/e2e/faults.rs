@@ -522,3 +522,33 @@ async fn a_mirror_naming_another_version_is_refused() {
     let ca = b.dir.path().join("tls/ca.pem");
     assert!(metric(&b.g.url, &ca, "gocred_upstream_fallback_answers_total{upstream=\"athens\"}") >= 1);
 }
+
+/// An answer slow to start (every upstream request stalls 2 s, so the first fetch takes several
+/// seconds with nothing on the wire) is not cut by a 1 s connection idle timeout: the
+/// connection has a request in progress. An idle keep-alive connection still is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_first_answer_outlasts_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let srv = d.join("srv");
+    crate::store::lib_repo(&srv, "slow").publish(&srv, "lib");
+    let port = free_port();
+    let _up = git_server(&srv, port, &["--anonymous", "--fault", "stall", "--fault-every", "1", "--stall-secs", "2"]);
+    let bdir = tempfile::tempdir().unwrap();
+    let idle = [("GOCRED_SERVER__IDLE_TIMEOUT", "1s")];
+    let (b, env) =
+        crate::gitmod::corpus_broker_store(bdir, d, port, "timeout = \"10s\"\n", &idle, "[store]\ndir = \"store\"\n");
+    let t = Instant::now();
+    let (o, text) = fresh(&env, d, &format!("{M}/lib.git@v1.0.0"));
+    assert!(!o.failed && o.sum.starts_with("h1:"), "{text}");
+    assert!(t.elapsed() > Duration::from_secs(2), "the upstream did not stall: {:?}", t.elapsed());
+    // A connection with nothing in progress is closed after the idle timeout.
+    use std::io::Read;
+    let addr = b.g.url.trim_start_matches("https://").to_string();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = sock.read(&mut buf).unwrap_or(0);
+    assert!(n == 0 && started.elapsed() < Duration::from_secs(8), "{n} bytes after {:?}", started.elapsed());
+}
